@@ -1,0 +1,124 @@
+//! `wasmkube`: pack wasm into OCI images (and, later, render WasmApp manifests).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmkube_cli::{pack, ImagePlatform, ImageRef, Layout, PackOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "wasmkube", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pack a .wasm module or component into an OCI image archive
+    #[command(after_long_help = PACK_NOTES)]
+    Pack(PackArgs),
+}
+
+const PACK_NOTES: &str = "\
+Loading the archive:
+  The archive is an OCI image layout in a tar (oci-layout, index.json, blobs/sha256/...).
+  index.json names the image (io.containerd.image.name = the normalised REF).
+
+  Its platform is not the host's (wasip1/wasm by default), so containerd 1.6 needs
+      ctr images import --all-platforms IMAGE.tar
+  (without the flag the import stops with \"image might be filtered out\"); then
+      ctr run --runtime io.containerd.wasmkube.v1 REF ID
+  runs it. `kind load image-archive IMAGE.tar` imports with --all-platforms itself.
+
+  --layout artifact writes the CNCF Wasm OCI artifact (config application/vnd.wasm.config.v0+json,
+  one raw application/wasm layer). containerd 1.6 cannot unpack it (import fails with
+  \"mismatched image rootfs and manifest layers\"; only `--no-unpack` stores it), so `ctr run`
+  and Kubernetes on 1.6 cannot use it; newer containerd with a runwasi-based shim can. It
+  carries no --arg, --env or --platform: its platform is wasip1/wasm for a module and
+  wasip2/wasm for a component.
+
+The same inputs always give a byte-identical archive.";
+
+#[derive(Debug, Args)]
+struct PackArgs {
+    /// The WebAssembly binary (core module or component)
+    #[arg(value_name = "FILE.wasm")]
+    file: PathBuf,
+
+    /// Image reference; `hello` becomes docker.io/library/hello:latest
+    #[arg(long, value_name = "REF")]
+    name: ImageRef,
+
+    /// Where to write the image archive
+    #[arg(short, long, value_name = "IMAGE.tar")]
+    output: PathBuf,
+
+    /// Image form
+    #[arg(long, value_enum, default_value_t = LayoutArg::Tar)]
+    layout: LayoutArg,
+
+    /// Image platform OS/ARCH [default: wasip1/wasm] (tar layout only)
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<ImagePlatform>,
+
+    /// Argument passed to the module (image Cmd); repeat for more
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+
+    /// Environment variable KEY=VALUE (image Env); repeat for more
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    /// OCI image, module at /<file name> in a tar+gzip layer (containerd 1.6 and later)
+    Tar,
+    /// Wasm OCI artifact, raw application/wasm layer (newer containerd only)
+    Artifact,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(arg: LayoutArg) -> Self {
+        match arg {
+            LayoutArg::Tar => Layout::Tar,
+            LayoutArg::Artifact => Layout::Artifact,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Pack(args) => run_pack(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line with the whole cause chain; no backtrace for user errors.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_pack(args: PackArgs) -> anyhow::Result<()> {
+    let opts = PackOptions {
+        reference: args.name,
+        layout: args.layout.into(),
+        platform: args.platform,
+        args: args.args,
+        env: args.env,
+    };
+    let packed = pack(&args.file, &args.output, &opts).with_context(|| {
+        format!(
+            "cannot pack {} as {} ({} layout) into {}",
+            args.file.display(),
+            opts.reference,
+            opts.layout,
+            args.output.display()
+        )
+    })?;
+    println!("{packed}");
+    Ok(())
+}

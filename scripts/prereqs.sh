@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing wasmkube needs on Debian bookworm: containerd + runc (the
+# real containerd the tests drive), protoc and libseccomp (runwasi's build), static busybox
+# (native-container tests), CNI plugins (pod-network CRI test), and the wasm rustup targets.
+# Idempotent: installs only what is missing. Needs root for apt.
+set -euo pipefail
+pkgs=(containerd runc protobuf-compiler libseccomp-dev busybox-static containernetworking-plugins pkg-config gcc libc6-dev curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "prereqs: missing packages ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "prereqs: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+installed=$(rustup target list --installed)
+for t in wasm32-wasip1 wasm32-wasip2; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done

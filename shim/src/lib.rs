@@ -1,0 +1,21 @@
+//! wasmkube's containerd shim: runs WASI preview1 modules, preview2 `wasi:cli/run` components and
+//! `wasi:http/proxy` components with Wasmtime, on runwasi's `containerd-shim-wasm` library.
+//!
+//! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime and loads code through
+//! [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
+//! [`memory`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into
+//! store limits, WASI preopens and epoch interruption.
+
+pub mod cache;
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod http;
+pub mod memory;
+pub mod preopens;
+pub mod shim;
+pub mod state;
+pub mod stop;
+
+pub use shim::{WasmkubeSandbox, WasmkubeShim};

@@ -1,0 +1,111 @@
+//! The runwasi plug-in: shim name and version, and the sandbox that runs one guest.
+use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
+use containerd_shim_wasm::sandbox::Sandbox;
+use containerd_shim_wasm::shim::{version, Shim, Version};
+
+use crate::engine::{self, Program};
+use crate::error::ShimError;
+use crate::state::GuestConfig;
+use crate::stop::StopSignal;
+
+/// `containerd-shim-wasmkube-v1`.
+pub struct WasmkubeShim;
+
+impl Shim for WasmkubeShim {
+    type Sandbox = WasmkubeSandbox;
+
+    fn name() -> &'static str {
+        "wasmkube"
+    }
+
+    fn version() -> Version {
+        version!()
+    }
+}
+
+/// Runs one wasm container (the guest process inside the container's namespaces).
+#[derive(Default)]
+pub struct WasmkubeSandbox;
+
+impl Sandbox for WasmkubeSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        Ok(match run(ctx).await {
+            Ok(code) => code,
+            Err(err) => {
+                // The container's stderr: `ctr` output, `kubectl logs`.
+                eprintln!("wasmkube: {err}");
+                err.exit_code()
+            }
+        })
+    }
+
+    /// Accept every non-native entrypoint: a missing or invalid module is reported by
+    /// `run_wasi` on the container's stderr with a precise message and exit code, which is
+    /// where `kubectl logs` shows it, instead of an opaque create-task error.
+    async fn can_handle(&self, _ctx: &impl RuntimeContext) -> anyhow::Result<()> {
+        async move { Ok(()) }.await
+    }
+}
+
+async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
+    let entry = ctx.entrypoint();
+    let (what, bytes) = match &entry.source {
+        Source::File(path) => {
+            if path.as_os_str().is_empty() {
+                return Err(ShimError::NotFound(
+                    "(no entrypoint in the OCI spec)".into(),
+                ));
+            }
+            let bytes = entry.source.as_bytes().map_err(|e| {
+                let io = e.downcast::<std::io::Error>();
+                match io {
+                    Ok(source) => ShimError::Read {
+                        path: path.clone(),
+                        source,
+                    },
+                    Err(_) => ShimError::NotFound(path.clone()),
+                }
+            })?;
+            (path.display().to_string(), bytes)
+        }
+        Source::Oci(layers) => {
+            let what = layers
+                .first()
+                .map(|l| l.config.digest().to_string())
+                .unwrap_or_default();
+            let bytes = entry.source.as_bytes().map_err(|e| ShimError::Invalid {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+            (format!("image layer {what}"), bytes)
+        }
+    };
+    let cfg = GuestConfig::from_context(ctx, what);
+    let engine = engine::new_engine()?;
+    let stop = StopSignal::install().map_err(ShimError::setup)?;
+    let cache = crate::host::cache_dir().map(crate::cache::ArtifactCache::new);
+    let program = engine::load(&engine, &cfg.what, &bytes, cache)?;
+    drop(bytes);
+    match program {
+        Program::Module(module) => {
+            stop.interrupt_on_stop(engine.clone());
+            crate::command::run_module(&engine, &module, &cfg, &entry.func).await
+        }
+        Program::Component(component) => {
+            if crate::http::is_http_proxy(&engine, &component) {
+                crate::http::serve(&engine, &component, &cfg, stop).await
+            } else if crate::http::exports(&engine, &component)
+                .iter()
+                .any(|e| e.starts_with("wasi:cli/run@"))
+            {
+                stop.interrupt_on_stop(engine.clone());
+                crate::command::run_component(&engine, &component, &cfg).await
+            } else {
+                Err(ShimError::UnsupportedComponent {
+                    what: cfg.what.clone(),
+                    exports: crate::http::exports(&engine, &component).join(", "),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Per-store host state and the guest's view of its container: args, env, preopens, cwd and
+//! memory budget, built once from the runwasi context.
+use containerd_shim_wasm::sandbox::context::RuntimeContext;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::memory::GuestLimiter;
+use crate::preopens::Preopen;
+
+/// Environment variable (in the container) with the address wasi:http apps listen on.
+pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
+/// Default listen address for wasi:http apps.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// What the guest sees of its container.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// A name for messages: the module path or image layer.
+    pub what: String,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub cwd: Option<String>,
+    /// Bytes of wasm memory a store may use.
+    pub memory_budget: Option<usize>,
+}
+
+impl GuestConfig {
+    /// Reads args and env from runwasi's context and the rest from inside the container.
+    pub fn from_context(ctx: &impl RuntimeContext, what: String) -> Self {
+        let mut args: Vec<String> = ctx.args().to_vec();
+        if let Some(arg0) = args.first_mut() {
+            // `module.wasm#func` selects an export; the guest's argv[0] is the path.
+            if let Some((path, _)) = arg0.split_once('#') {
+                *arg0 = path.to_string();
+            }
+        }
+        let envs = ctx
+            .envs()
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cwd = std::env::current_dir()
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| p != "/");
+        let memory_budget = crate::memory::container_memory()
+            .map(|(limit, usage)| crate::memory::store_budget(limit, usage));
+        GuestConfig {
+            what,
+            args,
+            envs,
+            preopens: crate::preopens::discover(),
+            cwd,
+            memory_budget,
+        }
+    }
+
+    /// The value of a container environment variable.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.envs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A WASI context builder with stdio, args, env, preopens and cwd.
+    pub fn wasi_builder(&self) -> WasiCtxBuilder {
+        let mut b = WasiCtxBuilder::new();
+        b.inherit_stdio()
+            .inherit_network()
+            .allow_ip_name_lookup(true);
+        b.args(&self.args).envs(&self.envs);
+        for p in &self.preopens {
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            if let Err(e) = b.preopened_dir(&p.path, &p.path, perms) {
+                tracing::warn!("cannot preopen {}: {e}", p.path);
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            if let Err(e) = b.preopened_dir(cwd, ".", FsPerms::ReadWrite) {
+                tracing::warn!("cannot preopen working directory {cwd}: {e}");
+            }
+            b.initial_cwd(cwd);
+        }
+        b
+    }
+}
+
+/// Store state for preview1 modules.
+pub struct P1State {
+    pub wasi: WasiP1Ctx,
+    pub limiter: GuestLimiter,
+}
+
+/// Store state for components (CLI and HTTP).
+pub struct P2State {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+    pub limiter: GuestLimiter,
+}
+
+impl P2State {
+    pub fn new(cfg: &GuestConfig) -> Self {
+        P2State {
+            wasi: cfg.wasi_builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: GuestLimiter::new(cfg.memory_budget),
+        }
+    }
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}

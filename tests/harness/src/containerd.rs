@@ -1,0 +1,468 @@
+//! A private containerd daemon in a temp dir, with the wasmkube shim on its `PATH`.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shim's containerd runtime type.
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmkube.v1";
+/// The CRI runtime handler (and RuntimeClass) name.
+pub const HANDLER: &str = "wasmkube";
+/// Name of the locally built pause image used as the CRI sandbox image.
+pub const PAUSE_IMAGE: &str = "wasmkube.test/pause:3.9";
+
+/// The result of a command.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    fn from(out: std::process::Output) -> Self {
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with everything printed unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "command failed: {self:#?}");
+        self
+    }
+}
+
+/// containerd config (schema version 2, containerd 1.6/1.7) for a private daemon: CRI with a
+/// `runc` and a `wasmkube` runtime, a local pause image, CNI from `cni_conf_dir`.
+pub fn default_config(dir: &Path, with_wasmkube: bool) -> String {
+    let cni = dir.join("cni");
+    let wasmkube = if with_wasmkube {
+        format!(
+            "\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n      runtime_type = \"{RUNTIME_TYPE}\"\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"version = 2
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # This VM refuses negative oom_score_adj; without this runc and the shim fail opaquely.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+{wasmkube}  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+"#,
+        cni = cni.display()
+    )
+}
+
+/// Options for [`Containerd::start`].
+#[derive(Default)]
+pub struct ContainerdBuilder {
+    shim: Option<PathBuf>,
+    config: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl ContainerdBuilder {
+    /// Puts this shim binary on containerd's `PATH` as `containerd-shim-wasmkube-v1`.
+    pub fn shim(mut self, path: impl Into<PathBuf>) -> Self {
+        self.shim = Some(path.into());
+        self
+    }
+
+    /// Uses this config text instead of [`default_config`].
+    pub fn config(mut self, text: impl Into<String>) -> Self {
+        self.config = Some(text.into());
+        self
+    }
+
+    /// Adds an environment variable for containerd (and so for its shims).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn start(self) -> Containerd {
+        let tmp = tempfile::Builder::new()
+            .prefix("wk-ctd-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let bin = dir.join("bin");
+        fs::create_dir_all(&bin).expect("bin dir");
+        fs::create_dir_all(dir.join("cni")).expect("cni dir");
+        if let Some(shim) = &self.shim {
+            fs::copy(shim, bin.join("containerd-shim-wasmkube-v1")).expect("copy shim");
+        }
+        let config_path = dir.join("config.toml");
+        let config = self.config.unwrap_or_else(|| default_config(&dir, true));
+        fs::write(&config_path, config).expect("write config");
+        let mut c = Containerd {
+            _tmp: tmp,
+            dir: dir.clone(),
+            config_path,
+            env: self.env,
+            process: None,
+        };
+        c.env.push((
+            "WASMKUBE_CACHE_DIR".into(),
+            dir.join("cache").display().to_string(),
+        ));
+        c.spawn();
+        c
+    }
+}
+
+/// A running private containerd. Dropping it kills its tasks, shims and the daemon.
+pub struct Containerd {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    config_path: PathBuf,
+    env: Vec<(String, String)>,
+    process: Option<Child>,
+}
+
+impl Containerd {
+    pub fn builder() -> ContainerdBuilder {
+        ContainerdBuilder::default()
+    }
+
+    /// The daemon's temp dir (config, root, state, logs, cache, cni).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn address(&self) -> PathBuf {
+        self.dir.join("ctd.sock")
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("containerd.log")
+    }
+
+    /// The compiled-module cache dir the shims use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    /// `PATH` as containerd sees it (shim dir first).
+    pub fn path_env(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--address")
+            .arg(self.address())
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--state")
+            .arg(self.dir.join("state"))
+            .env("PATH", self.path_env())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.process = Some(cmd.spawn().expect("spawn containerd"));
+        self.wait_ready(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Waits until the daemon answers; `Err` with its log when it does not.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(p) = self.process.as_mut() {
+                if let Ok(Some(status)) = p.try_wait() {
+                    return Err(format!(
+                        "containerd exited ({status}):\n{}",
+                        self.log_tail()
+                    ));
+                }
+            }
+            if self.address().exists() && self.ctr(&["version"]).code == Some(0) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "containerd not ready after {timeout:?}:\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the daemon log.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Stops the daemon (SIGTERM, then wait). Running containers keep running under their shims.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            signal(p.id() as i32, libc::SIGTERM);
+            let _ = p.wait();
+        }
+    }
+
+    /// Restarts the daemon with the (possibly rewritten) config file.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
+    /// Runs `ctr` against this daemon (namespace `default` unless `-n` is given).
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Output::from(self.ctr_command(args).output().expect("run ctr"))
+    }
+
+    /// A `ctr` command against this daemon, to spawn or customise.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.address())
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Imports an OCI image archive into a namespace.
+    pub fn import(&self, namespace: &str, archive: &Path) -> Output {
+        let archive = archive.display().to_string();
+        self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--all-platforms",
+            &archive,
+        ])
+    }
+
+    fn cleanup_tasks(&self) {
+        for ns in ["default", "k8s.io"] {
+            let tasks = self.ctr(&["-n", ns, "tasks", "ls", "-q"]).stdout;
+            for id in tasks.lines().filter(|l| !l.is_empty()) {
+                self.ctr(&["-n", ns, "tasks", "kill", "-s", "SIGKILL", id]);
+                for _ in 0..50 {
+                    if self.ctr(&["-n", ns, "tasks", "delete", id]).code == Some(0) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.process.is_some() {
+            self.cleanup_tasks();
+        }
+        // Shims outlive containerd: kill the ones serving this daemon.
+        let addr = self.address().display().to_string();
+        if let Ok(procs) = fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.starts_with("containerd-shim") && cmdline.contains(addr.as_str()) {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+        self.stop();
+        // Unmount whatever containerd left under the temp dir, deepest first.
+        let dir = self.dir.display().to_string();
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+    }
+}
+
+/// One `ctr run` of a wasm container.
+#[derive(Clone, Debug, Default)]
+pub struct CtrRun {
+    pub id: String,
+    /// `--rootfs DIR` when set, else `image`.
+    pub rootfs: Option<PathBuf>,
+    pub image: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub memory_limit: Option<u64>,
+    /// `(host dir, container dir, read_only)`
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    pub cwd: Option<String>,
+    /// Defaults to the wasmkube runtime.
+    pub runtime: Option<String>,
+    /// Share the host's network namespace (`--net-host`).
+    pub net_host: bool,
+}
+
+impl CtrRun {
+    pub fn rootfs(id: impl Into<String>, rootfs: impl Into<PathBuf>, args: &[&str]) -> Self {
+        CtrRun {
+            id: id.into(),
+            rootfs: Some(rootfs.into()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn image(id: impl Into<String>, image: impl Into<String>, args: &[&str]) -> Self {
+        CtrRun {
+            id: id.into(),
+            image: Some(image.into()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn env(mut self, kv: &str) -> Self {
+        self.env.push(kv.into());
+        self
+    }
+
+    /// The `ctr run --rm ...` argument list.
+    pub fn argv(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into(), "--rm".into()];
+        a.push(format!(
+            "--runtime={}",
+            self.runtime.as_deref().unwrap_or(RUNTIME_TYPE)
+        ));
+        for e in &self.env {
+            a.push(format!("--env={e}"));
+        }
+        if let Some(m) = self.memory_limit {
+            a.push(format!("--memory-limit={m}"));
+        }
+        for (src, dst, ro) in &self.mounts {
+            let mode = if *ro { "ro" } else { "rw" };
+            a.push(format!(
+                "--mount=type=bind,src={},dst={dst},options=rbind:{mode}",
+                src.display()
+            ));
+        }
+        if let Some(cwd) = &self.cwd {
+            a.push(format!("--cwd={cwd}"));
+        }
+        if self.net_host {
+            a.push("--net-host".into());
+        }
+        match (&self.rootfs, &self.image) {
+            (Some(r), _) => {
+                a.push("--rootfs".into());
+                a.push(r.display().to_string());
+            }
+            (None, Some(i)) => a.push(i.clone()),
+            (None, None) => panic!("CtrRun needs a rootfs or an image"),
+        }
+        a.push(self.id.clone());
+        a.extend(self.args.iter().cloned());
+        a
+    }
+}
+
+impl Containerd {
+    /// `ctr run --rm` to completion.
+    pub fn run(&self, r: &CtrRun) -> Output {
+        let argv = r.argv();
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ctr(&args)
+    }
+
+    /// `ctr run --rm` in the background, stdout/stderr piped.
+    pub fn spawn_run(&self, r: &CtrRun) -> Child {
+        let argv = r.argv();
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ctr_command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ctr run")
+    }
+
+    /// Waits until a task is listed as RUNNING (or `timeout`).
+    pub fn wait_running(&self, id: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let ls = self.ctr(&["tasks", "ls"]).stdout;
+            if ls
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("RUNNING"))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+/// A rootfs directory holding `files` (name → source path) at its root.
+pub fn rootfs_with(files: &[(&str, &Path)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("wk-rootfs-")
+        .tempdir_in("/var/tmp")
+        .expect("rootfs");
+    for (name, src) in files {
+        fs::copy(src, dir.path().join(name)).expect("copy into rootfs");
+    }
+    dir
+}

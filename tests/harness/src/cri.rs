@@ -1,0 +1,306 @@
+//! A CRI client driving containerd the way a kubelet does: RunPodSandbox, CreateContainer,
+//! StartContainer, ContainerStatus, logs, StopContainer/StopPodSandbox/Remove.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{self as cri};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A connected CRI client with its own Tokio runtime (tests are synchronous).
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+/// A pod as a test describes it.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub name: String,
+    pub handler: String,
+    pub host_network: bool,
+    pub log_dir: PathBuf,
+}
+
+/// A container as a test describes it.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub memory_limit: Option<i64>,
+}
+
+fn err(e: tonic::Status) -> String {
+    format!("CRI error {:?}: {}", e.code(), e.message())
+}
+
+impl Cri {
+    pub fn connect(socket: &Path) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let socket = socket.to_path_buf();
+        let channel = rt
+            .block_on(async move {
+                Endpoint::try_from("http://[::]:50051")?
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    }))
+                    .await
+            })
+            .map_err(|e| format!("cannot connect to CRI: {e}"))?;
+        Ok(Cri {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// `(runtime name, version)` from the Version call.
+    pub fn version(&mut self) -> Result<(String, String), String> {
+        let r = self
+            .rt
+            .block_on(self.runtime.version(cri::VersionRequest {
+                version: "v1".into(),
+            }))
+            .map_err(err)?;
+        let v = r.into_inner();
+        Ok((v.runtime_name, v.runtime_version))
+    }
+
+    /// The runtime handlers (CRI status, verbose), as containerd reports its config.
+    pub fn status_info(&mut self) -> Result<String, String> {
+        let r = self
+            .rt
+            .block_on(self.runtime.status(cri::StatusRequest { verbose: true }))
+            .map_err(err)?;
+        Ok(r.into_inner()
+            .info
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Whether an image is present in the CRI image store.
+    pub fn has_image(&mut self, image: &str) -> Result<bool, String> {
+        let req = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let r = self
+            .rt
+            .block_on(self.images.image_status(req))
+            .map_err(err)?;
+        Ok(r.into_inner().image.is_some())
+    }
+
+    pub fn sandbox_config(pod: &PodSpec) -> cri::PodSandboxConfig {
+        let network = if pod.host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        };
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod.name.clone(),
+                uid: format!("uid-{}", pod.name),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: if pod.host_network {
+                String::new()
+            } else {
+                pod.name.clone()
+            },
+            log_directory: pod.log_dir.display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: network as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn run_pod(&mut self, pod: &PodSpec) -> Result<String, String> {
+        let req = cri::RunPodSandboxRequest {
+            config: Some(Self::sandbox_config(pod)),
+            runtime_handler: pod.handler.clone(),
+        };
+        let r = self
+            .rt
+            .block_on(self.runtime.run_pod_sandbox(req))
+            .map_err(err)?;
+        Ok(r.into_inner().pod_sandbox_id)
+    }
+
+    /// Creates a container; its log goes to `<pod log dir>/<name>.log`.
+    pub fn create_container(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSpec,
+        c: &ContainerSpec,
+    ) -> Result<String, String> {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: c.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: c.image.clone(),
+                ..Default::default()
+            }),
+            args: c.args.clone(),
+            envs: c
+                .env
+                .iter()
+                .map(|(k, v)| cri::KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            log_path: format!("{}.log", c.name),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: c.memory_limit.unwrap_or(0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(Self::sandbox_config(pod)),
+        };
+        let r = self
+            .rt
+            .block_on(self.runtime.create_container(req))
+            .map_err(err)?;
+        Ok(r.into_inner().container_id)
+    }
+
+    pub fn start_container(&mut self, id: &str) -> Result<(), String> {
+        let req = cri::StartContainerRequest {
+            container_id: id.into(),
+        };
+        self.rt
+            .block_on(self.runtime.start_container(req))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub fn container_status(&mut self, id: &str) -> Result<cri::ContainerStatus, String> {
+        let req = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        let r = self
+            .rt
+            .block_on(self.runtime.container_status(req))
+            .map_err(err)?;
+        r.into_inner().status.ok_or_else(|| "no status".to_string())
+    }
+
+    /// Waits for the container to exit; returns its exit code.
+    pub fn wait_exit(&mut self, id: &str, timeout: Duration) -> Result<i32, String> {
+        let start = Instant::now();
+        loop {
+            let s = self.container_status(id)?;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return Ok(s.exit_code);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "container {id} still {:?} after {timeout:?}",
+                    s.state
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn stop_container(&mut self, id: &str, timeout_s: i64) -> Result<(), String> {
+        let req = cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout_s,
+        };
+        self.rt
+            .block_on(self.runtime.stop_container(req))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub fn remove_container(&mut self, id: &str) -> Result<(), String> {
+        let req = cri::RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.rt
+            .block_on(self.runtime.remove_container(req))
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// StopPodSandbox + RemovePodSandbox.
+    pub fn remove_pod(&mut self, pod_id: &str) -> Result<(), String> {
+        self.rt
+            .block_on(self.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod_id.into(),
+            }))
+            .map_err(err)?;
+        self.rt
+            .block_on(
+                self.runtime
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod_id.into(),
+                    }),
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// The message lines of a CRI log file (`<time> <stream> <F|P> <message>`), as
+/// `(stream, message)`.
+pub fn read_log(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let (_time, stream, _tag) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((stream.to_string(), parts.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+/// A bridge + host-local CNI network for pod-network tests (no masquerade: no iptables).
+pub fn write_bridge_cni(conf_dir: &Path, subnet: &str) {
+    let conf = format!(
+        r#"{{"cniVersion":"0.4.0","name":"wasmkube-test","plugins":[{{"type":"bridge","bridge":"wk-test0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}]}}"#
+    );
+    std::fs::create_dir_all(conf_dir).expect("cni dir");
+    std::fs::write(conf_dir.join("10-wasmkube-test.conflist"), conf).expect("cni conf");
+}

@@ -1,0 +1,72 @@
+//! wasmkube's test harness: a private containerd in a temp dir, `ctr` and CRI helpers, and the
+//! wasm test guests. Shared by the shim, node-installer and operator test suites.
+//!
+//! Tests that need root or containerd call [`skip_unless!`]: without them the test prints
+//! `SKIP <test>: <what is missing>` and passes, unless `WASMKUBE_REQUIRE_CONTAINERD=1` (CI sets
+//! it), in which case a missing prerequisite fails the test.
+
+pub mod containerd;
+pub mod cri;
+pub mod guests;
+pub mod images;
+
+pub use containerd::{Containerd, CtrRun, Output};
+
+/// What a containerd test needs from the machine, or `None` when everything is there.
+pub fn missing_prerequisites() -> Option<String> {
+    let mut missing = Vec::new();
+    // SAFETY-free: geteuid via std: /proc/self/status "Uid:" line.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        missing.push("root (containerd and runc need it)".to_string());
+    }
+    for tool in ["containerd", "ctr", "runc"] {
+        if which(tool).is_none() {
+            missing.push(format!(
+                "`{tool}` on PATH (apt-get install -y containerd runc)"
+            ));
+        }
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Full path of a program on `PATH`.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Prints a loud skip line and returns from the test when a prerequisite is missing; fails
+/// instead when `WASMKUBE_REQUIRE_CONTAINERD=1`.
+#[macro_export]
+macro_rules! skip_unless {
+    ($missing:expr) => {
+        if let Some(missing) = $missing {
+            if std::env::var("WASMKUBE_REQUIRE_CONTAINERD").as_deref() == Ok("1") {
+                panic!("WASMKUBE_REQUIRE_CONTAINERD=1 but this test cannot run: missing {missing}");
+            }
+            eprintln!("SKIP {}: missing {missing}", module_path!());
+            return;
+        }
+    };
+}
+
+/// A unique container or pod id: parallel tests share runwasi's state directory.
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
