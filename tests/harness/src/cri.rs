@@ -304,3 +304,33 @@ pub fn write_bridge_cni(conf_dir: &Path, subnet: &str) {
     std::fs::create_dir_all(conf_dir).expect("cni dir");
     std::fs::write(conf_dir.join("10-wasmkube-test.conflist"), conf).expect("cni conf");
 }
+
+impl Cri {
+    /// The pod's IP and its network namespace path, from PodSandboxStatus (verbose).
+    pub fn pod_network(&mut self, pod_id: &str) -> Result<(String, String), String> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        };
+        let r = self
+            .rt
+            .block_on(self.runtime.pod_sandbox_status(req))
+            .map_err(err)?
+            .into_inner();
+        let ip = r
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        let info = r.info.get("info").cloned().unwrap_or_default();
+        let info: serde_json::Value = serde_json::from_str(&info).map_err(|e| e.to_string())?;
+        let netns = info
+            .pointer("/runtimeSpec/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+            .and_then(|n| n["path"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no network namespace in sandbox info: {info}"))?;
+        Ok((ip, netns))
+    }
+}

@@ -1,0 +1,218 @@
+//! The shim through containerd's CRI, as a kubelet drives it: RunPodSandbox (the pause
+//! sandbox runs natively through our runtime handler) → CreateContainer → StartContainer →
+//! CRI log file → StopContainer → StopPodSandbox/RemovePodSandbox.
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wasmkube_test_harness::containerd::HANDLER;
+use wasmkube_test_harness::cri::{read_log, write_bridge_cni, ContainerSpec, Cri, PodSpec};
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::images::{pack, pause_archive};
+use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
+
+/// A containerd with the pause image and the named guests imported into `k8s.io`.
+fn node(guests: &[(&str, &str)]) -> (Containerd, Cri, tempfile::TempDir) {
+    let ctd = Containerd::builder().shim(SHIM).start();
+    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    ctd.import("k8s.io", pause).ok();
+    let work = tempfile::tempdir().expect("tmp");
+    for (name, reference) in guests {
+        let archive = work.path().join(format!("{name}.tar"));
+        pack(&guest(name), reference, &archive);
+        ctd.import("k8s.io", &archive).ok();
+    }
+    let mut cri = Cri::connect(&ctd.address()).expect("CRI connect");
+    let (name, version) = cri.version().expect("CRI version");
+    assert_eq!(name, "containerd");
+    assert!(!version.is_empty());
+    (ctd, cri, work)
+}
+
+fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
+    PodSpec {
+        name: unique_id(name),
+        handler: HANDLER.into(),
+        host_network,
+        log_dir: logs.join(name),
+    }
+}
+
+fn log_text(path: &Path, stream: &str) -> String {
+    read_log(path)
+        .into_iter()
+        .filter(|(s, _)| s == stream)
+        .map(|(_, m)| m + "\n")
+        .collect()
+}
+
+#[test]
+fn cri_runs_a_wasm_container_in_a_host_network_pod() {
+    skip_unless!(missing_prerequisites());
+    let (_ctd, mut cri, work) = node(&[
+        ("hello", "docker.io/wasmkube/hello:cri"),
+        ("trap", "docker.io/wasmkube/trap:cri"),
+    ]);
+    assert!(
+        cri.status_info()
+            .expect("status")
+            .contains("io.containerd.wasmkube.v1"),
+        "handler configured"
+    );
+    let pod = pod("hello", true, work.path());
+    let pod_id = cri
+        .run_pod(&pod)
+        .expect("RunPodSandbox with the wasmkube handler");
+
+    let spec = ContainerSpec {
+        name: "hello".into(),
+        image: "docker.io/wasmkube/hello:cri".into(),
+        args: vec!["from-cri".into()],
+        env: vec![("WK_POD".into(), "yes".into())],
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod_id, &pod, &spec)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    assert_eq!(
+        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
+        0
+    );
+    let log = pod.log_dir.join("hello.log");
+    let out = log_text(&log, "stdout");
+    assert!(
+        out.starts_with("hello from wasm\narg[0]=/hello.wasm\narg[1]=from-cri\n"),
+        "{out}"
+    );
+    assert!(out.contains("env WK_POD=yes"), "{out}");
+    assert_eq!(log_text(&log, "stderr"), "to stderr\n");
+    cri.remove_container(&id).expect("RemoveContainer");
+
+    // A trapping module: non-zero exit, the trap in the container's log.
+    let spec = ContainerSpec {
+        name: "trap".into(),
+        image: "docker.io/wasmkube/trap:cri".into(),
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod_id, &pod, &spec)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    assert_eq!(
+        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
+        134
+    );
+    let err = log_text(&pod.log_dir.join("trap.log"), "stderr");
+    assert!(
+        err.contains("wasmkube: wasm trap") && err.contains("unreachable"),
+        "{err}"
+    );
+    cri.remove_container(&id).expect("RemoveContainer");
+    cri.remove_pod(&pod_id).expect("remove pod");
+}
+
+#[test]
+fn cri_memory_limit_from_the_pod_spec_bounds_the_guest() {
+    skip_unless!(missing_prerequisites());
+    let (_ctd, mut cri, work) = node(&[("memhog", "docker.io/wasmkube/memhog:cri")]);
+    let pod = pod("hog", true, work.path());
+    let pod_id = cri.run_pod(&pod).expect("RunPodSandbox");
+    let spec = ContainerSpec {
+        name: "hog".into(),
+        image: "docker.io/wasmkube/memhog:cri".into(),
+        env: vec![("WK_HOG_MIB".into(), "512".into())],
+        memory_limit: Some(96 << 20),
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod_id, &pod, &spec)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    assert_eq!(
+        cri.wait_exit(&id, Duration::from_secs(60)).expect("exit"),
+        137
+    );
+    let err = log_text(&pod.log_dir.join("hog.log"), "stderr");
+    assert!(err.contains("guest exceeded the memory limit"), "{err}");
+    cri.remove_container(&id).expect("RemoveContainer");
+    cri.remove_pod(&pod_id).expect("remove pod");
+}
+
+/// `curl` inside a network namespace, on that namespace's loopback.
+fn curl_in_netns(netns: &str, url: &str) -> Option<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["curl", "-sS", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
+    skip_unless!(missing_prerequisites());
+    skip_unless!(wasmkube_test_harness::which("curl")
+        .is_none()
+        .then(|| "curl (apt-get install -y curl)".to_string()));
+    skip_unless!((!Path::new("/usr/lib/cni/bridge").exists()).then(|| {
+        "CNI plugins in /usr/lib/cni (apt-get install -y containernetworking-plugins)".to_string()
+    }));
+    let (ctd, mut cri, work) = node(&[("http_hello", "docker.io/wasmkube/hello-http:cri")]);
+    write_bridge_cni(&ctd.dir().join("cni"), "10.233.77.0/24");
+    let pod = pod("web", false, work.path());
+    let pod_id = cri.run_pod(&pod).expect("RunPodSandbox with pod network");
+    let spec = ContainerSpec {
+        name: "web".into(),
+        image: "docker.io/wasmkube/hello-http:cri".into(),
+        env: vec![("WK_GREETING".into(), "hello pod".into())],
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod_id, &pod, &spec)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+
+    let (ip, netns) = cri.pod_network(&pod_id).expect("pod status");
+    assert!(
+        ip.starts_with("10.233.77."),
+        "pod IP from the CNI bridge: {ip:?}"
+    );
+    // Reach the app on the pod's own loopback (the default listen address is 0.0.0.0:8080).
+    let start = Instant::now();
+    let body = loop {
+        if let Some(b) = curl_in_netns(&netns, "http://127.0.0.1:8080/env") {
+            break b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "app never answered in the pod"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(body, "hello pod\n");
+    assert_eq!(
+        curl_in_netns(&netns, "http://127.0.0.1:8080/x?y=1").as_deref(),
+        Some("hello from wasi:http, path=/x?y=1\n")
+    );
+
+    // Pod deletion: StopContainer sends SIGTERM; the server drains and exits 0 well before
+    // the grace period.
+    let t = Instant::now();
+    cri.stop_container(&id, 30).expect("StopContainer");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "StopContainer took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(cri.wait_exit(&id, Duration::from_secs(5)).expect("exit"), 0);
+    cri.remove_container(&id).expect("RemoveContainer");
+    cri.remove_pod(&pod_id).expect("remove pod");
+    let _ = Command::new("ip")
+        .args(["link", "del", "wk-test0"])
+        .status();
+}
