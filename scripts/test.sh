@@ -11,3 +11,5 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+echo "== manifests: kubernetes-validate --strict (1.30, 1.37) and the WasmApp schema"
+scripts/validate-manifests.sh

@@ -1,4 +1,4 @@
-//! `wasmkube`: pack wasm into OCI images (and, later, render WasmApp manifests).
+//! `wasmkube`: pack wasm into OCI images, render WasmApp manifests.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -18,6 +18,15 @@ enum Command {
     /// Pack a .wasm module or component into an OCI image archive
     #[command(after_long_help = PACK_NOTES)]
     Pack(PackArgs),
+    /// Print the objects the operator would apply for the WasmApps in a file (YAML, `---` separated)
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+struct RenderArgs {
+    /// File with one or more WasmApps (YAML; other kinds are skipped); `-` reads stdin
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: PathBuf,
 }
 
 const PACK_NOTES: &str = "\
@@ -91,6 +100,7 @@ impl From<LayoutArg> for Layout {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Pack(args) => run_pack(args),
+        Command::Render(args) => run_render(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +110,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_render(args: RenderArgs) -> anyhow::Result<()> {
+    let input = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let out = wasmkube_cli::render::render(&input)
+        .with_context(|| format!("cannot render {}", args.file.display()))?;
+    print!("{out}");
+    Ok(())
 }
 
 fn run_pack(args: PackArgs) -> anyhow::Result<()> {

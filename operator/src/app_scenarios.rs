@@ -1,0 +1,468 @@
+//! App controller scenarios against the mock API server: one test per behaviour.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+    jiff::Timestamp,
+};
+use kube::runtime::{
+    controller::Action,
+    events::{Recorder, Reporter},
+};
+use serde_json::{json, Value};
+
+use crate::{
+    app_controller::{error_policy, reconcile, Context},
+    crd::{
+        conditions, reasons, Autoscaling, ServiceConfig, ServiceType, WasmApp, WasmAppSpec,
+        WasmAppStatus,
+    },
+    fixtures::{finish, mock_client, Step},
+    metrics::Metrics,
+    names::FIELD_MANAGER,
+    Error,
+};
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/apps/deployments/hello";
+const SERVICE: &str = "/api/v1/namespaces/apps/services/hello";
+const HPA: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers/hello";
+const IMAGE: &str = "docker.io/wasmkube/hello-http:latest";
+
+fn context() -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
+    let (client, verifier) = mock_client();
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: None,
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    (
+        Arc::new(Context::new(client, recorder, Metrics::default())),
+        verifier,
+    )
+}
+
+fn app(spec: WasmAppSpec, generation: i64, status: Option<WasmAppStatus>) -> WasmApp {
+    let mut app = WasmApp::new("hello", spec);
+    app.metadata.namespace = Some("apps".to_string());
+    app.metadata.uid = Some("7d3c-uid".to_string());
+    app.metadata.generation = Some(generation);
+    app.status = status;
+    app
+}
+
+fn spec() -> WasmAppSpec {
+    WasmAppSpec {
+        image: IMAGE.to_string(),
+        ..WasmAppSpec::default()
+    }
+}
+
+fn with_cpu(mut s: WasmAppSpec) -> WasmAppSpec {
+    s.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([(
+            "cpu".to_string(),
+            Quantity("100m".into()),
+        )])),
+        ..ResourceRequirements::default()
+    });
+    s
+}
+
+/// What the API server answers to a Deployment apply: the object with a generation and status.
+fn deployment_reply(
+    generation: i64,
+    observed: i64,
+    replicas: i32,
+    ready: i32,
+) -> impl FnOnce(&Value) -> Value {
+    move |applied: &Value| {
+        let mut d = applied.clone();
+        d["metadata"]["generation"] = json!(generation);
+        if d["spec"].get("replicas").is_none() {
+            d["spec"]["replicas"] = json!(replicas);
+        }
+        d["status"] = json!({
+            "observedGeneration": observed,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        });
+        d
+    }
+}
+
+fn cond<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn old_status(ready: bool, generation: i64) -> WasmAppStatus {
+    let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1_700_000_000).expect("ts"),
+    );
+    let c = |type_: &str, status: &str, reason: &str, message: &str| Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: Some(generation),
+        last_transition_time: t.clone(),
+    };
+    let (r, rr, rm) = if ready {
+        ("True", reasons::ALL_REPLICAS_READY, "1/1 replicas ready")
+    } else {
+        ("False", reasons::REPLICAS_NOT_READY, "0/1 replicas ready")
+    };
+    let (p, pr, pm) = if ready {
+        (
+            "False",
+            reasons::ROLLOUT_COMPLETE,
+            "1/1 replicas up to date",
+        )
+    } else {
+        (
+            "True",
+            reasons::ROLLING_OUT,
+            "1/1 replicas updated, 0 available",
+        )
+    };
+    WasmAppStatus {
+        observed_generation: Some(generation),
+        replicas: 1,
+        ready_replicas: i32::from(ready),
+        conditions: vec![
+            c(conditions::READY, r, rr, rm),
+            c(conditions::PROGRESSING, p, pr, pm),
+            c(conditions::DEGRADED, "False", reasons::AS_EXPECTED, "no problems"),
+        ],
+        service_name: Some("hello".to_string()),
+        autoscaler_name: None,
+        url: Some("http://hello.apps.svc".to_string()),
+        selector: Some(
+            "app.kubernetes.io/instance=hello,app.kubernetes.io/managed-by=wasmkube-operator,app.kubernetes.io/name=hello"
+                .to_string(),
+        ),
+    }
+}
+
+/// The status apply of `app`, answered with the app carrying the applied status.
+fn apply_status(app: &WasmApp) -> Step {
+    let path = format!(
+        "/apis/wasmkube.dev/v1alpha1/namespaces/apps/wasmapps/{}/status",
+        app.metadata.name.clone().unwrap_or_default()
+    );
+    let current = serde_json::to_value(app).expect("json");
+    Step::apply(&path).reply_with(move |body| {
+        let mut v = current;
+        v["status"] = body["status"].clone();
+        v
+    })
+}
+
+async fn run_reconcile(app: WasmApp, steps: Vec<Step>) -> (Result<Action, Error>, Vec<Value>) {
+    let (ctx, verifier) = context();
+    let task = verifier.run(steps);
+    let result = reconcile(Arc::new(app), ctx.clone()).await;
+    drop(ctx);
+    (result, finish(task).await)
+}
+
+/// The Deployment the builders make for `app`, as the API server would echo it back.
+fn built_deployment(
+    app: &WasmApp,
+    generation: i64,
+    observed: i64,
+    replicas: i32,
+    ready: i32,
+) -> Value {
+    let d = serde_json::to_value(crate::builders::app::deployment(app)).expect("json");
+    deployment_reply(generation, observed, replicas, ready)(&d)
+}
+
+#[tokio::test]
+async fn create_applies_deployment_and_service_then_status_and_event() {
+    let a = app(spec(), 1, None);
+    let steps = vec![
+        Step::apply(DEPLOYMENT)
+            .body(|b| {
+                assert_eq!(b["apiVersion"], "apps/v1");
+                assert_eq!(b["kind"], "Deployment");
+                assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "7d3c-uid");
+                assert_eq!(b["metadata"]["ownerReferences"][0]["controller"], true);
+                assert_eq!(
+                    b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                    "wasmkube-operator"
+                );
+                assert_eq!(b["spec"]["replicas"], 1);
+                let pod = &b["spec"]["template"]["spec"];
+                assert_eq!(pod["runtimeClassName"], "wasmkube");
+                assert_eq!(pod["containers"][0]["image"], IMAGE);
+                assert_eq!(
+                    pod["containers"][0]["env"][0],
+                    json!({"name": "WASMKUBE_HTTP_ADDR", "value": "0.0.0.0:8080"})
+                );
+                assert!(b.get("status").is_none(), "apply never sends status");
+            })
+            .reply(built_deployment(&a, 1, 0, 1, 0)),
+        Step::apply(SERVICE).body(|b| {
+            assert_eq!(b["kind"], "Service");
+            assert_eq!(b["spec"]["type"], "ClusterIP");
+            assert_eq!(
+                b["spec"]["ports"][0],
+                json!({"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"})
+            );
+            assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "WasmApp");
+        }),
+        apply_status(&a).body(|b| {
+            assert_eq!(b["apiVersion"], "wasmkube.dev/v1alpha1");
+            assert_eq!(b["kind"], "WasmApp");
+            assert_eq!(b["status"]["observedGeneration"], 1);
+            assert_eq!(b["status"]["serviceName"], "hello");
+            assert_eq!(b["status"]["url"], "http://hello.apps.svc");
+            assert!(b["status"]["selector"]
+                .as_str()
+                .is_some_and(|s| s.contains("app.kubernetes.io/name=hello")));
+            assert_eq!(cond(b, "Ready")["status"], "False");
+            assert_eq!(cond(b, "Ready")["reason"], reasons::WAITING_FOR_DEPLOYMENT);
+            assert_eq!(cond(b, "Progressing")["status"], "True");
+            assert_eq!(cond(b, "Degraded")["status"], "False");
+        }),
+        Step::event("apps", "Normal", reasons::CREATED).body(|b| {
+            assert_eq!(b["regarding"]["kind"], "WasmApp");
+            assert_eq!(b["regarding"]["name"], "hello");
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(300))
+    );
+}
+
+#[tokio::test]
+async fn update_reapplies_with_new_image_without_created_event() {
+    let mut s = spec();
+    s.image = "docker.io/wasmkube/hello-http:v2".to_string();
+    s.args = vec!["--greeting".into(), "hej".into()];
+    let a = app(s, 2, Some(old_status(true, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT)
+            .body(|b| {
+                let c = &b["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(c["image"], "docker.io/wasmkube/hello-http:v2");
+                assert_eq!(c["args"], json!(["--greeting", "hej"]));
+            })
+            .reply(built_deployment(&a, 2, 1, 1, 1)),
+        Step::apply(SERVICE),
+        apply_status(&a).body(|b| {
+            assert_eq!(b["status"]["observedGeneration"], 2);
+            assert_eq!(cond(b, "Ready")["reason"], reasons::WAITING_FOR_DEPLOYMENT);
+            assert_eq!(cond(b, "Progressing")["status"], "True");
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn scale_sets_deployment_replicas_and_reports_counts() {
+    let mut s = spec();
+    s.replicas = Some(5);
+    let a = app(s, 3, Some(old_status(true, 2)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT)
+            .body(|b| assert_eq!(b["spec"]["replicas"], 5))
+            .reply(built_deployment(&a, 3, 3, 5, 2)),
+        Step::apply(SERVICE),
+        apply_status(&a).body(|b| {
+            assert_eq!(b["status"]["replicas"], 5);
+            assert_eq!(b["status"]["readyReplicas"], 2);
+            assert_eq!(cond(b, "Ready")["status"], "False");
+            assert_eq!(cond(b, "Ready")["message"], "2/5 replicas ready");
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn autoscaling_on_applies_hpa_and_leaves_replicas_to_it() {
+    let mut s = with_cpu(spec());
+    s.autoscaling = Some(Autoscaling {
+        min_replicas: 2,
+        max_replicas: 8,
+        target_cpu_utilization_percentage: 60,
+    });
+    let a = app(s, 2, Some(old_status(true, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT)
+            .body(|b| {
+                assert!(
+                    b["spec"].get("replicas").is_none(),
+                    "the HPA owns spec.replicas: {b}"
+                );
+                assert_eq!(
+                    b["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+                    "100m"
+                );
+            })
+            .reply(built_deployment(&a, 2, 2, 2, 2)),
+        Step::apply(SERVICE),
+        Step::apply(HPA).body(|b| {
+            assert_eq!(b["apiVersion"], "autoscaling/v2");
+            assert_eq!(
+                b["spec"]["scaleTargetRef"],
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello"})
+            );
+            assert_eq!(b["spec"]["minReplicas"], 2);
+            assert_eq!(b["spec"]["maxReplicas"], 8);
+            assert_eq!(
+                b["spec"]["metrics"][0]["resource"]["target"],
+                json!({"type": "Utilization", "averageUtilization": 60})
+            );
+            assert_eq!(b["metadata"]["ownerReferences"][0]["name"], "hello");
+        }),
+        apply_status(&a).body(|b| {
+            assert_eq!(b["status"]["autoscalerName"], "hello");
+            assert_eq!(b["status"]["replicas"], 2);
+            assert_eq!(cond(b, "Ready")["status"], "True");
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn autoscaling_off_deletes_the_stale_hpa() {
+    let mut old = old_status(true, 1);
+    old.autoscaler_name = Some("hello".to_string());
+    let a = app(spec(), 2, Some(old));
+    let steps = vec![
+        Step::apply(DEPLOYMENT)
+            .body(|b| assert_eq!(b["spec"]["replicas"], 1, "replicas back under our control"))
+            .reply(built_deployment(&a, 2, 2, 1, 1)),
+        Step::apply(SERVICE),
+        Step::delete(HPA).reply(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        Step::event("apps", "Normal", reasons::AUTOSCALER_REMOVED),
+        apply_status(&a).body(|b| {
+            assert!(b["status"].get("autoscalerName").is_none(), "{b}");
+            assert_eq!(b["status"]["observedGeneration"], 2);
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn service_type_none_deletes_the_service_and_tolerates_404() {
+    let mut s = spec();
+    s.service = Some(ServiceConfig {
+        type_: ServiceType::None,
+        ..ServiceConfig::default()
+    });
+    let a = app(s, 2, Some(old_status(true, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 2, 2, 1, 1)),
+        Step::delete(SERVICE).not_found(),
+        apply_status(&a).body(|b| {
+            assert!(b["status"].get("serviceName").is_none());
+            assert!(b["status"].get("url").is_none());
+        }),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn invalid_spec_becomes_degraded_without_children_or_error() {
+    let mut a = app(spec(), 1, None);
+    a.metadata.name = Some("hello.v1".to_string());
+    let steps = vec![
+        apply_status(&a).body(|b| {
+            assert_eq!(cond(b, "Degraded")["status"], "True");
+            assert_eq!(cond(b, "Degraded")["reason"], reasons::INVALID_SPEC);
+            assert!(cond(b, "Degraded")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("DNS-1035")));
+            assert_eq!(cond(b, "Ready")["status"], "False");
+            assert_eq!(cond(b, "Ready")["reason"], reasons::INVALID_SPEC);
+        }),
+        Step::event("apps", "Warning", reasons::INVALID_SPEC)
+            .body(|b| assert!(b["note"].as_str().is_some_and(|n| n.contains("hello.v1")))),
+    ];
+    let (result, bodies) = run_reconcile(a.clone(), steps).await;
+    assert_eq!(
+        result.expect("no error, no crash loop"),
+        Action::await_change()
+    );
+
+    // Reconciling again with that status reported: nothing to send.
+    let status: WasmAppStatus =
+        serde_json::from_value(bodies[0]["status"].clone()).expect("status");
+    a.status = Some(status);
+    let (result, _) = run_reconcile(a, vec![]).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+}
+
+#[tokio::test]
+async fn deployment_becoming_ready_sets_ready_and_records_event() {
+    let a = app(spec(), 1, Some(old_status(false, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 1, 1, 1, 1)),
+        Step::apply(SERVICE),
+        apply_status(&a).body(|b| {
+            assert_eq!(b["status"]["readyReplicas"], 1);
+            assert_eq!(cond(b, "Ready")["status"], "True");
+            assert_eq!(cond(b, "Ready")["reason"], reasons::ALL_REPLICAS_READY);
+            assert_eq!(cond(b, "Progressing")["status"], "False");
+            assert_eq!(cond(b, "Progressing")["reason"], reasons::ROLLOUT_COMPLETE);
+            // Degraded did not change: its transition time is kept.
+            assert_eq!(
+                cond(b, "Degraded")["lastTransitionTime"],
+                "2023-11-14T22:13:20Z"
+            );
+        }),
+        Step::event("apps", "Normal", reasons::BECAME_READY)
+            .body(|b| assert_eq!(b["note"], "1/1 replicas ready")),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn steady_state_sends_only_the_applies() {
+    let a = app(spec(), 1, Some(old_status(true, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 1, 1, 1, 1)),
+        Step::apply(SERVICE),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    result.expect("reconcile");
+}
+
+#[tokio::test]
+async fn api_errors_requeue_with_backoff() {
+    let a = app(spec(), 1, None);
+    let (ctx, verifier) = context();
+    let task = verifier.run(vec![Step::apply(DEPLOYMENT).fail(500, "InternalError")]);
+    let arc = Arc::new(a);
+    let err = reconcile(arc.clone(), ctx.clone())
+        .await
+        .expect_err("500 fails the reconcile");
+    assert_eq!(err.metric_label(), "api");
+    assert_eq!(
+        error_policy(arc.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(arc, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    drop(ctx);
+    finish(task).await;
+}

@@ -1,0 +1,394 @@
+//! The node installer's two DaemonSets and the `wasmkube` RuntimeClass.
+//!
+//! Node state drives scheduling: the *install* DaemonSet selects nodes labelled
+//! `wasmkube.dev/runtime` in (`pending`, `ready`, `failed`), the *uninstall* DaemonSet nodes
+//! labelled `removing`. Moving a node's label is therefore all it takes to run the right verb on
+//! it (see operator/README.md). Both run the installer in an init container, whose termination
+//! message is the JSON result, and then idle in a pause container so the result stays readable.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
+        core::v1::{
+            Affinity, Capabilities, Container, HostPathVolumeSource, NodeAffinity,
+            NodeSelector as CoreNodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
+            PodTemplateSpec, ResourceRequirements, SecurityContext, Toleration, Volume,
+            VolumeMount,
+        },
+        node::v1::{RuntimeClass, Scheduling},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
+};
+use kube::api::ObjectMeta;
+
+use crate::names::{self, installer, labels, runtime_state};
+
+/// What an installer DaemonSet does on its nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstallerAction {
+    Install,
+    Uninstall,
+}
+
+impl InstallerAction {
+    pub fn daemonset_name(self) -> &'static str {
+        match self {
+            InstallerAction::Install => installer::INSTALL_DAEMONSET,
+            InstallerAction::Uninstall => installer::UNINSTALL_DAEMONSET,
+        }
+    }
+
+    pub fn component(self) -> &'static str {
+        match self {
+            InstallerAction::Install => installer::COMPONENT_INSTALL,
+            InstallerAction::Uninstall => installer::COMPONENT_UNINSTALL,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            InstallerAction::Install => "install",
+            InstallerAction::Uninstall => "uninstall",
+        }
+    }
+
+    /// Node label values this DaemonSet runs on.
+    pub fn node_states(self) -> &'static [&'static str] {
+        match self {
+            InstallerAction::Install => &[
+                runtime_state::PENDING,
+                runtime_state::READY,
+                runtime_state::FAILED,
+            ],
+            InstallerAction::Uninstall => &[runtime_state::REMOVING],
+        }
+    }
+
+    /// The action whose pods carry this `app.kubernetes.io/component`.
+    pub fn from_component(component: &str) -> Option<Self> {
+        match component {
+            installer::COMPONENT_INSTALL => Some(InstallerAction::Install),
+            installer::COMPONENT_UNINSTALL => Some(InstallerAction::Uninstall),
+            _ => None,
+        }
+    }
+}
+
+/// Operator settings that shape the installer pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstallerConfig {
+    pub namespace: String,
+    pub image: String,
+    pub idle_image: String,
+    /// Path of the bundled shim inside the installer image; `None`: the installer's default
+    /// (the shim beside its binary).
+    pub shim_path: Option<String>,
+    /// `--restart` passed to the installer (`auto`, `systemd`, `none`).
+    pub restart: String,
+    /// How many nodes restart containerd at once (a number or a percentage).
+    pub max_unavailable: IntOrString,
+}
+
+impl Default for InstallerConfig {
+    fn default() -> Self {
+        InstallerConfig {
+            namespace: names::DEFAULT_NAMESPACE.to_string(),
+            image: installer::DEFAULT_IMAGE.to_string(),
+            idle_image: installer::DEFAULT_IDLE_IMAGE.to_string(),
+            shim_path: None,
+            restart: "auto".to_string(),
+            max_unavailable: IntOrString::Int(1),
+        }
+    }
+}
+
+/// Labels of an installer DaemonSet's pods (also its selector).
+pub fn pod_labels(action: InstallerAction) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), installer::NAME.to_string()),
+        (
+            labels::COMPONENT.to_string(),
+            action.component().to_string(),
+        ),
+    ])
+}
+
+fn common_labels(action: InstallerAction) -> BTreeMap<String, String> {
+    let mut l = pod_labels(action);
+    l.insert(labels::PART_OF.to_string(), names::PART_OF.to_string());
+    l.insert(
+        labels::MANAGED_BY.to_string(),
+        names::MANAGED_BY.to_string(),
+    );
+    l
+}
+
+/// Label selector (string form) matching the pods of both installer DaemonSets.
+pub fn all_pods_selector() -> String {
+    format!("{}={}", labels::NAME, installer::NAME)
+}
+
+fn control_plane_tolerations() -> Vec<Toleration> {
+    [
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some("NoSchedule".to_string()),
+        ..Toleration::default()
+    })
+    .collect()
+}
+
+/// An installer DaemonSet.
+pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
+    let host_root = "/host";
+    let mut command = vec![
+        "wasmkube-node-installer".to_string(),
+        action.verb().to_string(),
+        "--host-root".to_string(),
+        host_root.to_string(),
+    ];
+    if let Some(shim) = &cfg.shim_path {
+        command.extend(["--shim".to_string(), shim.clone()]);
+    }
+    command.extend([
+        "--restart".to_string(),
+        cfg.restart.clone(),
+        "--result-file".to_string(),
+        "/dev/termination-log".to_string(),
+    ]);
+    let installer = Container {
+        name: installer::INIT_CONTAINER.to_string(),
+        image: Some(cfg.image.clone()),
+        command: Some(command),
+        termination_message_path: Some("/dev/termination-log".to_string()),
+        // A crash before the result is written still leaves its last log lines as the message.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "host-root".to_string(),
+            mount_path: host_root.to_string(),
+            ..VolumeMount::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".to_string())),
+                ("memory".to_string(), Quantity("32Mi".to_string())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("256Mi".to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let idle = Container {
+        name: "idle".to_string(),
+        image: Some(cfg.idle_image.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65535),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("1m".to_string())),
+                ("memory".to_string(), Quantity("4Mi".to_string())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("16Mi".to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let affinity = Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(CoreNodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: names::RUNTIME_LABEL.to_string(),
+                        operator: "In".to_string(),
+                        values: Some(action.node_states().iter().map(|s| s.to_string()).collect()),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    };
+    DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(action.daemonset_name().to_string()),
+            namespace: Some(cfg.namespace.clone()),
+            labels: Some(common_labels(action)),
+            ..ObjectMeta::default()
+        },
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(pod_labels(action)),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(cfg.max_unavailable.clone()),
+                    ..RollingUpdateDaemonSet::default()
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(common_labels(action)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(installer::SERVICE_ACCOUNT.to_string()),
+                    automount_service_account_token: Some(false),
+                    host_pid: Some(true),
+                    priority_class_name: Some("system-node-critical".to_string()),
+                    affinity: Some(affinity),
+                    tolerations: Some(control_plane_tolerations()),
+                    init_containers: Some(vec![installer]),
+                    containers: vec![idle],
+                    volumes: Some(vec![Volume {
+                        name: "host-root".to_string(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: "/".to_string(),
+                            type_: Some("Directory".to_string()),
+                        }),
+                        ..Volume::default()
+                    }]),
+                    termination_grace_period_seconds: Some(5),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+/// The `wasmkube` RuntimeClass: pods using it land only on nodes whose runtime is ready.
+pub fn runtime_class() -> RuntimeClass {
+    RuntimeClass {
+        metadata: ObjectMeta {
+            name: Some(names::RUNTIME_CLASS.to_string()),
+            labels: Some(BTreeMap::from([
+                (labels::PART_OF.to_string(), names::PART_OF.to_string()),
+                (
+                    labels::MANAGED_BY.to_string(),
+                    names::MANAGED_BY.to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        handler: names::RUNTIME_HANDLER.to_string(),
+        overhead: None,
+        scheduling: Some(Scheduling {
+            node_selector: Some(BTreeMap::from([(
+                names::RUNTIME_LABEL.to_string(),
+                runtime_state::READY.to_string(),
+            )])),
+            tolerations: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_daemonset_shape() {
+        let cfg = InstallerConfig {
+            max_unavailable: IntOrString::String("20%".to_string()),
+            shim_path: Some("/opt/wasmkube/containerd-shim-wasmkube-v1".to_string()),
+            ..InstallerConfig::default()
+        };
+        let ds = serde_json::to_value(daemonset(&cfg, InstallerAction::Install)).expect("json");
+        assert_eq!(ds["metadata"]["name"], "wasmkube-node-installer");
+        assert_eq!(ds["metadata"]["namespace"], "wasmkube-system");
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            "20%"
+        );
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["hostPID"], true);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["serviceAccountName"], "wasmkube-node-installer");
+        assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/");
+        let term = &pod["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+            ["matchExpressions"][0];
+        assert_eq!(term["key"], "wasmkube.dev/runtime");
+        assert_eq!(
+            term["values"],
+            serde_json::json!(["pending", "ready", "failed"])
+        );
+        assert_eq!(
+            pod["tolerations"][0]["key"],
+            "node-role.kubernetes.io/control-plane"
+        );
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["securityContext"]["privileged"], true);
+        assert_eq!(init["volumeMounts"][0]["mountPath"], "/host");
+        assert_eq!(init["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let cmd: Vec<String> = serde_json::from_value(init["command"].clone()).expect("cmd");
+        assert_eq!(
+            cmd.join(" "),
+            "wasmkube-node-installer install --host-root /host --shim \
+             /opt/wasmkube/containerd-shim-wasmkube-v1 --restart auto --result-file /dev/termination-log"
+        );
+        assert_eq!(pod["containers"][0]["image"], "registry.k8s.io/pause:3.10");
+    }
+
+    #[test]
+    fn uninstall_daemonset_targets_removing_nodes() {
+        let ds = daemonset(&InstallerConfig::default(), InstallerAction::Uninstall);
+        let json = serde_json::to_value(&ds).expect("json");
+        assert_eq!(json["metadata"]["name"], "wasmkube-node-uninstaller");
+        assert_eq!(
+            json["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+            "uninstall"
+        );
+        let term = &json["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+            ["matchExpressions"][0];
+        assert_eq!(term["values"], serde_json::json!(["removing"]));
+        assert_eq!(
+            json["spec"]["template"]["spec"]["initContainers"][0]["command"][1],
+            "uninstall"
+        );
+    }
+
+    #[test]
+    fn runtime_class_shape() {
+        let rc = serde_json::to_value(runtime_class()).expect("json");
+        assert_eq!(rc["apiVersion"], "node.k8s.io/v1");
+        assert_eq!(rc["handler"], "wasmkube");
+        assert_eq!(
+            rc["scheduling"]["nodeSelector"]["wasmkube.dev/runtime"],
+            "ready"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Pure functions from desired state to Kubernetes objects.
+
+pub mod app;
+pub mod installer;

@@ -1,0 +1,514 @@
+//! The `WasmApp` custom resource (`wasmkube.dev/v1alpha1`).
+//!
+//! The schema the API server enforces is generated from these types (see [`crd_yaml`]); rules the
+//! schema cannot express are checked by [`WasmAppSpec::validate`], and a failure there becomes a
+//! `Degraded` condition rather than an error.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default container (and wasi:http) port.
+pub const DEFAULT_TARGET_PORT: i32 = 8080;
+/// Default Service port.
+pub const DEFAULT_SERVICE_PORT: i32 = 80;
+/// Default HPA CPU target.
+pub const DEFAULT_TARGET_CPU: i32 = 80;
+
+/// Condition types.
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Condition reasons (and Event reasons): constants, never literals in the controllers.
+pub mod reasons {
+    // Ready
+    pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    // Progressing
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    pub const WAITING_FOR_DEPLOYMENT: &str = "WaitingForDeployment";
+    // Degraded
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    // Events only
+    pub const CREATED: &str = "Created";
+    pub const BECAME_READY: &str = "BecameReady";
+    pub const BECAME_DEGRADED: &str = "BecameDegraded";
+    pub const AUTOSCALER_REMOVED: &str = "AutoscalerRemoved";
+    pub const SERVICE_REMOVED: &str = "ServiceRemoved";
+}
+
+/// A WebAssembly application: a Deployment whose pods run under the wasmkube RuntimeClass, a
+/// Service in front of it, and optionally a HorizontalPodAutoscaler.
+// Several printcolumn(...) share keys such as type_, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "wasmkube.dev",
+    version = "v1alpha1",
+    kind = "WasmApp",
+    namespaced,
+    shortname = "wapp",
+    category = "wasmkube",
+    status = "WasmAppStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A WebAssembly application run by the wasmkube containerd shim",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every desired replica is ready"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready replicas"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.image",
+        description = "The wasm image"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+        "message": "with autoscaling, replicas (if set) must lie within autoscaling.minReplicas..maxReplicas",
+        "fieldPath": ".replicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.autoscaling) || (has(self.resources) && ((has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)))",
+        "message": "autoscaling on CPU needs resources.requests.cpu (or limits.cpu)",
+        "fieldPath": ".autoscaling",
+        "reason": "FieldValueRequired"
+    }
+]))]
+pub struct WasmAppSpec {
+    /// OCI image holding the wasm module or component (e.g. built by `wasmkube pack`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// Desired replicas (default 1). Ignored while `autoscaling` is set: the HPA owns the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: Option<i32>,
+
+    /// Arguments passed to the wasm program (argv[1..]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub args: Vec<String>,
+
+    /// Environment variables, as in a container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+
+    /// CPU and memory requests and limits; the memory limit also bounds the wasm store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// How the app is exposed: a Service of this type in front of `targetPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceConfig>,
+
+    /// HTTP probes against the app's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+
+    /// Extra node selector; the RuntimeClass already restricts pods to ready wasm nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Pod tolerations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Pod affinity and anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Secrets used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// RuntimeClass of the pods (default `wasmkube`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub runtime_class_name: Option<String>,
+
+    /// Horizontal autoscaling on CPU; when set, an HPA owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Service type: the Kubernetes ones, or `None` for no Service at all.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    None,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::None => "None",
+        }
+    }
+}
+
+/// The app's port and the Service in front of it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.nodePort) || self.type == 'NodePort' || self.type == 'LoadBalancer'",
+        "message": "nodePort needs type NodePort or LoadBalancer",
+        "fieldPath": ".nodePort",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct ServiceConfig {
+    /// `ClusterIP` (default), `NodePort`, `LoadBalancer`, or `None` (no Service).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port the Service listens on.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Port the wasm app listens on (container port and `WASMKUBE_HTTP_ADDR`).
+    #[serde(default = "default_target_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub target_port: i32,
+    /// Fixed node port for `NodePort` / `LoadBalancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            type_: ServiceType::ClusterIP,
+            port: DEFAULT_SERVICE_PORT,
+            target_port: DEFAULT_TARGET_PORT,
+            node_port: None,
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    DEFAULT_SERVICE_PORT
+}
+
+fn default_target_port() -> i32 {
+    DEFAULT_TARGET_PORT
+}
+
+/// HTTP probes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<HttpProbe>,
+}
+
+/// An `httpGet` probe against the app's port (or `port`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Request path.
+    #[serde(default = "default_probe_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = "^/"))]
+    pub path: String,
+    /// Port (default: the app's `targetPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+}
+
+fn default_probe_path() -> String {
+    "/".to_string()
+}
+
+/// CPU-based horizontal autoscaling.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        "fieldPath": ".minReplicas",
+        "reason": "FieldValueInvalid"
+    }
+]))]
+pub struct Autoscaling {
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation, percent of the CPU request.
+    #[serde(
+        default = "default_target_cpu",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_cpu() -> i32 {
+    DEFAULT_TARGET_CPU
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmAppStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the Deployment (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready pods of the Deployment.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `Ready`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The Service in front of the app, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The HorizontalPodAutoscaler, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler_name: Option<String>,
+    /// In-cluster URL of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Label selector of the pods, for the scale subresource (and `kubectl autoscale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+impl WasmAppStatus {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
+impl WasmAppSpec {
+    /// The Service settings in effect (defaults when `service` is absent).
+    pub fn service_config(&self) -> ServiceConfig {
+        self.service.clone().unwrap_or_default()
+    }
+
+    /// The port the app listens on.
+    pub fn target_port(&self) -> i32 {
+        self.service
+            .as_ref()
+            .map_or(DEFAULT_TARGET_PORT, |s| s.target_port)
+    }
+
+    /// Rules the CRD schema cannot express. Each entry is a human-readable problem.
+    pub fn validate(&self, name: &str) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.service_config().type_ != ServiceType::None && !is_dns1035_label(name) {
+            problems.push(format!(
+                "name {name:?} cannot name a Service: it must be a DNS-1035 label (lower-case \
+                 letters, digits and '-', starting with a letter, at most 63 characters); \
+                 rename the WasmApp or set service.type: None"
+            ));
+        } else if name.len() > 63 {
+            problems.push(format!(
+                "name {name:?} is longer than 63 characters and cannot be a label value"
+            ));
+        }
+        if self.image.trim() != self.image || self.image.contains(char::is_whitespace) {
+            problems.push(format!("image {:?} contains whitespace", self.image));
+        } else if self.image.chars().any(|c| c.is_ascii_uppercase())
+            && !self.image.contains('@')
+            && image_repository(&self.image)
+                .chars()
+                .any(|c| c.is_ascii_uppercase())
+        {
+            problems.push(format!(
+                "image {:?}: repository names must be lower-case",
+                self.image
+            ));
+        }
+        for key in self.node_selector.keys() {
+            if !is_qualified_name(key) {
+                problems.push(format!("nodeSelector key {key:?} is not a valid label key"));
+            }
+        }
+        if let Some(a) = &self.autoscaling {
+            if a.min_replicas > a.max_replicas {
+                problems.push(format!(
+                    "autoscaling.minReplicas ({}) exceeds maxReplicas ({})",
+                    a.min_replicas, a.max_replicas
+                ));
+            }
+            let has_cpu =
+                |m: Option<&BTreeMap<String, Quantity>>| m.is_some_and(|m| m.contains_key("cpu"));
+            let r = self.resources.as_ref();
+            if !has_cpu(r.and_then(|r| r.requests.as_ref()))
+                && !has_cpu(r.and_then(|r| r.limits.as_ref()))
+            {
+                problems.push(
+                    "autoscaling on CPU needs resources.requests.cpu (or limits.cpu)".to_string(),
+                );
+            }
+        }
+        let port = self.target_port();
+        if let Some(probes) = &self.probes {
+            for (which, p) in [
+                ("liveness", &probes.liveness),
+                ("readiness", &probes.readiness),
+                ("startup", &probes.startup),
+            ] {
+                if let Some(p) = p {
+                    if !p.path.starts_with('/') {
+                        problems.push(format!("probes.{which}.path must start with '/'"));
+                    }
+                    if p.port.is_some_and(|p| p != port) {
+                        problems.push(format!(
+                            "probes.{which}.port {} differs from the app's port {port}: a wasm \
+                             app serves one port",
+                            p.port.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The repository part of an image reference (without tag or digest).
+fn image_repository(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    match without_digest.rfind(':') {
+        Some(i) if !without_digest[i..].contains('/') => &without_digest[..i],
+        _ => without_digest,
+    }
+}
+
+/// RFC 1035 label: what a Service name must be.
+pub fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A label key: optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
+pub fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+/// The CustomResourceDefinition, as the API server gets it.
+pub fn crd() -> CustomResourceDefinition {
+    WasmApp::crd()
+}
+
+/// The CRD as YAML, exactly what `crds/wasmapp.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&crd())?;
+    Ok(format!(
+        "# Generated by `wasmkube-operator crd` from operator/src/crd.rs; do not edit.\n\
+         # Regenerate: cargo run -p wasmkube-operator -- crd > crds/wasmapp.yaml\n{body}"
+    ))
+}

@@ -1,0 +1,251 @@
+//! The node installer's result, read from its init container's termination message.
+//!
+//! The installer writes one JSON object to `/dev/termination-log`:
+//! `{state: installed|unchanged|uninstalled|failed, flavour, configPath, containerdVersion,
+//! shimVersion, shimSha256, restarted, message}` and exits non-zero on failure (so kubelet retries
+//! the init container with back-off, and a later success replaces the failure).
+
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use serde::Deserialize;
+
+use crate::names::installer;
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResultState {
+    Installed,
+    Unchanged,
+    Uninstalled,
+    Failed,
+    /// `not-installed`, `partial`, `dry-run` (from `status` / `--dry-run`) or a future state.
+    #[serde(other)]
+    Other,
+}
+
+/// The JSON object, tolerant of fields it does not know.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallerResult {
+    pub state: Option<ResultState>,
+    pub flavour: Option<String>,
+    pub config_path: Option<String>,
+    pub containerd_version: Option<String>,
+    pub shim_version: Option<String>,
+    pub shim_sha256: Option<String>,
+    pub restarted: Option<bool>,
+    pub message: Option<String>,
+    /// A stable name for the failure cause (`SchemaV1`, `ParseError`, …).
+    pub reason: Option<String>,
+    /// `nothing-changed`, `rolled-back` or `rollback-failed`.
+    pub failure: Option<String>,
+}
+
+impl InstallerResult {
+    /// `Reason: message`, plus a warning when the rollback failed too.
+    fn failure_message(&self) -> String {
+        let message = self
+            .message
+            .as_deref()
+            .unwrap_or("the installer reported failure without a message");
+        let mut out = match self.reason.as_deref() {
+            Some(r) if !r.is_empty() => format!("{r}: {message}"),
+            _ => message.to_string(),
+        };
+        if self.failure.as_deref() == Some("rollback-failed") {
+            out.push_str(" (rollback failed too: the node needs attention)");
+        }
+        out
+    }
+}
+
+/// What a finished installer run means for the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Installed (or already installed): `<version>@sha256:<hex>`.
+    Installed { shim_version: String },
+    /// Uninstalled (or nothing to uninstall).
+    Uninstalled,
+    /// The run failed; the message says why.
+    Failed { message: String },
+}
+
+/// Longest reason we copy into an annotation or an Event note.
+const MAX_MESSAGE: usize = 1000;
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= MAX_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The installed-shim annotation value.
+pub fn shim_version_value(result: &InstallerResult) -> String {
+    let version = result.shim_version.as_deref().unwrap_or("unknown");
+    match result.shim_sha256.as_deref() {
+        Some(sha) if !sha.is_empty() => format!("{version}@sha256:{sha}"),
+        _ => version.to_string(),
+    }
+}
+
+/// Interprets one termination of the installer container.
+pub fn outcome_of(term: &ContainerStateTerminated) -> Outcome {
+    let raw = term.message.as_deref().unwrap_or_default();
+    let parsed: Option<InstallerResult> = serde_json::from_str(raw.trim()).ok();
+    match (parsed, term.exit_code) {
+        (Some(r), code) => match r.state {
+            Some(ResultState::Installed | ResultState::Unchanged) if code == 0 => {
+                Outcome::Installed {
+                    shim_version: shim_version_value(&r),
+                }
+            }
+            Some(ResultState::Uninstalled) if code == 0 => Outcome::Uninstalled,
+            Some(_) | None => Outcome::Failed {
+                message: truncate(&r.failure_message()),
+            },
+        },
+        (None, 0) => Outcome::Failed {
+            message: truncate(&format!("unreadable installer result: {raw}")),
+        },
+        (None, code) => Outcome::Failed {
+            message: truncate(&format!(
+                "installer exited with code {code}{}{}",
+                if raw.trim().is_empty() { "" } else { ": " },
+                raw
+            )),
+        },
+    }
+}
+
+/// The latest finished run of a pod's installer init container, if it finished at all.
+///
+/// While a retry is running, the previous termination (`lastState`) still tells the truth.
+pub fn pod_outcome(pod: &Pod) -> Option<Outcome> {
+    let status = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == installer::INIT_CONTAINER)?;
+    let term = status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| {
+            status
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+        })?;
+    // An unfinished container reports no exit code; treat "terminated" as done.
+    Some(outcome_of(term))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStatus, PodStatus,
+    };
+
+    use super::*;
+
+    fn term(code: i32, message: &str) -> ContainerStateTerminated {
+        ContainerStateTerminated {
+            exit_code: code,
+            message: Some(message.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn installed_and_unchanged_are_installed() {
+        let msg = r#"{"state":"installed","flavour":"kind","configPath":"/etc/containerd/config.toml",
+            "containerdVersion":"2.1.1","shimVersion":"0.1.0","shimSha256":"abc","restarted":true,"message":"ok"}"#;
+        assert_eq!(
+            outcome_of(&term(0, msg)),
+            Outcome::Installed {
+                shim_version: "0.1.0@sha256:abc".to_string()
+            }
+        );
+        let msg = r#"{"state":"unchanged","shimVersion":"0.1.0","shimSha256":"abc","extra":1}"#;
+        assert!(matches!(
+            outcome_of(&term(0, msg)),
+            Outcome::Installed { .. }
+        ));
+    }
+
+    #[test]
+    fn failures_carry_the_message() {
+        let msg = r#"{"state":"failed","message":"config.toml: unsupported schema version 1"}"#;
+        assert_eq!(
+            outcome_of(&term(1, msg)),
+            Outcome::Failed {
+                message: "config.toml: unsupported schema version 1".to_string()
+            }
+        );
+        let msg = r#"{"state":"failed","reason":"VerifyTimeout","failure":"rollback-failed","message":"containerd did not come back"}"#;
+        assert_eq!(
+            outcome_of(&term(4, msg)),
+            Outcome::Failed {
+                message: "VerifyTimeout: containerd did not come back (rollback failed too: the node needs attention)".to_string()
+            }
+        );
+        // A state the operator does not act on is not success.
+        assert!(matches!(
+            outcome_of(&term(0, r#"{"state":"dry-run","message":"diff"}"#)),
+            Outcome::Failed { .. }
+        ));
+        // A crash before the result: the logs are the message (FallbackToLogsOnError).
+        assert_eq!(
+            outcome_of(&term(101, "thread 'main' panicked")),
+            Outcome::Failed {
+                message: "installer exited with code 101: thread 'main' panicked".to_string()
+            }
+        );
+        // "installed" with a non-zero exit is not trusted.
+        assert!(matches!(
+            outcome_of(&term(2, r#"{"state":"installed"}"#)),
+            Outcome::Failed { .. }
+        ));
+        let long = "x".repeat(5000);
+        match outcome_of(&term(1, &long)) {
+            Outcome::Failed { message } => assert!(message.len() < 1100),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn running_retry_reports_the_last_result() {
+        let pod = Pod {
+            status: Some(PodStatus {
+                init_container_statuses: Some(vec![ContainerStatus {
+                    name: installer::INIT_CONTAINER.to_string(),
+                    state: Some(ContainerState {
+                        running: Some(ContainerStateRunning::default()),
+                        ..Default::default()
+                    }),
+                    last_state: Some(ContainerState {
+                        terminated: Some(term(1, r#"{"state":"failed","message":"boom"}"#)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_outcome(&pod),
+            Some(Outcome::Failed {
+                message: "boom".to_string()
+            })
+        );
+        assert_eq!(pod_outcome(&Pod::default()), None);
+    }
+}

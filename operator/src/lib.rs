@@ -1,0 +1,26 @@
+//! The wasmkube operator: the `WasmApp` CRD, the app controller (Deployment, Service, HPA,
+//! status) and the node controller (installer DaemonSets, RuntimeClass, node state label).
+
+pub mod app_controller;
+pub mod backoff;
+pub mod builders;
+pub mod crd;
+mod error;
+pub mod installer_result;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod node_controller;
+pub mod run;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+
+#[cfg(test)]
+mod app_scenarios;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod node_scenarios;
+
+pub use error::{Error, Result};

@@ -1,0 +1,70 @@
+//! Names shared by the controllers, the builders and the manifests (see ARCHITECTURE.md, "Names").
+
+/// The one field manager every server-side apply of ours uses.
+pub const FIELD_MANAGER: &str = "wasmkube-operator";
+/// `app.kubernetes.io/managed-by` value, and the Event reporting controller.
+pub const MANAGED_BY: &str = "wasmkube-operator";
+/// `app.kubernetes.io/part-of` value.
+pub const PART_OF: &str = "wasmkube";
+
+/// RuntimeClass name and CRI runtime handler.
+pub const RUNTIME_CLASS: &str = "wasmkube";
+/// CRI handler the node installer configures in containerd.
+pub const RUNTIME_HANDLER: &str = "wasmkube";
+
+/// Node opt-in: an annotation (or a label) with this key and the value `"true"`.
+pub const WASM_NODE: &str = "wasmkube.dev/wasm-node";
+/// Node state label: `pending` / `ready` / `failed` / `removing`.
+pub const RUNTIME_LABEL: &str = "wasmkube.dev/runtime";
+/// Installed shim: `<version>@sha256:<hex>`.
+pub const SHIM_VERSION_ANNOTATION: &str = "wasmkube.dev/shim-version";
+/// Why the last install or uninstall failed (the installer's message).
+pub const RUNTIME_REASON_ANNOTATION: &str = "wasmkube.dev/runtime-reason";
+
+/// Values of [`RUNTIME_LABEL`].
+pub mod runtime_state {
+    pub const PENDING: &str = "pending";
+    pub const READY: &str = "ready";
+    pub const FAILED: &str = "failed";
+    pub const REMOVING: &str = "removing";
+}
+
+/// Recommended labels (<https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/>).
+pub mod labels {
+    pub const NAME: &str = "app.kubernetes.io/name";
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+}
+
+/// `app.kubernetes.io/component` of a WasmApp's children.
+pub const APP_COMPONENT: &str = "wasm-app";
+
+/// The node installer's DaemonSets, ServiceAccount and pod labels.
+pub mod installer {
+    /// `app.kubernetes.io/name` of both installer DaemonSets and their pods.
+    pub const NAME: &str = "wasmkube-node-installer";
+    /// DaemonSet that installs on nodes labelled pending / ready / failed.
+    pub const INSTALL_DAEMONSET: &str = "wasmkube-node-installer";
+    /// DaemonSet that uninstalls on nodes labelled removing.
+    pub const UNINSTALL_DAEMONSET: &str = "wasmkube-node-uninstaller";
+    /// `app.kubernetes.io/component` of the install pods.
+    pub const COMPONENT_INSTALL: &str = "install";
+    /// `app.kubernetes.io/component` of the uninstall pods.
+    pub const COMPONENT_UNINSTALL: &str = "uninstall";
+    /// The ServiceAccount (no API rights, no token).
+    pub const SERVICE_ACCOUNT: &str = "wasmkube-node-installer";
+    /// Init container that runs the installer; its termination message is the result.
+    pub const INIT_CONTAINER: &str = "installer";
+    /// Default installer image.
+    pub const DEFAULT_IMAGE: &str = concat!(
+        "docker.io/wasmkube/node-installer:",
+        env!("CARGO_PKG_VERSION")
+    );
+    /// The idle container that keeps the pod (and so the result) around.
+    pub const DEFAULT_IDLE_IMAGE: &str = "registry.k8s.io/pause:3.10";
+}
+
+/// Namespace of the operator and the installer (Pod Security `privileged`).
+pub const DEFAULT_NAMESPACE: &str = "wasmkube-system";

@@ -1,0 +1,165 @@
+//! `wasmkube-operator run`: endpoint, leader election, both controllers, graceful shutdown.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use kube::{
+    runtime::events::{Recorder, Reporter},
+    Client,
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::{
+    app_controller, builders::installer::InstallerConfig, leader::Leadership, metrics::Metrics,
+    names, node_controller, server,
+};
+
+/// Settings of a running operator.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub namespace: String,
+    pub pod_name: String,
+    pub listen: SocketAddr,
+    pub leader_elect: bool,
+    pub app_controller: bool,
+    pub node_controller: bool,
+    pub installer: InstallerConfig,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs until SIGTERM (exit 0) or until the lease is lost (error, so the pod restarts clean).
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::default().register(&mut registry);
+    let health = server::Health::new(registry);
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    info!(addr = %cfg.listen, "serving /metrics, /healthz, /readyz");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let http = tokio::spawn({
+        let app = server::router(health.clone());
+        let stopped = stop(&stop_rx);
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    });
+
+    let mut leadership = if cfg.leader_elect {
+        Some(Leadership::start(client.clone(), &cfg.namespace, &cfg.pod_name).await?)
+    } else {
+        None
+    };
+    // A standby is healthy and ready: it is doing its job, which is to wait.
+    health.set_ready(true);
+
+    let mut result = Ok(());
+    let leader = async {
+        match leadership.as_mut() {
+            Some(l) => l.acquired().await,
+            None => Ok(()),
+        }
+    };
+    let lead = tokio::select! {
+        r = leader => r.map(|_| true),
+        _ = termination() => Ok(false),
+    };
+    match lead {
+        Err(e) => result = Err(e.into()),
+        Ok(false) => info!("terminating before becoming leader"),
+        Ok(true) => {
+            metrics.leader.set(1);
+            let reporter = Reporter {
+                controller: names::MANAGED_BY.to_string(),
+                instance: Some(cfg.pod_name.clone()),
+            };
+            let recorder = Recorder::new(client.clone(), reporter);
+            let mut tasks = tokio::task::JoinSet::new();
+            if cfg.app_controller {
+                let ctx = Arc::new(app_controller::Context::new(
+                    client.clone(),
+                    recorder.clone(),
+                    metrics.clone(),
+                ));
+                tasks.spawn(app_controller::run(ctx, stop(&stop_rx)));
+            }
+            if cfg.node_controller {
+                tasks.spawn(node_controller::keep_cluster_objects(
+                    client.clone(),
+                    cfg.installer.clone(),
+                    metrics.clone(),
+                    stop(&stop_rx),
+                ));
+                tasks.spawn(node_controller::run(
+                    client.clone(),
+                    recorder,
+                    metrics.clone(),
+                    cfg.installer.clone(),
+                    stop(&stop_rx),
+                ));
+            }
+            let lost = async {
+                match leadership.as_mut() {
+                    Some(l) => l.lost().await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = termination() => info!("SIGTERM: finishing in-flight reconciles"),
+                _ = lost => {
+                    error!("lost the leader lease; stopping so a fresh process can compete");
+                    result = Err(anyhow::anyhow!("lost the leader lease"));
+                }
+                _ = tasks.join_next() => {
+                    result = Err(anyhow::anyhow!("a controller stopped unexpectedly"));
+                }
+            }
+            let _ = stop_tx.send(true);
+            // Controllers drain in-flight reconciles on the stop signal.
+            let drain = async { while let Some(_done) = tasks.join_next().await {} };
+            let abort = tokio::time::timeout(std::time::Duration::from_secs(20), drain).await;
+            if abort.is_err() {
+                tasks.abort_all();
+            }
+            metrics.leader.set(0);
+        }
+    }
+    health.set_ready(false);
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    result
+}

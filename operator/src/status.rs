@@ -1,0 +1,402 @@
+//! WasmApp status from its Deployment (pure: the controller passes the clock in).
+
+use k8s_openapi::{
+    api::apps::v1::{Deployment, DeploymentCondition},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::ResourceExt;
+
+use crate::crd::{conditions, reasons, WasmApp, WasmAppStatus};
+
+const TRUE: &str = "True";
+const FALSE: &str = "False";
+
+/// What the app controller knows besides the Deployment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Children {
+    pub service_name: Option<String>,
+    pub autoscaler_name: Option<String>,
+    pub url: Option<String>,
+    pub selector: Option<String>,
+}
+
+fn deployment_condition<'a>(d: &'a Deployment, type_: &str) -> Option<&'a DeploymentCondition> {
+    d.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_.as_deref() == Some(type_))
+}
+
+/// A condition, keeping `lastTransitionTime` from `old` when the status did not change.
+fn condition(
+    old: Option<&WasmAppStatus>,
+    generation: Option<i64>,
+    now: &Time,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let since = old
+        .and_then(|o| o.condition(type_))
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// Status of an app whose children were applied; `deployment` is the API server's answer.
+pub fn from_deployment(
+    app: &WasmApp,
+    deployment: &Deployment,
+    children: Children,
+    now: &Time,
+) -> WasmAppStatus {
+    let old = app.status.as_ref();
+    let generation = app.metadata.generation;
+    let ds = deployment.status.clone().unwrap_or_default();
+    let observed = match (deployment.metadata.generation, ds.observed_generation) {
+        (Some(g), Some(o)) => o >= g,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    let desired = deployment.spec.replicas.unwrap_or(1);
+    let total = ds.replicas.unwrap_or(0);
+    let ready = ds.ready_replicas.unwrap_or(0);
+    let updated = ds.updated_replicas.unwrap_or(0);
+    let available = ds.available_replicas.unwrap_or(0);
+
+    let progressing = deployment_condition(deployment, "Progressing");
+    let deadline_exceeded = progressing.is_some_and(|c| {
+        c.status.as_deref() == Some(FALSE)
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let replica_failure = deployment_condition(deployment, "ReplicaFailure")
+        .filter(|c| c.status.as_deref() == Some(TRUE));
+    let rollout_done = observed && updated >= desired && total == updated && available >= desired;
+
+    let cond = |type_: &str, status: &str, reason: &str, message: String| {
+        condition(old, generation, now, type_, status, reason, message)
+    };
+
+    let ready_cond = if !observed {
+        cond(
+            conditions::READY,
+            FALSE,
+            reasons::WAITING_FOR_DEPLOYMENT,
+            "the Deployment controller has not yet observed the latest spec".to_string(),
+        )
+    } else if desired == 0 {
+        cond(
+            conditions::READY,
+            TRUE,
+            reasons::SCALED_TO_ZERO,
+            "scaled to zero replicas".to_string(),
+        )
+    } else if ready >= desired && rollout_done {
+        cond(
+            conditions::READY,
+            TRUE,
+            reasons::ALL_REPLICAS_READY,
+            format!("{ready}/{desired} replicas ready"),
+        )
+    } else {
+        cond(
+            conditions::READY,
+            FALSE,
+            reasons::REPLICAS_NOT_READY,
+            format!("{ready}/{desired} replicas ready"),
+        )
+    };
+
+    let progressing_cond = if !observed {
+        cond(
+            conditions::PROGRESSING,
+            TRUE,
+            reasons::WAITING_FOR_DEPLOYMENT,
+            "waiting for the Deployment controller".to_string(),
+        )
+    } else if deadline_exceeded {
+        cond(
+            conditions::PROGRESSING,
+            FALSE,
+            reasons::PROGRESS_DEADLINE_EXCEEDED,
+            progressing
+                .and_then(|c| c.message.clone())
+                .unwrap_or_else(|| "the rollout exceeded its progress deadline".to_string()),
+        )
+    } else if rollout_done {
+        cond(
+            conditions::PROGRESSING,
+            FALSE,
+            reasons::ROLLOUT_COMPLETE,
+            format!("{updated}/{desired} replicas up to date"),
+        )
+    } else {
+        cond(
+            conditions::PROGRESSING,
+            TRUE,
+            reasons::ROLLING_OUT,
+            format!("{updated}/{desired} replicas updated, {available} available"),
+        )
+    };
+
+    let degraded_cond = if deadline_exceeded {
+        cond(
+            conditions::DEGRADED,
+            TRUE,
+            reasons::PROGRESS_DEADLINE_EXCEEDED,
+            progressing
+                .and_then(|c| c.message.clone())
+                .unwrap_or_else(|| "the rollout exceeded its progress deadline".to_string()),
+        )
+    } else if let Some(failure) = replica_failure {
+        cond(
+            conditions::DEGRADED,
+            TRUE,
+            reasons::REPLICA_FAILURE,
+            failure
+                .message
+                .clone()
+                .unwrap_or_else(|| "the Deployment cannot create pods".to_string()),
+        )
+    } else {
+        cond(
+            conditions::DEGRADED,
+            FALSE,
+            reasons::AS_EXPECTED,
+            "no problems".to_string(),
+        )
+    };
+
+    WasmAppStatus {
+        observed_generation: generation,
+        replicas: total,
+        ready_replicas: ready,
+        conditions: vec![ready_cond, progressing_cond, degraded_cond],
+        service_name: children.service_name,
+        autoscaler_name: children.autoscaler_name,
+        url: children.url,
+        selector: children.selector,
+    }
+}
+
+/// Status of an app whose spec cannot be acted on: children untouched, `Degraded` says why.
+pub fn invalid_spec(app: &WasmApp, message: &str, now: &Time) -> WasmAppStatus {
+    let old = app.status.as_ref();
+    let generation = app.metadata.generation;
+    let cond = |type_: &str, status: &str, message: String| {
+        condition(
+            old,
+            generation,
+            now,
+            type_,
+            status,
+            reasons::INVALID_SPEC,
+            message,
+        )
+    };
+    let prev = old.cloned().unwrap_or_default();
+    WasmAppStatus {
+        observed_generation: generation,
+        conditions: vec![
+            cond(conditions::READY, FALSE, format!("not applied: {message}")),
+            cond(
+                conditions::PROGRESSING,
+                FALSE,
+                "the spec is invalid; fix it to continue".to_string(),
+            ),
+            cond(conditions::DEGRADED, TRUE, message.to_string()),
+        ],
+        ..prev
+    }
+}
+
+/// `Some(kind)` when `new` turned a condition true that was not true in `old`.
+pub fn became_true(old: Option<&WasmAppStatus>, new: &WasmAppStatus, type_: &str) -> bool {
+    new.is_true(type_) && !old.is_some_and(|o| o.is_true(type_))
+}
+
+/// The app's name, for messages.
+pub fn display_name(app: &WasmApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::apps::v1::{DeploymentSpec, DeploymentStatus},
+        jiff::Timestamp,
+    };
+
+    use super::*;
+    use crate::crd::WasmAppSpec;
+
+    fn now(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("ts"))
+    }
+
+    fn app(status: Option<WasmAppStatus>) -> WasmApp {
+        let mut a = WasmApp::new("hello", WasmAppSpec::default());
+        a.metadata.generation = Some(2);
+        a.status = status;
+        a
+    }
+
+    fn dep(replicas: i32, status: DeploymentStatus) -> Deployment {
+        Deployment {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(4),
+                ..Default::default()
+            },
+            spec: DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            },
+            status: Some(status),
+        }
+    }
+
+    fn get<'a>(s: &'a WasmAppStatus, t: &str) -> (&'a str, &'a str) {
+        let c = s.condition(t).expect("condition");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn fresh_deployment_is_waiting() {
+        let s = from_deployment(
+            &app(None),
+            &dep(2, DeploymentStatus::default()),
+            Children::default(),
+            &now(1),
+        );
+        assert_eq!(get(&s, "Ready"), ("False", reasons::WAITING_FOR_DEPLOYMENT));
+        assert_eq!(
+            get(&s, "Progressing"),
+            ("True", reasons::WAITING_FOR_DEPLOYMENT)
+        );
+        assert_eq!(get(&s, "Degraded"), ("False", reasons::AS_EXPECTED));
+        assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn rolling_out_then_ready_keeps_transition_times() {
+        let rolling = DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            ready_replicas: Some(1),
+            available_replicas: Some(1),
+            ..Default::default()
+        };
+        let s1 = from_deployment(&app(None), &dep(2, rolling), Children::default(), &now(1));
+        assert_eq!(get(&s1, "Ready"), ("False", reasons::REPLICAS_NOT_READY));
+        assert_eq!(
+            s1.condition("Ready").map(|c| c.message.as_str()),
+            Some("1/2 replicas ready")
+        );
+        assert_eq!(get(&s1, "Progressing"), ("True", reasons::ROLLING_OUT));
+
+        let done = DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            ready_replicas: Some(2),
+            available_replicas: Some(2),
+            ..Default::default()
+        };
+        let s2 = from_deployment(
+            &app(Some(s1.clone())),
+            &dep(2, done.clone()),
+            Children::default(),
+            &now(9),
+        );
+        assert_eq!(get(&s2, "Ready"), ("True", reasons::ALL_REPLICAS_READY));
+        assert_eq!(
+            get(&s2, "Progressing"),
+            ("False", reasons::ROLLOUT_COMPLETE)
+        );
+        assert_eq!(s2.ready_replicas, 2);
+        assert!(became_true(Some(&s1), &s2, "Ready"));
+        // Degraded stayed False: its transition time is the first one.
+        assert_eq!(
+            s2.condition("Degraded")
+                .map(|c| c.last_transition_time.clone()),
+            Some(now(1))
+        );
+        assert_eq!(
+            s2.condition("Ready")
+                .map(|c| c.last_transition_time.clone()),
+            Some(now(9))
+        );
+        // Same input again: identical status (so the controller skips the patch).
+        let s3 = from_deployment(
+            &app(Some(s2.clone())),
+            &dep(2, done),
+            Children::default(),
+            &now(20),
+        );
+        assert_eq!(s2, s3);
+    }
+
+    #[test]
+    fn deadline_exceeded_is_degraded() {
+        let stuck = DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(1),
+            updated_replicas: Some(1),
+            conditions: Some(vec![DeploymentCondition {
+                type_: Some("Progressing".into()),
+                status: Some("False".into()),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("ReplicaSet \"hello-1\" has timed out progressing.".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let s = from_deployment(&app(None), &dep(1, stuck), Children::default(), &now(1));
+        assert_eq!(
+            get(&s, "Degraded"),
+            ("True", reasons::PROGRESS_DEADLINE_EXCEEDED)
+        );
+        assert_eq!(
+            get(&s, "Progressing"),
+            ("False", reasons::PROGRESS_DEADLINE_EXCEEDED)
+        );
+        assert_eq!(get(&s, "Ready"), ("False", reasons::REPLICAS_NOT_READY));
+    }
+
+    #[test]
+    fn scaled_to_zero_is_ready() {
+        let zero = DeploymentStatus {
+            observed_generation: Some(4),
+            ..Default::default()
+        };
+        let s = from_deployment(&app(None), &dep(0, zero), Children::default(), &now(1));
+        assert_eq!(get(&s, "Ready"), ("True", reasons::SCALED_TO_ZERO));
+    }
+
+    #[test]
+    fn invalid_spec_keeps_counts() {
+        let old = WasmAppStatus {
+            replicas: 3,
+            ready_replicas: 3,
+            ..Default::default()
+        };
+        let s = invalid_spec(&app(Some(old)), "bad", &now(1));
+        assert_eq!(s.replicas, 3);
+        assert_eq!(get(&s, "Degraded"), ("True", reasons::INVALID_SPEC));
+        assert_eq!(
+            s.condition("Degraded").map(|c| c.message.as_str()),
+            Some("bad")
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The checked-in CRD matches the Rust types, is structural, and keeps its key parts.
+
+use serde_json::{json, Value};
+use wasmkube_operator::crd::{crd, crd_yaml};
+
+const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/wasmapp.yaml");
+
+#[test]
+fn checked_in_crd_matches_the_types() {
+    let generated = crd_yaml().expect("crd yaml");
+    let on_disk = std::fs::read_to_string(CRD_FILE).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "crds/wasmapp.yaml is out of date with operator/src/crd.rs.\n\
+         Regenerate it with:\n    cargo run -p wasmkube-operator -- crd > crds/wasmapp.yaml"
+    );
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(crd()).expect("json");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// Kubernetes' structural-schema rules, as far as our generator can break them.
+fn assert_structural(path: &str, s: &Value) {
+    let obj = s
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: schema is not an object"));
+    for bad in [
+        "$ref",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "definitions",
+        "$defs",
+    ] {
+        assert!(
+            !obj.contains_key(bad),
+            "{path}: `{bad}` is not structural: {s}"
+        );
+    }
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    assert!(
+        obj.contains_key("type") || int_or_string || preserve,
+        "{path}: every node needs a type: {s}"
+    );
+    assert!(
+        !(obj.contains_key("properties") && obj.contains_key("additionalProperties")),
+        "{path}: properties and additionalProperties are exclusive"
+    );
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            assert_structural(&format!("{path}.{k}"), v);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        assert_structural(&format!("{path}[]"), items);
+    }
+    if let Some(ap) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        assert_structural(&format!("{path}{{}}"), ap);
+    }
+}
+
+#[test]
+fn schema_is_structural() {
+    assert_structural("", &schema());
+}
+
+#[test]
+fn kubernetes_types_render_structurally() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    // Quantity → int-or-string inside a map.
+    assert_eq!(
+        spec["resources"]["properties"]["limits"]["additionalProperties"]
+            ["x-kubernetes-int-or-string"],
+        true
+    );
+    // EnvVar, Toleration, Affinity, LocalObjectReference: plain objects.
+    assert_eq!(spec["env"]["items"]["type"], "object");
+    assert_eq!(spec["env"]["items"]["required"], json!(["name"]));
+    assert_eq!(spec["tolerations"]["items"]["type"], "object");
+    assert_eq!(spec["affinity"]["type"], "object");
+    assert_eq!(
+        spec["imagePullSecrets"]["items"]["required"],
+        json!(["name"])
+    );
+}
+
+/// Pins the parts a change must be deliberate about.
+#[test]
+fn schema_pin() {
+    let crd = serde_json::to_value(crd()).expect("json");
+    let names = &crd["spec"]["names"];
+    assert_eq!(crd["metadata"]["name"], "wasmapps.wasmkube.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(names["kind"], "WasmApp");
+    assert_eq!(names["shortNames"], json!(["wapp"]));
+    let v = &crd["spec"]["versions"][0];
+    assert_eq!(v["name"], "v1alpha1");
+    assert_eq!(
+        v["subresources"],
+        json!({"status": {}, "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector"
+        }})
+    );
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(columns, ["Ready", "Replicas", "Image", "Age"]);
+
+    let s = schema();
+    let spec = &s["properties"]["spec"];
+    assert_eq!(spec["required"], json!(["image"]));
+    let p = &spec["properties"];
+    let keys: Vec<&String> = p.as_object().expect("props").keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "affinity",
+            "args",
+            "autoscaling",
+            "env",
+            "image",
+            "imagePullSecrets",
+            "nodeSelector",
+            "probes",
+            "replicas",
+            "resources",
+            "runtimeClassName",
+            "service",
+            "tolerations"
+        ]
+    );
+    assert_eq!(p["image"]["minLength"], 1);
+    assert_eq!(p["replicas"]["minimum"], 0.0);
+    assert_eq!(p["replicas"]["maximum"], 10000.0);
+    assert_eq!(
+        p["service"]["properties"]["type"]["enum"],
+        json!(["ClusterIP", "NodePort", "LoadBalancer", "None"])
+    );
+    assert_eq!(p["service"]["properties"]["type"]["default"], "ClusterIP");
+    assert_eq!(p["service"]["properties"]["targetPort"]["default"], 8080);
+    assert_eq!(p["service"]["properties"]["nodePort"]["minimum"], 30000.0);
+    assert_eq!(p["autoscaling"]["required"], json!(["maxReplicas"]));
+    assert_eq!(
+        p["autoscaling"]["properties"]["targetCPUUtilizationPercentage"]["maximum"],
+        100.0
+    );
+    assert_eq!(
+        p["probes"]["properties"]["readiness"]["properties"]["path"]["pattern"],
+        "^/"
+    );
+
+    let rules = |v: &Value| -> Vec<String> {
+        v["x-kubernetes-validations"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["rule"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        rules(spec),
+        [
+            "!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+            "!has(self.autoscaling) || (has(self.resources) && ((has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)))",
+        ]
+    );
+    assert_eq!(
+        rules(&p["autoscaling"]),
+        ["self.minReplicas <= self.maxReplicas"]
+    );
+    assert_eq!(
+        rules(&p["service"]),
+        ["!has(self.nodePort) || self.type == 'NodePort' || self.type == 'LoadBalancer'"]
+    );
+
+    let status = &s["properties"]["status"]["properties"];
+    let keys: Vec<&String> = status.as_object().expect("status").keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "autoscalerName",
+            "conditions",
+            "observedGeneration",
+            "readyReplicas",
+            "replicas",
+            "selector",
+            "serviceName",
+            "url"
+        ]
+    );
+    assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        status["conditions"]["x-kubernetes-list-map-keys"],
+        json!(["type"])
+    );
+}
