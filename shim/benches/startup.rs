@@ -22,7 +22,11 @@ const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn timed(ctd: &Containerd, run: &CtrRun) -> f64 {
@@ -34,7 +38,10 @@ fn timed(ctd: &Containerd, run: &CtrRun) -> f64 {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn clear_cache(ctd: &Containerd) {
@@ -49,7 +56,13 @@ struct Table(Vec<[String; 5]>);
 
 impl Table {
     fn row(&mut self, what: &str, a: &str, b: &str, ratio: f64, target: &str) {
-        self.0.push([what.into(), a.into(), b.into(), format!("{ratio:.2}x"), target.into()]);
+        self.0.push([
+            what.into(),
+            a.into(),
+            b.into(),
+            format!("{ratio:.2}x"),
+            target.into(),
+        ]);
     }
 }
 
@@ -62,7 +75,9 @@ fn main() {
     let wants = |k: &str| only.split(',').any(|o| o.trim() == k);
     let n = env_usize("BENCH_N", 10);
     let big_n = env_usize("BENCH_BIG_N", 3);
-    let assets = PathBuf::from(std::env::var("BENCH_ASSETS").unwrap_or_else(|_| "/var/tmp/wasmkube-bench".into()));
+    let assets = PathBuf::from(
+        std::env::var("BENCH_ASSETS").unwrap_or_else(|_| "/var/tmp/wasmkube-bench".into()),
+    );
     let ctd = Containerd::builder().shim(SHIM).start();
     let busybox = Path::new("/bin/busybox");
     let native = rootfs_with(&[("busybox", busybox)]);
@@ -72,20 +87,40 @@ fn main() {
         r
     };
     let mut table = Table(Vec::new());
-    println!("shim benchmarks: N={n} interleaved runs per side, medians; containerd {}", ctd.ctr(&["version"]).stdout.lines().nth(2).unwrap_or("").trim());
+    println!(
+        "shim benchmarks: N={n} interleaved runs per side, medians; containerd {}",
+        ctd.ctr(&["version"])
+            .stdout
+            .lines()
+            .nth(2)
+            .unwrap_or("")
+            .trim()
+    );
 
     if wants("a") {
         let hello = rootfs_with(&[("hello.wasm", &guest("hello"))]);
         // Warm-up: compile once into the cache, fault in both runtimes.
-        timed(&ctd, &CtrRun::rootfs(unique_id("warm"), hello.path(), &["/hello.wasm"]));
+        timed(
+            &ctd,
+            &CtrRun::rootfs(unique_id("warm"), hello.path(), &["/hello.wasm"]),
+        );
         timed(&ctd, &runc(unique_id("warm")));
         let (mut wasm, mut native_ms) = (Vec::new(), Vec::new());
         for _ in 0..n {
-            wasm.push(timed(&ctd, &CtrRun::rootfs(unique_id("a"), hello.path(), &["/hello.wasm"])));
+            wasm.push(timed(
+                &ctd,
+                &CtrRun::rootfs(unique_id("a"), hello.path(), &["/hello.wasm"]),
+            ));
             native_ms.push(timed(&ctd, &runc(unique_id("b"))));
         }
         let (w, r) = (median(wasm), median(native_ms));
-        table.row("(a) ctr run --rm hello: shim vs runc+busybox echo", &format!("{w:.1} ms"), &format!("{r:.1} ms"), w / r, "<= 0.80x");
+        table.row(
+            "(a) ctr run --rm hello: shim vs runc+busybox echo",
+            &format!("{w:.1} ms"),
+            &format!("{r:.1} ms"),
+            w / r,
+            "<= 0.80x",
+        );
     }
 
     let graphviz = assets.join("graphviz.wasm");
@@ -103,10 +138,25 @@ fn main() {
             native_ms.push(timed(&ctd, &runc(unique_id("b"))));
         }
         let (f, s, r) = (median(first), median(second), median(native_ms));
-        table.row("(b) graphviz.wasm 933 KB, second start vs runc+busybox", &format!("{s:.1} ms"), &format!("{r:.1} ms"), s / r, "<= 1.00x");
-        table.row("(b') graphviz.wasm first start (compile) vs second start", &format!("{f:.1} ms"), &format!("{s:.1} ms"), f / s, "(info)");
+        table.row(
+            "(b) graphviz.wasm 933 KB, second start vs runc+busybox",
+            &format!("{s:.1} ms"),
+            &format!("{r:.1} ms"),
+            s / r,
+            "<= 1.00x",
+        );
+        table.row(
+            "(b') graphviz.wasm first start (compile) vs second start",
+            &format!("{f:.1} ms"),
+            &format!("{s:.1} ms"),
+            f / s,
+            "(info)",
+        );
     } else if wants("b") {
-        println!("SKIP (b): {} missing (bench/shim.sh downloads it)", graphviz.display());
+        println!(
+            "SKIP (b): {} missing (bench/shim.sh downloads it)",
+            graphviz.display()
+        );
     }
 
     let python = assets.join("python.wasm");
@@ -120,9 +170,18 @@ fn main() {
             second.push(timed(&ctd, &run(unique_id("py2"))));
         }
         let (f, s) = (median(first), median(second));
-        table.row(&format!("(c) python.wasm 99 MB: second start vs first start (N={big_n})"), &format!("{s:.0} ms"), &format!("{f:.0} ms"), s / f, "<= 0.10x");
+        table.row(
+            &format!("(c) python.wasm 99 MB: second start vs first start (N={big_n})"),
+            &format!("{s:.0} ms"),
+            &format!("{f:.0} ms"),
+            s / f,
+            "<= 0.10x",
+        );
     } else if wants("c") {
-        println!("SKIP (c): {} missing (bench/shim.sh downloads it)", python.display());
+        println!(
+            "SKIP (c): {} missing (bench/shim.sh downloads it)",
+            python.display()
+        );
     }
 
     let http = guest("http_hello");
@@ -130,7 +189,8 @@ fn main() {
         let root = rootfs_with(&[("http.wasm", &http)]);
         let port = free_port();
         let id = unique_id("rss");
-        let mut run = CtrRun::rootfs(&id, root.path(), &["/http.wasm"]).env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
+        let mut run = CtrRun::rootfs(&id, root.path(), &["/http.wasm"])
+            .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
         run.net_host = true;
         let mut child = ctd.spawn_run(&run);
         wait_http(port);
@@ -149,9 +209,27 @@ fn main() {
                 mb(hwm), mb(rss), mb(pss), mb(anon)
             );
         }
-        table.row("(d) idle wasi:http instance, PSS (shim + container)", &format!("{:.1} MB", mb(total_pss)), "20.7 MB", mb(total_pss) / 20.7, "<= 10 MB");
-        table.row("(d'') same, anonymous memory only (no shared file pages)", &format!("{:.1} MB", mb(total_anon)), "20.7 MB", mb(total_anon) / 20.7, "(info)");
-        table.row("(d') same, sum of per-process peak RSS", &format!("{:.1} MB", mb(total_hwm)), "20.7 MB", mb(total_hwm) / 20.7, "(info)");
+        table.row(
+            "(d) idle wasi:http instance, PSS (shim + container)",
+            &format!("{:.1} MB", mb(total_pss)),
+            "20.7 MB",
+            mb(total_pss) / 20.7,
+            "<= 10 MB",
+        );
+        table.row(
+            "(d'') same, anonymous memory only (no shared file pages)",
+            &format!("{:.1} MB", mb(total_anon)),
+            "20.7 MB",
+            mb(total_anon) / 20.7,
+            "(info)",
+        );
+        table.row(
+            "(d') same, sum of per-process peak RSS",
+            &format!("{:.1} MB", mb(total_hwm)),
+            "20.7 MB",
+            mb(total_hwm) / 20.7,
+            "(info)",
+        );
         ctd.ctr(&["tasks", "kill", &id]);
         let _ = child.wait();
     }
@@ -163,7 +241,8 @@ fn main() {
         for _ in 0..3 {
             let port = free_port();
             let id = unique_id("rps");
-            let mut run = CtrRun::rootfs(&id, root.path(), &["/http.wasm"]).env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
+            let mut run = CtrRun::rootfs(&id, root.path(), &["/http.wasm"])
+                .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
             run.net_host = true;
             let mut child = ctd.spawn_run(&run);
             wait_http(port);
@@ -173,7 +252,13 @@ fn main() {
 
             let port = free_port();
             let mut serve = Command::new(&wasmtime)
-                .args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")])
+                .args([
+                    "serve",
+                    "-S",
+                    "cli=y",
+                    "--addr",
+                    &format!("127.0.0.1:{port}"),
+                ])
                 .arg(&http)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -185,9 +270,18 @@ fn main() {
             let _ = serve.wait();
         }
         let (o, t) = (median(ours), median(theirs));
-        table.row("(e) wasi:http req/s: shim vs wasmtime serve (wrk -t1 -c16 -d5s)", &format!("{o:.0}/s"), &format!("{t:.0}/s"), o / t, ">= 0.80x");
+        table.row(
+            "(e) wasi:http req/s: shim vs wasmtime serve (wrk -t1 -c16 -d5s)",
+            &format!("{o:.0}/s"),
+            &format!("{t:.0}/s"),
+            o / t,
+            ">= 0.80x",
+        );
     } else if wants("e") {
-        println!("SKIP (e): needs {} and wrk (bench/shim.sh installs both)", wasmtime.display());
+        println!(
+            "SKIP (e): needs {} and wrk (bench/shim.sh installs both)",
+            wasmtime.display()
+        );
     }
 
     println!();
@@ -203,12 +297,21 @@ fn mb(kb: u64) -> f64 {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn curl(port: u16) -> bool {
     Command::new("curl")
-        .args(["-sf", "--max-time", "2", &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-sf",
+            "--max-time",
+            "2",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -218,7 +321,10 @@ fn curl(port: u16) -> bool {
 fn wait_http(port: u16) {
     let t = Instant::now();
     while !curl(port) {
-        assert!(t.elapsed() < Duration::from_secs(60), "server on {port} never answered");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "server on {port} never answered"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -231,7 +337,10 @@ fn wrk(port: u16) -> f64 {
         .expect("wrk");
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+        .find_map(|l| {
+            l.strip_prefix("Requests/sec:")
+                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+        })
         .unwrap_or(0.0)
 }
 
@@ -244,12 +353,20 @@ fn shim_tree(id: &str) -> Vec<(u32, String)> {
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
         })
         .collect();
-    let Some(shim) = procs.iter().find(|(_, _, c)| c.contains("containerd-shim-wasmkube-v1 ") && c.contains(&format!("-id {id} "))) else {
+    let Some(shim) = procs.iter().find(|(_, _, c)| {
+        c.contains("containerd-shim-wasmkube-v1 ") && c.contains(&format!("-id {id} "))
+    }) else {
         return Vec::new();
     };
     let mut out = vec![(shim.0, "shim daemon".to_string())];
@@ -257,7 +374,14 @@ fn shim_tree(id: &str) -> Vec<(u32, String)> {
     while let Some(p) = frontier.pop() {
         for (pid, ppid, _) in &procs {
             if *ppid == p {
-                out.push((*pid, if out.len() == 1 { "shim child (zygote)".into() } else { "container process".into() }));
+                out.push((
+                    *pid,
+                    if out.len() == 1 {
+                        "shim child (zygote)".into()
+                    } else {
+                        "container process".into()
+                    },
+                ));
                 frontier.push(*pid);
             }
         }
@@ -269,11 +393,18 @@ fn shim_tree(id: &str) -> Vec<(u32, String)> {
 fn mem_of(pid: u32) -> (u64, u64, u64, u64) {
     let field = |text: &str, key: &str| -> u64 {
         text.lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
             .unwrap_or(0)
     };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    (field(&status, "VmHWM:"), field(&status, "VmRSS:"), field(&rollup, "Pss:"), field(&rollup, "Anonymous:"))
+    (
+        field(&status, "VmHWM:"),
+        field(&status, "VmRSS:"),
+        field(&rollup, "Pss:"),
+        field(&rollup, "Anonymous:"),
+    )
 }
-

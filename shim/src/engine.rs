@@ -16,21 +16,58 @@ pub enum Program {
     Component(Component),
 }
 
-/// The engine every guest runs on. Epoch interruption makes stop requests and limits
-/// preemptive; the pooling allocator makes per-request instantiation (wasi:http) cheap.
-pub fn new_engine() -> Result<Engine, ShimError> {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_core_instances(MAX_INSTANCES)
-        .total_component_instances(MAX_INSTANCES)
-        .total_memories(MAX_INSTANCES)
-        .total_tables(MAX_INSTANCES)
-        .total_stacks(MAX_INSTANCES);
+/// How a store's instances are allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// mmap per instance: no size limits beyond the container's; right for one-shot commands.
+    OnDemand,
+    /// Pre-reserved slots: cheap per-request instantiation for wasi:http, within pool limits.
+    Pooling,
+}
+
+/// Largest table a pooled instance may have (CPython-on-WASI needs ~47k entries).
+pub const POOL_TABLE_ELEMENTS: usize = 200_000;
+
+/// An engine. Epoch interruption makes stop requests preemptive; compilation settings are the
+/// same for both allocation strategies.
+pub fn new_engine(allocation: Allocation) -> Result<Engine, ShimError> {
     let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .wasm_component_model(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config.epoch_interruption(true).wasm_component_model(true);
+    if allocation == Allocation::Pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(MAX_INSTANCES)
+            .total_component_instances(MAX_INSTANCES)
+            .total_memories(MAX_INSTANCES)
+            .total_tables(MAX_INSTANCES)
+            .total_stacks(MAX_INSTANCES)
+            .table_elements(POOL_TABLE_ELEMENTS)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
     Engine::new(&config).map_err(ShimError::setup)
+}
+
+/// Picks the engine for `bytes` and loads it: components (possibly wasi:http, instantiated per
+/// request) on the pooling allocator, falling back to on-demand allocation when they exceed its
+/// limits; modules (run once) on demand.
+pub fn load_with_engine(
+    what: &str,
+    bytes: &[u8],
+    cache: Option<ArtifactCache<'_>>,
+) -> Result<(Engine, Program), ShimError> {
+    if kind_of(what, bytes)? == ArtifactKind::Component {
+        let pooled = new_engine(Allocation::Pooling)?;
+        match load(&pooled, what, bytes, cache) {
+            Ok(program) => return Ok((pooled, program)),
+            Err(e) => tracing::info!(
+                "{what} does not fit the pooling allocator ({e}); using on-demand allocation"
+            ),
+        }
+    }
+    let engine = new_engine(Allocation::OnDemand)?;
+    let program = load(&engine, what, bytes, cache)?;
+    Ok((engine, program))
 }
 
 fn kind_of(what: &str, bytes: &[u8]) -> Result<ArtifactKind, ShimError> {
@@ -155,7 +192,7 @@ mod tests {
 
     #[test]
     fn text_and_binary_forms_compile() {
-        let engine = new_engine().expect("engine");
+        let engine = new_engine(Allocation::OnDemand).expect("engine");
         assert!(matches!(
             load(&engine, "t.wat", HELLO_WAT.as_bytes(), None),
             Ok(Program::Module(_))
@@ -168,7 +205,7 @@ mod tests {
 
     #[test]
     fn truncated_module_names_the_cause() {
-        let engine = new_engine().expect("engine");
+        let engine = new_engine(Allocation::OnDemand).expect("engine");
         let wasm = wat_module();
         let err = load(&engine, "/t.wasm", &wasm[..wasm.len() - 3], None)
             .err()
@@ -180,7 +217,7 @@ mod tests {
 
     #[test]
     fn second_load_comes_from_the_cache_and_corruption_is_survived() {
-        let engine = new_engine().expect("engine");
+        let engine = new_engine(Allocation::OnDemand).expect("engine");
         let dir = tempfile::tempdir().expect("tempdir");
         let fd = std::fs::File::open(dir.path()).expect("open");
         let cache = ArtifactCache::new(fd.as_fd());
@@ -210,6 +247,25 @@ mod tests {
             cache.load(&key).is_some_and(|p| p != b"not an artefact"),
             "entry rebuilt"
         );
+    }
+
+    #[test]
+    fn large_tables_load_on_demand_but_not_in_the_pool() {
+        let cpython_sized = r#"(module (table 50000 funcref) (func (export "_start")))"#;
+        let oversized = r#"(module (table 300000 funcref) (func (export "_start")))"#;
+        let pooled = new_engine(Allocation::Pooling).expect("engine");
+        assert!(
+            load(&pooled, "t.wat", oversized.as_bytes(), None).is_err(),
+            "beyond the pool's table limit"
+        );
+        assert!(
+            load(&pooled, "t.wat", cpython_sized.as_bytes(), None).is_ok(),
+            "CPython-sized tables fit the pool"
+        );
+        let (engine, program) =
+            load_with_engine("t.wat", oversized.as_bytes(), None).expect("on demand");
+        assert!(matches!(program, Program::Module(_)));
+        drop(engine);
     }
 
     /// The binary form of `HELLO_WAT`, hand-assembled.

@@ -81,10 +81,9 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
         }
     };
     let cfg = GuestConfig::from_context(ctx, what);
-    let engine = engine::new_engine()?;
     let stop = StopSignal::install().map_err(ShimError::setup)?;
     let cache = crate::host::cache_dir().map(crate::cache::ArtifactCache::new);
-    let program = engine::load(&engine, &cfg.what, &bytes, cache)?;
+    let (engine, program) = engine::load_with_engine(&cfg.what, &bytes, cache)?;
     drop(bytes);
     match program {
         Program::Module(module) => {
