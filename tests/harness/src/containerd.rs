@@ -74,6 +74,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 pub struct ContainerdBuilder {
     shim: Option<PathBuf>,
     config: Option<String>,
+    config_file: Option<PathBuf>,
+    path_dirs: Vec<PathBuf>,
     env: Vec<(String, String)>,
 }
 
@@ -87,6 +89,20 @@ impl ContainerdBuilder {
     /// Uses this config text instead of [`default_config`].
     pub fn config(mut self, text: impl Into<String>) -> Self {
         self.config = Some(text.into());
+        self
+    }
+
+    /// Runs containerd on this existing config file (not copied, not rewritten): for tests where
+    /// something else — the node installer — owns the file and rewrites it between restarts.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// Puts this directory on containerd's `PATH` (after the harness's own shim directory), where
+    /// containerd looks shims up by name.
+    pub fn path_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.path_dirs.push(dir.into());
         self
     }
 
@@ -108,13 +124,20 @@ impl ContainerdBuilder {
         if let Some(shim) = &self.shim {
             fs::copy(shim, bin.join("containerd-shim-wasmkube-v1")).expect("copy shim");
         }
-        let config_path = dir.join("config.toml");
-        let config = self.config.unwrap_or_else(|| default_config(&dir, true));
-        fs::write(&config_path, config).expect("write config");
+        let config_path = match self.config_file {
+            Some(path) => path,
+            None => {
+                let path = dir.join("config.toml");
+                let config = self.config.unwrap_or_else(|| default_config(&dir, true));
+                fs::write(&path, config).expect("write config");
+                path
+            }
+        };
         let mut c = Containerd {
             _tmp: tmp,
             dir: dir.clone(),
             config_path,
+            path_dirs: self.path_dirs,
             env: self.env,
             process: None,
         };
@@ -122,16 +145,21 @@ impl ContainerdBuilder {
             "WASMKUBE_CACHE_DIR".into(),
             dir.join("cache").display().to_string(),
         ));
+        c.write_restart_script();
         c.spawn();
         c
     }
 }
 
 /// A running private containerd. Dropping it kills its tasks, shims and the daemon.
+///
+/// The daemon is tracked through a pid file (`<dir>/containerd.pid`), so it keeps working when
+/// something outside the test restarts it with [`Containerd::restart_script`].
 pub struct Containerd {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     config_path: PathBuf,
+    path_dirs: Vec<PathBuf>,
     env: Vec<(String, String)>,
     process: Option<Child>,
 }
@@ -165,11 +193,10 @@ impl Containerd {
 
     /// `PATH` as containerd sees it (shim dir first).
     pub fn path_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.dir.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        )
+        let mut dirs = vec![self.dir.join("bin").display().to_string()];
+        dirs.extend(self.path_dirs.iter().map(|d| d.display().to_string()));
+        dirs.push(std::env::var("PATH").unwrap_or_default());
+        dirs.join(":")
     }
 
     fn spawn(&mut self) {
@@ -194,7 +221,9 @@ impl Containerd {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.process = Some(cmd.spawn().expect("spawn containerd"));
+        let child = cmd.spawn().expect("spawn containerd");
+        fs::write(self.pid_file(), child.id().to_string()).expect("pid file");
+        self.process = Some(child);
         self.wait_ready(Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -203,7 +232,8 @@ impl Containerd {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
-            if let Some(p) = self.process.as_mut() {
+            let current = self.pid();
+            if let Some(p) = self.process.as_mut().filter(|p| Some(p.id()) == current) {
                 if let Ok(Some(status)) = p.try_wait() {
                     return Err(format!(
                         "containerd exited ({status}):\n{}",
@@ -234,9 +264,21 @@ impl Containerd {
     /// Stops the daemon (SIGTERM, then wait). Running containers keep running under their shims.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
-            signal(p.id() as i32, libc::SIGTERM);
+            if alive(p.id()) {
+                signal(p.id() as i32, libc::SIGTERM);
+            }
+            // Ours or already replaced by an external restart: reap it either way.
             let _ = p.wait();
         }
+        // A daemon started by the restart script.
+        if let Some(pid) = self.pid() {
+            signal(pid as i32, libc::SIGTERM);
+            let start = Instant::now();
+            while alive(pid) && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = fs::remove_file(self.pid_file());
     }
 
     /// Restarts the daemon with the (possibly rewritten) config file.
@@ -245,9 +287,77 @@ impl Containerd {
         self.spawn();
     }
 
-    /// The daemon's pid, while it runs.
+    /// The daemon's pid, while it runs (from the pid file, so also after an external restart).
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Child::id)
+        fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|pid| alive(*pid))
+    }
+
+    /// `<dir>/containerd.pid`
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("containerd.pid")
+    }
+
+    /// A shell script that restarts this daemon the way `systemctl restart` would: stop it by
+    /// its pid file (SIGTERM, wait), start it again detached with the same arguments and
+    /// environment, wait until it answers, and append a line to [`Self::restart_count`]'s file.
+    /// For a node installer's `--restart-cmd`.
+    pub fn restart_script(&self) -> PathBuf {
+        self.dir.join("restart.sh")
+    }
+
+    /// How many times [`Self::restart_script`] has run.
+    pub fn restart_count(&self) -> usize {
+        fs::read_to_string(self.dir.join("restarts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn write_restart_script(&self) {
+        let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut env = format!("export PATH={}\n", q(&self.path_env()));
+        for (k, v) in &self.env {
+            env.push_str(&format!("export {k}={}\n", q(v)));
+        }
+        let script = format!(
+            r#"#!/bin/sh
+# Restarts the test's containerd (written by wasmkube-test-harness).
+set -eu
+pidfile={pidfile}
+if [ -f "$pidfile" ]; then
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  i=0
+  while state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) && [ "$state" != Z ]; do
+    i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd $pid did not stop" >&2; exit 1; }}
+    sleep 0.05
+  done
+fi
+{env}setsid containerd --config {config} --address {address} --root {root} --state {state} \
+  </dev/null >>{log} 2>&1 &
+echo $! > "$pidfile"
+i=0
+until ctr --address {address} version >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd did not come back" >&2; exit 1; }}
+  sleep 0.05
+done
+echo restarted >> {restarts}
+"#,
+            pidfile = q(&self.pid_file().display().to_string()),
+            config = q(&self.config_path.display().to_string()),
+            address = q(&self.address().display().to_string()),
+            root = q(&self.dir.join("root").display().to_string()),
+            state = q(&self.dir.join("state").display().to_string()),
+            log = q(&self.log_path().display().to_string()),
+            restarts = q(&self.dir.join("restarts").display().to_string()),
+        );
+        let path = self.restart_script();
+        fs::write(&path, script).expect("restart script");
+        let mut perms = fs::metadata(&path).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        fs::set_permissions(&path, perms).expect("chmod");
     }
 
     /// Runs `ctr` against this daemon (namespace `default` unless `-n` is given).
@@ -294,6 +404,17 @@ impl Containerd {
     }
 }
 
+/// Whether `pid` runs (a zombie does not count).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
 fn signal(pid: i32, sig: i32) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -303,7 +424,7 @@ fn signal(pid: i32, sig: i32) {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if self.process.is_some() {
+        if self.pid().is_some() {
             self.cleanup_tasks();
         }
         // Shims outlive containerd: kill the ones serving this daemon.

@@ -60,6 +60,44 @@ macro_rules! skip_unless {
     };
 }
 
+/// Builds the shim (`cargo build --release -p wasmkube-shim`, once per test process, with the
+/// current `CARGO` and `CARGO_TARGET_DIR`) and returns the path of
+/// `containerd-shim-wasmkube-v1`. For test suites outside the shim package, which cannot name
+/// the binary with `CARGO_BIN_EXE_*`.
+pub fn shim_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = guests::repo_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let out =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(&root)
+                .args(["build", "--release", "--quiet", "-p", "wasmkube-shim"])
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build -p wasmkube-shim failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let bin = target.join("release").join("containerd-shim-wasmkube-v1");
+        if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("no shim at {} after the build", bin.display()))
+        }
+    });
+    match built {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// A unique container or pod id: parallel tests share runwasi's state directory.
 pub fn unique_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,127 @@
+//! Command-line interface (clap). The verbs are in [`crate::install`], [`crate::uninstall`] and
+//! [`crate::status`].
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::flavour::Flavour;
+use crate::restart::RestartMode;
+use crate::shim_install::{SHIM_HOST_DIR, SHIM_NAME};
+
+/// Provisions a node's containerd with the wasmkube shim: parse, back up, patch, restart,
+/// verify, report. Everything it touches is under --host-root.
+#[derive(Debug, Parser)]
+#[command(name = "wasmkube-node-installer", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub verb: Verb,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Verb {
+    /// Install the shim and the `wasmkube` runtime, restart containerd, verify.
+    Install,
+    /// Remove the runtime and the shim, restart containerd, verify the handler is gone.
+    Uninstall,
+    /// Report what is installed; change nothing.
+    Status,
+}
+
+/// `--flavour`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlavourChoice {
+    Auto,
+    Containerd,
+    Kind,
+    K3s,
+    Rke2,
+    Microk8s,
+    K0s,
+}
+
+impl FlavourChoice {
+    pub fn forced(self) -> Option<Flavour> {
+        match self {
+            FlavourChoice::Auto => None,
+            FlavourChoice::Containerd => Some(Flavour::Containerd),
+            FlavourChoice::Kind => Some(Flavour::Kind),
+            FlavourChoice::K3s => Some(Flavour::K3s),
+            FlavourChoice::Rke2 => Some(Flavour::Rke2),
+            FlavourChoice::Microk8s => Some(Flavour::Microk8s),
+            FlavourChoice::K0s => Some(Flavour::K0s),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Options {
+    /// The host's root filesystem as mounted in this container.
+    #[arg(long, global = true, default_value = "/host")]
+    pub host_root: PathBuf,
+    /// The shim binary to install [default: containerd-shim-wasmkube-v1 beside this binary].
+    #[arg(long, global = true)]
+    pub shim: Option<PathBuf>,
+    /// How to restart containerd after a config change.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub restart: RestartMode,
+    /// Run this shell command to restart containerd instead (overrides --restart auto|systemd).
+    #[arg(long, global = true)]
+    pub restart_cmd: Option<String>,
+    /// Override the detected containerd flavour.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub flavour: FlavourChoice,
+    /// Print the config diff and what would be done; change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Where to write the JSON result (the pod's termination message).
+    #[arg(long, global = true, default_value = "/dev/termination-log")]
+    pub result_file: PathBuf,
+    /// containerd's socket as seen from here [default: the flavour's socket under --host-root].
+    #[arg(long, global = true)]
+    pub containerd_address: Option<PathBuf>,
+    /// The shim's path as containerd sees it, written as `runtime_path`.
+    #[arg(long, global = true, default_value_t = format!("{SHIM_HOST_DIR}/{SHIM_NAME}"))]
+    pub runtime_path: String,
+    /// Host directory on containerd's PATH for a symlink to the shim (containerd 1.6 ignores
+    /// `runtime_path` for pod sandboxes and looks the shim up by name); empty: no link.
+    #[arg(long, global = true, default_value = "/usr/local/bin")]
+    pub path_link: PathBuf,
+    /// Seconds to wait for containerd to come back after a restart.
+    #[arg(long, global = true, default_value_t = 60)]
+    pub timeout: u64,
+    /// Do not ask containerd anything (for dry runs against a directory that has no daemon).
+    #[arg(long, global = true)]
+    pub skip_verify: bool,
+}
+
+impl Options {
+    /// The shim to install.
+    pub fn shim_source(&self) -> PathBuf {
+        self.shim.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join(SHIM_NAME)))
+                .unwrap_or_else(|| PathBuf::from(SHIM_NAME))
+        })
+    }
+
+    /// Defaults for tests and library users: host root `dir`, no restart, no verify.
+    pub fn for_host_root(dir: impl Into<PathBuf>) -> Self {
+        Options {
+            host_root: dir.into(),
+            shim: None,
+            restart: RestartMode::None,
+            restart_cmd: None,
+            flavour: FlavourChoice::Auto,
+            dry_run: false,
+            result_file: PathBuf::from("/dev/null"),
+            containerd_address: None,
+            runtime_path: format!("{SHIM_HOST_DIR}/{SHIM_NAME}"),
+            path_link: PathBuf::from("/usr/local/bin"),
+            timeout: 60,
+            skip_verify: true,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Installing the shim binary: never a half-written executable at the final path.
+//!
+//! Copy to a temp file beside the target while hashing, fsync, re-read and compare the sha256
+//! with the source, chmod 0755, rename, fsync the directory. When the target already has the
+//! source's sha256 nothing is written.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::atomic_write::sync_dir;
+
+/// The shim's file name: containerd derives it from runtime_type `io.containerd.wasmkube.v1`.
+pub const SHIM_NAME: &str = "containerd-shim-wasmkube-v1";
+/// Where the shim goes on the host.
+pub const SHIM_HOST_DIR: &str = "/opt/wasmkube/bin";
+
+/// Why the shim was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("copy of the shim at {} has sha256 {got}, source has {want}; not installed", path.display())]
+    Checksum {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
+    #[error("the shim to install ({}) is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error(
+        "{} exists and is not our link to {target}; refusing to replace another \
+         containerd-shim-wasmkube-v1 on containerd's PATH", path.display()
+    )]
+    NameTaken { path: PathBuf, target: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ShimError + 'a {
+    move |source| ShimError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The outcome of [`install_shim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Whether the file was (re)written.
+    pub changed: bool,
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Installs `src` at `dest` (see the module docs). Idempotent.
+pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
+    let meta = fs::metadata(src).map_err(io_err("stat", src))?;
+    if !meta.is_file() {
+        return Err(ShimError::NotAFile {
+            path: src.to_path_buf(),
+        });
+    }
+    let want = sha256_file(src).map_err(io_err("read", src))?;
+    if let Ok(m) = fs::metadata(dest) {
+        let executable = m.permissions().mode() & 0o111 == 0o111;
+        if m.is_file() && executable && m.len() == meta.len() {
+            if let Ok(have) = sha256_file(dest) {
+                if have == want {
+                    return Ok(Installed {
+                        path: dest.to_path_buf(),
+                        sha256: want,
+                        changed: false,
+                    });
+                }
+            }
+        }
+    }
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let tmp = dest.with_file_name(format!(".{SHIM_NAME}.wasmkube-tmp-{}", std::process::id()));
+    let result = (|| {
+        {
+            let mut from = File::open(src).map_err(io_err("open", src))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o755)
+                .open(&tmp)
+                .map_err(io_err("create", &tmp))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = from.read(&mut buf).map_err(io_err("read", src))?;
+                if n == 0 {
+                    break;
+                }
+                to.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+            }
+            to.set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(io_err("chmod", &tmp))?;
+            to.sync_all().map_err(io_err("fsync", &tmp))?;
+        }
+        // Check what is on disk, not what we meant to write.
+        let got = sha256_file(&tmp).map_err(io_err("read back", &tmp))?;
+        if got != want {
+            return Err(ShimError::Checksum {
+                path: tmp.clone(),
+                want: want.clone(),
+                got,
+            });
+        }
+        fs::rename(&tmp, dest).map_err(io_err("rename into place", dest))?;
+        sync_dir(dir).map_err(|e| ShimError::Io {
+            op: "fsync",
+            path: dir.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(Installed {
+        path: dest.to_path_buf(),
+        sha256: want,
+        changed: true,
+    })
+}
+
+/// Removes the installed shim and the directories we created when they are left empty.
+/// `Ok(false)` when it was not there.
+pub fn remove_shim(dest: &Path) -> Result<bool, ShimError> {
+    let removed = match fs::remove_file(dest) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("remove", dest)(e)),
+    };
+    // `/opt/wasmkube/bin`, then `/opt/wasmkube`: only if empty (remove_dir refuses otherwise).
+    if let Some(bin) = dest.parent() {
+        if fs::remove_dir(bin).is_ok() {
+            if let Some(top) = bin.parent() {
+                let _ = fs::remove_dir(top);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Puts a symlink `link` → `target` (the shim as containerd sees it), so containerd finds the shim
+/// by name on its `PATH`: containerd 1.6 ignores `runtime_path` when it starts a pod sandbox.
+/// Idempotent; refuses to replace anything that is not already our link. Returns whether it
+/// was created.
+pub fn link_shim(link: &Path, target: &str) -> Result<bool, ShimError> {
+    match fs::read_link(link) {
+        Ok(t) if t == Path::new(target) => return Ok(false),
+        Ok(_) => {
+            return Err(ShimError::NameTaken {
+                path: link.to_path_buf(),
+                target: target.into(),
+            })
+        }
+        Err(_) if fs::symlink_metadata(link).is_ok() => {
+            return Err(ShimError::NameTaken {
+                path: link.to_path_buf(),
+                target: target.into(),
+            })
+        }
+        Err(_) => {}
+    }
+    let dir = link.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let tmp = link.with_file_name(format!(".{SHIM_NAME}.wasmkube-link-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("symlink", &tmp))?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("rename into place", link)(e));
+    }
+    Ok(true)
+}
+
+/// Removes `link` when it is our link to `target`. Returns whether it was removed.
+pub fn unlink_shim(link: &Path, target: &str) -> Result<bool, ShimError> {
+    match fs::read_link(link) {
+        Ok(t) if t == Path::new(target) => {
+            fs::remove_file(link).map_err(io_err("remove", link))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The shim's version, from `<shim> -v` (`Version: x.y.z`), when it runs here.
+pub fn shim_version(path: &Path) -> Option<String> {
+    let out = std::process::Command::new(path)
+        .arg("-v")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("Version:")
+            .map(|v| v.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_once_then_is_unchanged_and_removes_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("shim");
+        fs::write(&src, b"#!/bin/sh\necho Version: 9.9.9\n").expect("write");
+        let dest = dir.path().join("host/opt/wasmkube/bin").join(SHIM_NAME);
+        let a = install_shim(&src, &dest).expect("install");
+        assert!(a.changed);
+        assert_eq!(a.sha256, sha256_file(&src).expect("hash"));
+        assert_eq!(
+            fs::metadata(&dest).expect("stat").permissions().mode() & 0o777,
+            0o755
+        );
+        let b = install_shim(&src, &dest).expect("again");
+        assert!(!b.changed);
+        fs::write(&src, b"#!/bin/sh\necho Version: 10.0.0\n").expect("write");
+        assert!(install_shim(&src, &dest).expect("upgrade").changed);
+        assert_eq!(shim_version(&dest).as_deref(), Some("10.0.0"));
+        let link = dir.path().join("host/usr/local/bin").join(SHIM_NAME);
+        let target = dest.display().to_string();
+        assert!(link_shim(&link, &target).expect("link"));
+        assert!(!link_shim(&link, &target).expect("link again"));
+        assert!(matches!(
+            link_shim(&link, "/elsewhere"),
+            Err(ShimError::NameTaken { .. })
+        ));
+        assert!(!unlink_shim(&link, "/elsewhere").expect("not ours"));
+        assert!(unlink_shim(&link, &target).expect("unlink"));
+        assert!(!link.exists());
+        assert!(remove_shim(&dest).expect("remove"));
+        assert!(!dir.path().join("host/opt/wasmkube").exists());
+        assert!(!remove_shim(&dest).expect("remove again"));
+    }
+}

@@ -1,0 +1,374 @@
+//! The installer against a LIVE containerd: a temp directory plays the host root, the test's
+//! containerd runs on `<host>/etc/containerd/config.toml`, and `--restart-cmd` is the harness's
+//! restart script (stop by pid file, start again with the same arguments). Needs root,
+//! containerd and runc; see `wasmkube_test_harness::skip_unless!`.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wasmkube_test_harness::containerd::default_config;
+use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::images::{pack, pause_archive};
+use wasmkube_test_harness::{
+    missing_prerequisites, shim_binary, skip_unless, unique_id, Containerd,
+};
+
+const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
+const HELLO: &str = "docker.io/wasmkube/hello:installer";
+
+/// A host root with a containerd config and a containerd running on it.
+struct Host {
+    root: tempfile::TempDir,
+    ctd: Containerd,
+    original: Vec<u8>,
+}
+
+impl Host {
+    fn start() -> Host {
+        let root = tempfile::Builder::new()
+            .prefix("wk-host-")
+            .tempdir_in("/var/tmp")
+            .expect("host root");
+        let config = root.path().join("etc/containerd/config.toml");
+        std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
+        let text = default_config(root.path(), false);
+        std::fs::write(&config, &text).expect("config");
+        // containerd finds the shim by name on its PATH through the installer's link in
+        // `<host>/usr/local/bin` (containerd 1.6 ignores `runtime_path` for pod sandboxes).
+        let ctd = Containerd::builder()
+            .config_file(&config)
+            .path_dir(root.path().join("usr/local/bin"))
+            .start();
+        Host {
+            root,
+            ctd,
+            original: text.into_bytes(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.root.path().join("etc/containerd/config.toml")
+    }
+
+    fn shim_dest(&self) -> PathBuf {
+        self.root
+            .path()
+            .join("opt/wasmkube/bin/containerd-shim-wasmkube-v1")
+    }
+
+    fn result_file(&self) -> PathBuf {
+        self.root.path().join("termination-log")
+    }
+
+    /// Runs the installer binary; returns the exit code, the stdout JSON and the elapsed time.
+    fn installer(
+        &self,
+        verb: &str,
+        restart_cmd: &str,
+        extra: &[&str],
+    ) -> (i32, serde_json::Value, Duration) {
+        let start = Instant::now();
+        let out = Command::new(INSTALLER)
+            .arg(verb)
+            .arg("--host-root")
+            .arg(self.root.path())
+            .arg("--shim")
+            .arg(shim_binary())
+            .arg("--restart-cmd")
+            .arg(restart_cmd)
+            .arg("--containerd-address")
+            .arg(self.ctd.address())
+            .arg("--runtime-path")
+            .arg(self.shim_dest())
+            .arg("--result-file")
+            .arg(self.result_file())
+            .args(extra)
+            .output()
+            .expect("run installer");
+        let elapsed = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no JSON result ({e}): {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.result_file()).expect("result file"))
+                .expect("result file JSON");
+        assert_eq!(file, json, "result file and stdout differ");
+        (out.status.code().unwrap_or(-1), json, elapsed)
+    }
+
+    fn restart_cmd(&self) -> String {
+        self.ctd.restart_script().display().to_string()
+    }
+
+    fn status_info(&self) -> String {
+        Cri::connect(&self.ctd.address())
+            .expect("CRI")
+            .status_info()
+            .expect("status")
+    }
+
+    /// Whether containerd's live CRI config has our runtime (the pause image is also named
+    /// `wasmkube.test/...`, so look for the runtime type).
+    fn serves_handler(&self) -> bool {
+        self.status_info().contains("io.containerd.wasmkube.v1")
+    }
+}
+
+/// A rootfs with static busybox, for a runc container.
+fn busybox_rootfs() -> tempfile::TempDir {
+    let busybox =
+        wasmkube_test_harness::which("busybox").expect("busybox (apt-get install busybox-static)");
+    wasmkube_test_harness::containerd::rootfs_with(&[("busybox", &busybox)])
+}
+
+fn task_pid(ctd: &Containerd, id: &str) -> Option<String> {
+    ctd.ctr(&["tasks", "ls"])
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id) && l.contains("RUNNING"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+}
+
+#[test]
+fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstalls_cleanly() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start();
+    assert!(!host.serves_handler(), "handler present before install");
+
+    // A runc container started before the install.
+    let rootfs = busybox_rootfs();
+    let runc_id = unique_id("runc-survivor");
+    host.ctd
+        .ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--rootfs",
+            &rootfs.path().display().to_string(),
+            &runc_id,
+            "/busybox",
+            "sleep",
+            "600",
+        ])
+        .ok();
+    assert!(
+        host.ctd.wait_running(&runc_id, Duration::from_secs(20)),
+        "runc container never ran"
+    );
+    let runc_pid = task_pid(&host.ctd, &runc_id).expect("runc pid");
+    let daemon_before = host.ctd.pid();
+
+    // Install.
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
+    eprintln!("first install took {took:?}: {r}");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["state"], "installed", "{r}");
+    assert_eq!(r["flavour"], "containerd");
+    assert_eq!(r["configPath"], "/etc/containerd/config.toml");
+    assert_eq!(r["restarted"], true);
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["shimVersion"], "0.1.0");
+    assert!(
+        r["containerdVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.") || v.starts_with("v1.") || v.starts_with('2')),
+        "{r}"
+    );
+    let sha = wasmkube_node_installer::shim_install::sha256_file(&shim_binary()).expect("sha");
+    assert_eq!(r["shimSha256"], sha.as_str());
+    for step in ["detect", "copy", "patch", "restart", "verify", "total"] {
+        assert!(r["timings"][step].is_u64(), "timing {step} missing: {r}");
+    }
+    assert_eq!(host.ctd.restart_count(), 1);
+    assert_ne!(
+        host.ctd.pid(),
+        daemon_before,
+        "containerd was not restarted"
+    );
+    let info = host.status_info();
+    assert!(
+        info.contains("io.containerd.wasmkube.v1"),
+        "handler not served: {info}"
+    );
+    let installed = std::fs::read(host.config()).expect("config");
+    assert_eq!(
+        std::fs::read(wasmkube_node_installer::atomic_write::backup_path(
+            &host.config()
+        ))
+        .expect("backup"),
+        host.original
+    );
+
+    // The runc container survived the restart, same process.
+    assert_eq!(
+        task_pid(&host.ctd, &runc_id).as_deref(),
+        Some(runc_pid.as_str()),
+        "runc container did not survive"
+    );
+
+    // A CRI pod with runtime_handler wasmkube runs the hello guest.
+    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    host.ctd.import("k8s.io", pause).ok();
+    let work = tempfile::tempdir().expect("tmp");
+    let archive = work.path().join("hello.tar");
+    pack(&guest("hello"), HELLO, &archive);
+    host.ctd.import("k8s.io", &archive).ok();
+    let mut cri = Cri::connect(&host.ctd.address()).expect("CRI");
+    let pod = PodSpec {
+        name: unique_id("installed"),
+        handler: "wasmkube".into(),
+        host_network: true,
+        log_dir: work.path().join("logs"),
+    };
+    let pod_id = cri
+        .run_pod(&pod)
+        .expect("RunPodSandbox with runtime_handler wasmkube");
+    let spec = ContainerSpec {
+        name: "hello".into(),
+        image: HELLO.into(),
+        ..Default::default()
+    };
+    let id = cri
+        .create_container(&pod_id, &pod, &spec)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    assert_eq!(
+        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
+        0
+    );
+    let log: String = read_log(&pod.log_dir.join("hello.log"))
+        .into_iter()
+        .map(|(_, m)| m + "\n")
+        .collect();
+    assert!(log.contains("hello from wasm"), "{log}");
+    cri.remove_container(&id).expect("RemoveContainer");
+    cri.remove_pod(&pod_id).expect("RemovePodSandbox");
+
+    // Second install: nothing written, no restart, fast.
+    let mtime = std::fs::metadata(host.config())
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
+    eprintln!("re-install took {took:?}: {r}");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["state"], "unchanged", "{r}");
+    assert_eq!(r["restarted"], false);
+    assert_eq!(r["verified"], true);
+    assert_eq!(
+        host.ctd.restart_count(),
+        1,
+        "second install restarted containerd"
+    );
+    assert_eq!(std::fs::read(host.config()).expect("config"), installed);
+    assert_eq!(
+        std::fs::metadata(host.config())
+            .expect("stat")
+            .modified()
+            .expect("mtime"),
+        mtime
+    );
+    assert!(
+        took < Duration::from_millis(200),
+        "re-install took {took:?}"
+    );
+
+    // status
+    let (code, r, _) = host.installer("status", &host.restart_cmd(), &[]);
+    assert_eq!((code, r["state"].as_str()), (0, Some("installed")), "{r}");
+
+    // Uninstall: handler gone, original bytes back, shim and backup gone.
+    let (code, r, took) = host.installer("uninstall", &host.restart_cmd(), &[]);
+    eprintln!("uninstall took {took:?}: {r}");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["state"], "uninstalled", "{r}");
+    assert_eq!(r["restarted"], true);
+    assert_eq!(r["verified"], true);
+    assert_eq!(host.ctd.restart_count(), 2);
+    assert!(!host.serves_handler(), "handler still served");
+    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
+    assert!(!host.shim_dest().exists());
+    assert!(!host.root.path().join("opt/wasmkube").exists());
+    assert!(!host
+        .root
+        .path()
+        .join("usr/local/bin/containerd-shim-wasmkube-v1")
+        .exists());
+    assert!(!wasmkube_node_installer::atomic_write::backup_path(&host.config()).exists());
+    assert_eq!(
+        task_pid(&host.ctd, &runc_id).as_deref(),
+        Some(runc_pid.as_str()),
+        "runc container did not survive the second restart"
+    );
+    host.ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &runc_id]);
+}
+
+#[test]
+fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start();
+    // "Restarts" without restarting: containerd keeps serving the old config, so the handler
+    // never appears and verification must fail, roll back, and say so.
+    let (code, r, _) = host.installer("install", "true", &["--timeout", "2"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["failure"], "rolled-back");
+    assert_eq!(r["reason"], "VerifyTimeout");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rolled back")),
+        "{r}"
+    );
+    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
+    assert!(
+        !host.shim_dest().exists(),
+        "shim left behind after rollback"
+    );
+    assert!(!wasmkube_node_installer::atomic_write::backup_path(&host.config()).exists());
+    assert!(!host.serves_handler());
+}
+
+#[test]
+fn a_config_containerd_rejects_is_rolled_back_and_containerd_comes_back() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start();
+    // The restart command breaks the daemon's startup only while our runtime is configured:
+    // it refuses to start containerd when the config mentions wasmkube, like a containerd that
+    // cannot load the new config.
+    let guard = host.root.path().join("restart-guarded.sh");
+    std::fs::write(
+        &guard,
+        format!(
+            "#!/bin/sh\nif grep -q 'runtimes.wasmkube' '{config}'; then kill -TERM $(cat '{pid}'); sleep 0.5; exit 0; fi\nexec '{restart}'\n",
+            config = host.config().display(),
+            pid = host.ctd.pid_file().display(),
+            restart = host.ctd.restart_script().display()
+        ),
+    )
+    .expect("script");
+    let (code, r, _) = host.installer(
+        "install",
+        &format!("sh {}", guard.display()),
+        &["--timeout", "5"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["failure"], "rolled-back", "{r}");
+    assert_eq!(r["reason"], "VerifyTimeout", "{r}");
+    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
+    // containerd is back, on the original config.
+    assert!(
+        Cri::connect(&host.ctd.address())
+            .and_then(|mut c| c.version())
+            .is_ok(),
+        "containerd not back"
+    );
+    assert!(!host.serves_handler());
+}
