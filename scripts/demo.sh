@@ -1,66 +1,77 @@
 #!/usr/bin/env bash
-# The main job on this machine, no Kubernetes needed: runs the example WasmApp's module (the
-# wasi:http component in tests/guests/http-hello) through the wasmkube shim on a private local
-# containerd, exactly as a wasm node runs it, and calls it over HTTP.
-#   sudo scripts/demo.sh            # PORT=8080 by default; KEEP=1 leaves it running
+# The main job, on a real Kubernetes: brings up a cluster (kind where Docker and kind exist;
+# otherwise a single-node cluster built from upstream Kubernetes' Go modules on this machine,
+# tests/cluster/), installs wasmkube with `kubectl apply -k manifests/`, opts the node in, applies
+# the example WasmApp and curls it through its Service. The cluster stays up afterwards.
+#   sudo scripts/demo.sh
+#   tear down: sudo tests/cluster/down.sh   (kind: kind delete cluster --name wasmkube)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 scripts/prereqs.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
-port=${PORT:-8080}
-image=docker.io/wasmkube/hello-http:latest
+IMAGES=$CARGO_TARGET_DIR/images
+t0=$SECONDS
+step() { echo; echo "== $* ($((SECONDS - t0)) s)"; }
 
-echo "== building the shim, the wasmkube CLI and the example module"
-cargo build --release --quiet -p wasmkube-shim -p wasmkube-cli
-(cd tests/guests && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/guests cargo build --release --quiet --target wasm32-wasip2 -p http-hello)
-module=$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/http_hello.wasm
+step "images (operator, node installer + shim, example app)"
+scripts/images.sh
 
-demo=/var/tmp/wasmkube-demo
-if [[ -f $demo/containerd.pid ]]; then kill "$(cat "$demo/containerd.pid")" 2>/dev/null || true; sleep 1; fi
-rm -rf "$demo" && mkdir -p "$demo/bin"
-cp "$CARGO_TARGET_DIR/release/containerd-shim-wasmkube-v1" "$demo/bin/"
-cat >"$demo/config.toml" <<TOML
-version = 2
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmkube]
-    runtime_type = "io.containerd.wasmkube.v1"
-TOML
-echo "== starting a private containerd in $demo (shim on its PATH)"
-PATH="$demo/bin:$PATH" WASMKUBE_CACHE_DIR="$demo/cache" containerd --config "$demo/config.toml" \
-  --address "$demo/containerd.sock" --root "$demo/root" --state "$demo/state" >"$demo/containerd.log" 2>&1 &
-echo $! >"$demo/containerd.pid"
-ctr() { command ctr --address "$demo/containerd.sock" "$@"; }
-cleanup() {
-  ctr tasks kill -s SIGKILL hello-http >/dev/null 2>&1 || true
-  sleep 0.5; ctr containers rm hello-http >/dev/null 2>&1 || true
-  kill "$(cat "$demo/containerd.pid")" 2>/dev/null || true
-}
-[[ ${KEEP:-0} == 1 ]] || trap cleanup EXIT
-for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
-
-echo "== wasmkube pack + ctr images import"
-"$CARGO_TARGET_DIR/release/wasmkube" pack "$module" --name "$image" -o "$demo/hello-http.tar"
-ctr images import --all-platforms "$demo/hello-http.tar"
-
-echo "== ctr run (runtime io.containerd.wasmkube.v1)"
-ctr run -d --net-host --runtime io.containerd.wasmkube.v1 \
-  --env WASMKUBE_HTTP_ADDR=127.0.0.1:$port --env WK_GREETING="hello from the wasmkube demo" \
-  "$image" hello-http >/dev/null
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
-ctr tasks ls
-echo "== curl http://127.0.0.1:$port/demo?x=1"
-curl -sS "http://127.0.0.1:$port/demo?x=1"
-echo "== curl http://127.0.0.1:$port/env"
-curl -sS "http://127.0.0.1:$port/env"
-if [[ ${KEEP:-0} == 1 ]]; then
-  echo "left running: ctr --address $demo/containerd.sock tasks ls; stop with: kill \$(cat $demo/containerd.pid)"
-  exit 0
+if command -v kind >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    step "kind cluster wasmkube"
+    kind get clusters 2>/dev/null | grep -qx wasmkube || kind create cluster --name wasmkube --wait 120s
+    for image in operator node-installer hello-http; do
+        kind load image-archive "$IMAGES/$image.tar" --name wasmkube
+    done
+    KUBECONFIG=/var/tmp/wasmkube-kind.kubeconfig
+    kind get kubeconfig --name wasmkube >"$KUBECONFIG"
+    export KUBECONFIG
+    on_node() { docker exec -i wasmkube-control-plane "$@"; }
+    down="kind delete cluster --name wasmkube"
+else
+    step "local Kubernetes (no Docker here): build from the Go module proxy, start"
+    tests/cluster/build.sh
+    tests/cluster/up.sh "$IMAGES/pause.tar" "$IMAGES/operator.tar" "$IMAGES/node-installer.tar" "$IMAGES/hello-http.tar"
+    # shellcheck disable=SC1091
+    source tests/cluster/versions.env
+    export KUBECONFIG=${CLUSTER_DIR:-/var/tmp/wasmkube-cluster}/admin.kubeconfig
+    export PATH=/var/tmp/wasmkube-k8s/$K8S_VERSION/bin:$PATH
+    on_node() { "$@"; }
+    down="sudo tests/cluster/down.sh"
 fi
-echo "== ctr tasks kill (SIGTERM: graceful stop)"
-ctr tasks kill hello-http
-for _ in $(seq 50); do ctr tasks ls | grep -q "hello-http.*STOPPED" && break; sleep 0.1; done
-ctr tasks ls
-echo "demo ok"
+
+step "kubectl apply -k manifests/"
+kubectl apply -k manifests/
+kubectl wait --for=condition=Established crd/wasmapps.wasmkube.dev --timeout=60s
+kubectl -n wasmkube-system rollout status deployment/wasmkube-operator --timeout=180s
+
+NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')
+step "kubectl annotate node $NODE wasmkube.dev/wasm-node=true"
+kubectl annotate node "$NODE" wasmkube.dev/wasm-node=true --overwrite
+for _ in $(seq 1 300); do
+    state=$(kubectl get node "$NODE" -o jsonpath='{.metadata.labels.wasmkube\.dev/runtime}')
+    [ "$state" = ready ] && break
+    if [ "$state" = failed ]; then
+        echo "node $NODE failed: $(kubectl get node "$NODE" -o jsonpath='{.metadata.annotations.wasmkube\.dev/runtime-reason}')" >&2
+        exit 1
+    fi
+    sleep 1
+done
+[ "$state" = ready ] || { echo "node $NODE is still '$state' after 300 s" >&2; exit 1; }
+kubectl get node "$NODE" -L wasmkube.dev/runtime
+kubectl get node "$NODE" -o jsonpath='shim: {.metadata.annotations.wasmkube\.dev/shim-version}{"\n"}'
+
+step "kubectl apply -f examples/hello-http/wasmapp.yaml"
+kubectl apply -f examples/hello-http/wasmapp.yaml
+kubectl wait --for=condition=Ready wapp/hello-http --timeout=180s
+kubectl get wapp hello-http
+kubectl get pods -l app.kubernetes.io/instance=hello-http -o wide
+
+IP=$(kubectl get service hello-http -o jsonpath='{.spec.clusterIP}')
+step "curl http://$IP/ (the Service's ClusterIP, from the node)"
+on_node curl -sS --max-time 5 "http://$IP/"
+step "curl http://$IP/env"
+on_node curl -sS --max-time 5 "http://$IP/env"
+
+echo
+echo "demo ok in $((SECONDS - t0)) s. The cluster is still up: export KUBECONFIG=$KUBECONFIG"
+echo "tear it down with: $down"

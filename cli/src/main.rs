@@ -1,10 +1,14 @@
-//! `wasmkube`: pack wasm into OCI images, render WasmApp manifests.
+//! `wasmkube`: pack wasm into OCI images, build native images from a Dockerfile subset, render
+//! WasmApp manifests.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wasmkube_cli::{pack, ImagePlatform, ImageRef, Layout, PackOptions};
+use wasmkube_cli::{
+    archive::write_atomically, build_image, inspect::inspect, pack, ImagePlatform, ImageRef,
+    Layout, PackOptions,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmkube", version, about, propagate_version = true)]
@@ -18,8 +22,68 @@ enum Command {
     /// Pack a .wasm module or component into an OCI image archive
     #[command(after_long_help = PACK_NOTES)]
     Pack(PackArgs),
+    /// Build or inspect native (linux) images without Docker
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print the objects the operator would apply for the WasmApps in a file (YAML, `---` separated)
     Render(RenderArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build an image archive from a Dockerfile subset and a context of prebuilt files
+    #[command(after_long_help = BUILD_NOTES)]
+    Build(BuildArgs),
+    /// Print an image archive's name, manifest digest, platform and sizes
+    Inspect(InspectArgs),
+}
+
+const BUILD_NOTES: &str = "\
+The Dockerfile subset:
+  FROM scratch (first, once); COPY [--chmod=OCTAL] SRC... DEST (plain or JSON form; files and
+  directories, a directory's symlinks are kept); ENTRYPOINT and CMD in JSON form; USER;
+  ENV KEY=VALUE...; WORKDIR; LABEL KEY=VALUE...; comments and \\ continuations.
+  Anything else (RUN, ADD, ARG, a base image, shell form, $VARIABLES, wildcards, other COPY
+  flags) is refused with its line number, so `docker build` of the same file and context
+  gives the same files.
+
+The archive has one gzipped tar layer: mtimes 0, owners 0:0, modes from the context files or
+--chmod, sorted entries. The same inputs always give a byte-identical archive. Load it with
+  ctr -n k8s.io images import --all-platforms IMAGE.tar      or
+  kind load image-archive IMAGE.tar";
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// The Dockerfile
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+    dockerfile: PathBuf,
+
+    /// The build context: the directory COPY sources are relative to
+    #[arg(long, value_name = "DIR")]
+    context: PathBuf,
+
+    /// Image reference, e.g. docker.io/wasmkube/operator:0.1.0
+    #[arg(long, value_name = "REF")]
+    name: ImageRef,
+
+    /// Where to write the image archive
+    #[arg(short, long, value_name = "IMAGE.tar")]
+    output: PathBuf,
+
+    /// Image platform OS/ARCH
+    #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64")]
+    platform: ImagePlatform,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The image archive (an OCI image layout in a tar)
+    #[arg(value_name = "IMAGE.tar")]
+    archive: PathBuf,
+
+    /// Also list every layer entry: kind, mode, owner, size, path
+    #[arg(long)]
+    files: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +164,8 @@ impl From<LayoutArg> for Layout {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Pack(args) => run_pack(args),
+        Command::Image(ImageCommand::Build(args)) => run_build(args),
+        Command::Image(ImageCommand::Inspect(args)) => run_inspect(args),
         Command::Render(args) => run_render(args),
     };
     match result {
@@ -143,5 +209,49 @@ fn run_pack(args: PackArgs) -> anyhow::Result<()> {
         )
     })?;
     println!("{packed}");
+    Ok(())
+}
+
+fn run_build(args: BuildArgs) -> anyhow::Result<()> {
+    let context = || {
+        format!(
+            "cannot build {} from {} (context {})",
+            args.name,
+            args.dockerfile.display(),
+            args.context.display()
+        )
+    };
+    let image = build_image(&args.dockerfile, &args.context, &args.name, &args.platform)
+        .with_context(context)?;
+    write_atomically(&args.output, &image.archive)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "built {} ({}) -> {} manifest {}, {} bytes ({} bytes unpacked, {} entries)",
+        image.reference,
+        image.platform,
+        args.output.display(),
+        image.manifest_digest,
+        image.archive.len(),
+        image.content_size,
+        image.entries
+    );
+    Ok(())
+}
+
+fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let summary = inspect(&args.archive)?;
+    println!(
+        "{} manifest {} platform {} archive {} bytes content {} bytes",
+        summary.reference.as_deref().unwrap_or("-"),
+        summary.manifest_digest,
+        summary.platform.as_deref().unwrap_or("-"),
+        summary.archive_size,
+        summary.content_size
+    );
+    if args.files {
+        for file in &summary.files {
+            println!("{file}");
+        }
+    }
     Ok(())
 }

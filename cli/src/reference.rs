@@ -4,7 +4,13 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::pack::PackError;
+/// A reference that cannot name an image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid image reference {reference:?}: {reason}")]
+pub struct ReferenceError {
+    pub reference: String,
+    pub reason: String,
+}
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
@@ -25,8 +31,8 @@ impl ImageRef {
     /// Parse and normalise a reference such as `hello`, `org/hello:v1` or
     /// `ghcr.io/org/hello:1.0`. Digest references (`name@sha256:…`) are refused: the digest of a
     /// packed image is only known after packing.
-    pub fn parse(input: &str) -> Result<Self, PackError> {
-        let invalid = |reason: &str| PackError::InvalidReference {
+    pub fn parse(input: &str) -> Result<Self, ReferenceError> {
+        let invalid = |reason: &str| ReferenceError {
             reference: input.to_owned(),
             reason: reason.to_owned(),
         };
@@ -114,7 +120,7 @@ impl fmt::Display for ImageRef {
 }
 
 impl FromStr for ImageRef {
-    type Err = PackError;
+    type Err = ReferenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ImageRef::parse(s)

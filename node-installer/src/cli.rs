@@ -14,19 +14,42 @@ use crate::shim_install::{SHIM_HOST_DIR, SHIM_NAME};
 #[command(name = "wasmkube-node-installer", version)]
 pub struct Cli {
     #[command(subcommand)]
-    pub verb: Verb,
+    pub command: Command,
     #[command(flatten)]
     pub options: Options,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
-pub enum Verb {
+pub enum Command {
     /// Install the shim and the `wasmkube` runtime, restart containerd, verify.
     Install,
     /// Remove the runtime and the shim, restart containerd, verify the handler is gone.
     Uninstall,
     /// Report what is installed; change nothing.
     Status,
+    /// Do nothing until SIGTERM/SIGINT: the installer pod's long-running container, which keeps
+    /// the pod (and the init container's result) around without another image.
+    Idle,
+}
+
+/// The verbs that look at or change the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Install,
+    Uninstall,
+    Status,
+}
+
+impl Command {
+    /// The node verb, or `None` for `idle`.
+    pub fn verb(self) -> Option<Verb> {
+        match self {
+            Command::Install => Some(Verb::Install),
+            Command::Uninstall => Some(Verb::Uninstall),
+            Command::Status => Some(Verb::Status),
+            Command::Idle => None,
+        }
+    }
 }
 
 /// `--flavour`

@@ -88,12 +88,19 @@ pub struct RuntimeEntry {
 }
 
 impl RuntimeEntry {
-    /// The entry we write for a shim at `runtime_path`.
+    /// The entry we write for a shim at `runtime_path`, given the default runtime's
+    /// `SystemdCgroup`.
+    ///
+    /// Only `SystemdCgroup = true` is carried over; false (the shim's default) is left out.
+    /// containerd 1.6 hands a non-runc shim an *empty* options body whenever the runtime has an
+    /// `options` table (1.7+ passes the table's TOML), and runwasi's shim library refuses an
+    /// empty body ("invalid shim options: missing field `systemd_cgroup`"), so every wasm pod
+    /// sandbox would fail on such a node. Seen on the local cluster with containerd 1.6.20.
     pub fn ours(runtime_path: &str, systemd_cgroup: Option<bool>) -> Self {
         RuntimeEntry {
             runtime_type: RUNTIME_TYPE.into(),
             runtime_path: runtime_path.into(),
-            systemd_cgroup,
+            systemd_cgroup: systemd_cgroup.filter(|on| *on),
         }
     }
 }
@@ -976,6 +983,9 @@ mod tests {
             out.contains("  runtimes.wasmkube.runtime_type = \"io.containerd.wasmkube.v1\"\n"),
             "{out}"
         );
+        // SystemdCgroup = false is the shim's default and is not written: containerd 1.6 would
+        // pass the shim an empty options body, which runwasi's library rejects.
+        assert!(!out.contains("runtimes.wasmkube.options"), "{out}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod atomic_write;
 pub mod cli;
 pub mod config_patch;
 pub mod flavour;
+pub mod idle;
 pub mod install;
 pub mod k3s_template;
 pub mod node;
@@ -17,7 +18,7 @@ pub mod status;
 pub mod uninstall;
 pub mod verify;
 
-pub use cli::{Cli, Options, Verb};
+pub use cli::{Cli, Command, Options, Verb};
 pub use report::{Report, State};
 
 /// Runs one verb.

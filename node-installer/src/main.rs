@@ -1,11 +1,14 @@
-//! `wasmkube-node-installer install|uninstall|status`: see the crate docs and README.
+//! `wasmkube-node-installer install|uninstall|status|idle`: see the crate docs and README.
 use anyhow::Context as _;
 use clap::Parser as _;
-use wasmkube_node_installer::{run, Cli, State};
+use wasmkube_node_installer::{idle, run, Cli, State};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let report = run(cli.verb, &cli.options);
+    let Some(verb) = cli.command.verb() else {
+        return idle::until_stopped().context("idle");
+    };
+    let report = run(verb, &cli.options);
     println!("{}", report.to_json());
     if report.state != State::DryRun {
         report

@@ -1,6 +1,6 @@
 //! Restarting containerd so it reads the new config: a systemd restart in the host's namespaces
-//! (PID 1's), or an explicit command. Never a signal: SIGHUP stops containerd rather than
-//! reloading it. Running containers survive a restart because their shims are separate
+//! (PID 1's), the host's own restart hook ([`HOST_HOOK`], for hosts without systemd), or an
+//! explicit command. Never a signal from us: SIGHUP stops containerd rather than reloading it. Running containers survive a restart because their shims are separate
 //! processes (systemd units for containerd use `KillMode=process`).
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +10,8 @@ use crate::flavour::{on_host, Layout};
 /// `--restart`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RestartMode {
-    /// systemd when the host runs it (the unit is detected from the flavour), else an error.
+    /// systemd when the host runs it (the unit is detected from the flavour), else the host's
+    /// restart hook ([`HOST_HOOK`]) when it has one, else an error.
     Auto,
     /// `systemctl restart <unit>` through `nsenter -t 1` (needs `hostPID: true`).
     Systemd,
@@ -22,17 +23,33 @@ pub enum RestartMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RestartPlan {
     None,
-    Systemd { unit: String },
+    Systemd {
+        unit: String,
+    },
+    /// The host's executable [`HOST_HOOK`], run chrooted into the host's root.
+    HostHook {
+        host_root: std::path::PathBuf,
+    },
     Command(String),
 }
+
+/// A host without systemd (OpenRC, runit, a supervisor script, a test cluster) says how to
+/// restart its containerd by providing this executable. It runs as `chroot <host root> HOOK`:
+/// the host's files, the host's PIDs (the installer pod is `hostPID`), but the pod's cgroup and
+/// network. So it must not start containerd itself (the new daemon would live and die with the
+/// installer pod): it stops the running one and returns, and the host's supervisor starts the
+/// next. `nsenter -t 1` is not used for it: sandboxed hosts (gVisor, Firecracker inits) refuse
+/// to open PID 1's namespaces even to root.
+pub const HOST_HOOK: &str = "/etc/wasmkube/restart-containerd";
 
 /// Why containerd could not be restarted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RestartError {
     #[error(
         "cannot restart containerd automatically: the host does not run systemd \
-         ({} missing); pass --restart-cmd or --restart none",
-        path
+         ({} missing) and has no executable {}; pass --restart-cmd or --restart none",
+        path,
+        HOST_HOOK
     )]
     NoSystemd { path: String },
     #[error("no systemd unit for {flavour} found (looked for {units}); pass --restart-cmd")]
@@ -73,6 +90,11 @@ pub fn plan(
         RestartMode::Auto | RestartMode::Systemd => {
             let marker = on_host(host_root, Path::new("/run/systemd/system"));
             if mode == RestartMode::Auto && !marker.is_dir() {
+                if is_executable(&on_host(host_root, Path::new(HOST_HOOK))) {
+                    return Ok(RestartPlan::HostHook {
+                        host_root: host_root.to_path_buf(),
+                    });
+                }
                 return Err(RestartError::NoSystemd {
                     path: marker.display().to_string(),
                 });
@@ -95,15 +117,26 @@ pub fn plan(
     }
 }
 
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 impl RestartPlan {
     /// Runs the restart; returns whether anything was restarted.
     pub fn run(&self) -> Result<bool, RestartError> {
         let mut cmd = match self {
             RestartPlan::None => return Ok(false),
             RestartPlan::Systemd { unit } => {
+                // In PID 1's namespaces (the host's, from a `hostPID` pod).
                 let mut c = Command::new("nsenter");
                 c.args(["-t", "1", "-m", "-u", "-i", "-n", "-p", "--"])
                     .args(["systemctl", "restart", unit.as_str()]);
+                c
+            }
+            RestartPlan::HostHook { host_root } => {
+                let mut c = Command::new("chroot");
+                c.arg(host_root).arg(HOST_HOOK);
                 c
             }
             RestartPlan::Command(s) => {
@@ -155,6 +188,30 @@ mod tests {
             plan(RestartMode::Auto, None, &l, host.path()),
             Err(RestartError::NoSystemd { .. })
         ));
+        // A host hook that is not executable does not count; an executable one does, for
+        // `auto` only (`systemd` insists on systemd).
+        let hook = host.path().join(HOST_HOOK.trim_start_matches('/'));
+        std::fs::create_dir_all(hook.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&hook, "#!/bin/sh\n").expect("hook");
+        assert!(matches!(
+            plan(RestartMode::Auto, None, &l, host.path()),
+            Err(RestartError::NoSystemd { .. })
+        ));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        assert_eq!(
+            plan(RestartMode::Auto, None, &l, host.path()),
+            Ok(RestartPlan::HostHook {
+                host_root: host.path().to_path_buf()
+            })
+        );
+        assert!(matches!(
+            plan(RestartMode::Systemd, None, &l, host.path()),
+            Err(RestartError::NoUnit { .. })
+        ));
+        std::fs::remove_file(&hook).expect("rm hook");
         std::fs::create_dir_all(host.path().join("run/systemd/system")).expect("mkdir");
         assert!(matches!(
             plan(RestartMode::Auto, None, &l, host.path()),

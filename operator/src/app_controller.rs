@@ -27,7 +27,7 @@ use crate::{
     builders::app::{self as build, AppObjects},
     crd::{conditions, reasons, WasmApp, WasmAppStatus},
     metrics::Metrics,
-    names::FIELD_MANAGER,
+    names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
     status::{self, Children},
     Error, Result,
 };
@@ -64,6 +64,36 @@ where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     Ok(api.patch(name, &apply_params(), &Patch::Apply(obj)).await?)
+}
+
+/// Hands `spec.replicas` of a running Deployment over to its new HPA without a dip.
+///
+/// Applying the Deployment without `spec.replicas` would drop the field we owned, and the
+/// Deployment would fall back to 1 replica until the HPA acts. So, as the Kubernetes docs
+/// describe for a hand-over, a second field manager first applies the current count: the field
+/// stays owned (by it) when our apply leaves it out, and the HPA changes it from there.
+async fn hand_replicas_to_autoscaler(api: &Api<Deployment>, name: &str) -> Result<()> {
+    let current = match api.get_opt(name).await? {
+        Some(d) => d.spec.replicas,
+        None => return Ok(()),
+    };
+    let Some(replicas) = current else {
+        return Ok(());
+    };
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(HANDOVER_FIELD_MANAGER),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    info!(deployment = %name, replicas, "handed spec.replicas over to the autoscaler");
+    Ok(())
 }
 
 /// Deletes `name`, treating "already gone" as success. Returns whether something was deleted.
@@ -165,6 +195,10 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     } = objects;
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    // Autoscaling was just turned on for a Deployment whose replicas we set so far.
+    if autoscaler.is_some() && old.is_some_and(|o| o.autoscaler_name.is_none()) {
+        hand_replicas_to_autoscaler(&deployments, &name).await?;
+    }
     let applied = apply(&deployments, &name, &deployment).await?;
 
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);

@@ -21,7 +21,7 @@ use crate::{
     },
     fixtures::{finish, mock_client, Step},
     metrics::Metrics,
-    names::FIELD_MANAGER,
+    names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
     Error,
 };
 
@@ -300,6 +300,23 @@ async fn autoscaling_on_applies_hpa_and_leaves_replicas_to_it() {
     });
     let a = app(s, 2, Some(old_status(true, 1)));
     let steps = vec![
+        // Turning autoscaling on: the running count (3) is first applied by the hand-over
+        // manager, so leaving the field out of our apply does not reset it to 1.
+        Step::get(DEPLOYMENT).reply(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "hello", "namespace": "apps"},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+        })),
+        Step::apply_as(HANDOVER_FIELD_MANAGER, DEPLOYMENT).body(|b| {
+            assert_eq!(
+                b,
+                &json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "hello"},
+                    "spec": {"replicas": 3},
+                })
+            );
+        }),
         Step::apply(DEPLOYMENT)
             .body(|b| {
                 assert!(

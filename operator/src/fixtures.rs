@@ -56,6 +56,19 @@ impl Step {
         s
     }
 
+    /// A server-side apply under another field manager (`force` unset).
+    pub fn apply_as(manager: &str, path: &str) -> Self {
+        let mut s = Step::new(Method::PATCH, path);
+        s.query = BTreeMap::from([("fieldManager".to_string(), manager.to_string())]);
+        s.content_type = Some("application/apply-patch+yaml");
+        s
+    }
+
+    /// A GET of `path`.
+    pub fn get(path: &str) -> Self {
+        Step::new(Method::GET, path)
+    }
+
     /// A delete of `path` (background propagation).
     pub fn delete(path: &str) -> Self {
         Step::new(Method::DELETE, path).body(|b| {

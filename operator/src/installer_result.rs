@@ -33,6 +33,9 @@ pub struct InstallerResult {
     pub shim_version: Option<String>,
     pub shim_sha256: Option<String>,
     pub restarted: Option<bool>,
+    /// Whether containerd answered with the `wasmkube` handler loaded. `false` (e.g. `--restart
+    /// none`, `--skip-verify`) is not a ready node.
+    pub verified: Option<bool>,
     pub message: Option<String>,
     /// A stable name for the failure cause (`SchemaV1`, `ParseError`, …).
     pub reason: Option<String>,
@@ -99,6 +102,17 @@ pub fn outcome_of(term: &ContainerStateTerminated) -> Outcome {
     let parsed: Option<InstallerResult> = serde_json::from_str(raw.trim()).ok();
     match (parsed, term.exit_code) {
         (Some(r), code) => match r.state {
+            Some(ResultState::Installed | ResultState::Unchanged)
+                if code == 0 && r.verified == Some(false) =>
+            {
+                Outcome::Failed {
+                    message: truncate(&format!(
+                        "NotVerified: the installer could not confirm that containerd runs the \
+                         wasmkube handler: {}",
+                        r.message.as_deref().unwrap_or("no message")
+                    )),
+                }
+            }
             Some(ResultState::Installed | ResultState::Unchanged) if code == 0 => {
                 Outcome::Installed {
                     shim_version: shim_version_value(&r),
@@ -122,7 +136,59 @@ pub fn outcome_of(term: &ContainerStateTerminated) -> Outcome {
     }
 }
 
-/// The latest finished run of a pod's installer init container, if it finished at all.
+/// Waiting reasons after which the installer container will not start until someone changes
+/// something (the image, a secret, the node): reported at once instead of leaving the node
+/// `pending`. Transient ones (`ContainerCreating`, `PodInitializing`) are not here.
+const CANNOT_START: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or("(unnamed)")
+}
+
+/// Why the pod cannot run at all, if it cannot: unschedulable, or its installer container
+/// stuck in a [`CANNOT_START`] state.
+fn cannot_start(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(c) = unschedulable {
+        return Some(format!(
+            "InstallerUnschedulable: installer pod {} cannot be scheduled: {}",
+            pod_name(pod),
+            c.message.as_deref().unwrap_or("no message")
+        ));
+    }
+    let waiting = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|s| s.name == installer::INIT_CONTAINER)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?;
+    let reason = waiting.reason.as_deref()?;
+    CANNOT_START.contains(&reason).then(|| {
+        format!(
+            "InstallerCannotStart: installer pod {} cannot start: {reason}: {}",
+            pod_name(pod),
+            waiting.message.as_deref().unwrap_or("no message")
+        )
+    })
+}
+
+/// The latest finished run of a pod's installer init container, or why the pod cannot run it.
 ///
 /// While a retry is running, the previous termination (`lastState`) still tells the truth.
 pub fn pod_outcome(pod: &Pod) -> Option<Outcome> {
@@ -130,21 +196,21 @@ pub fn pod_outcome(pod: &Pod) -> Option<Outcome> {
         .status
         .as_ref()?
         .init_container_statuses
-        .as_ref()?
         .iter()
-        .find(|s| s.name == installer::INIT_CONTAINER)?;
-    let term = status
-        .state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .or_else(|| {
-            status
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-        })?;
+        .flatten()
+        .find(|s| s.name == installer::INIT_CONTAINER);
+    let current = status.and_then(|s| s.state.as_ref().and_then(|s| s.terminated.as_ref()));
+    if let Some(term) = current {
+        return Some(outcome_of(term));
+    }
+    if let Some(message) = cannot_start(pod) {
+        return Some(Outcome::Failed {
+            message: truncate(&message),
+        });
+    }
+    let last = status.and_then(|s| s.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
     // An unfinished container reports no exit code; treat "terminated" as done.
-    Some(outcome_of(term))
+    Some(outcome_of(last))
 }
 
 #[cfg(test)]
@@ -247,5 +313,90 @@ mod tests {
             })
         );
         assert_eq!(pod_outcome(&Pod::default()), None);
+    }
+
+    fn waiting_pod(reason: &str) -> Pod {
+        Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("wasmkube-node-installer-abcde".to_string()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                init_container_statuses: Some(vec![ContainerStatus {
+                    name: installer::INIT_CONTAINER.to_string(),
+                    state: Some(ContainerState {
+                        waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                            reason: Some(reason.to_string()),
+                            message: Some("pull access denied".to_string()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_is_a_failure() {
+        match pod_outcome(&waiting_pod("ImagePullBackOff")) {
+            Some(Outcome::Failed { message }) => {
+                assert!(message.starts_with("InstallerCannotStart:"), "{message}");
+                assert!(
+                    message.contains("wasmkube-node-installer-abcde"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("ImagePullBackOff: pull access denied"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still being created: no outcome yet.
+        assert_eq!(pod_outcome(&waiting_pod("ContainerCreating")), None);
+        assert_eq!(pod_outcome(&waiting_pod("PodInitializing")), None);
+    }
+
+    #[test]
+    fn an_unschedulable_pod_is_a_failure() {
+        let mut pod = waiting_pod("PodInitializing");
+        if let Some(status) = pod.status.as_mut() {
+            status.init_container_statuses = None;
+            status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "PodScheduled".to_string(),
+                status: "False".to_string(),
+                reason: Some("Unschedulable".to_string()),
+                message: Some("0/1 nodes are available: 1 Insufficient memory.".to_string()),
+                ..Default::default()
+            }]);
+        }
+        match pod_outcome(&pod) {
+            Some(Outcome::Failed { message }) => {
+                assert!(message.contains("Insufficient memory"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unverified_install_is_not_ready() {
+        let msg = r#"{"state":"installed","shimVersion":"0.1.0","shimSha256":"abc","verified":false,
+            "message":"installed; containerd was not restarted (--restart none)"}"#;
+        match outcome_of(&term(0, msg)) {
+            Outcome::Failed { message } => {
+                assert!(message.starts_with("NotVerified:"), "{message}");
+                assert!(message.contains("--restart none"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg =
+            r#"{"state":"unchanged","shimVersion":"0.1.0","shimSha256":"abc","verified":true}"#;
+        assert!(matches!(
+            outcome_of(&term(0, msg)),
+            Outcome::Installed { .. }
+        ));
     }
 }

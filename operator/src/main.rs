@@ -55,9 +55,6 @@ struct RunArgs {
     /// Node installer image (bundles the shim)
     #[arg(long, env = "WASMKUBE_INSTALLER_IMAGE", default_value = installer::DEFAULT_IMAGE)]
     installer_image: String,
-    /// Image of the installer pods' idle container
-    #[arg(long, env = "WASMKUBE_IDLE_IMAGE", default_value = installer::DEFAULT_IDLE_IMAGE)]
-    idle_image: String,
     /// Path of the shim inside the installer image [default: the installer's, beside its binary]
     #[arg(long, env = "WASMKUBE_INSTALLER_SHIM")]
     installer_shim: Option<String>,
@@ -97,7 +94,6 @@ fn installer_config(args: &RunArgs) -> anyhow::Result<InstallerConfig> {
     Ok(InstallerConfig {
         namespace: args.namespace.clone(),
         image: args.installer_image.clone(),
-        idle_image: args.idle_image.clone(),
         shim_path: args.installer_shim.clone(),
         restart: args.installer_restart.clone(),
         max_unavailable: int_or_string(&args.installer_max_unavailable)

@@ -2,6 +2,9 @@
 
 /// The one field manager every server-side apply of ours uses.
 pub const FIELD_MANAGER: &str = "wasmkube-operator";
+/// The field manager that holds a Deployment's `spec.replicas` while autoscaling takes it over
+/// (Kubernetes' documented server-side apply hand-over to an HPA).
+pub const HANDOVER_FIELD_MANAGER: &str = "wasmkube-operator-handover";
 /// `app.kubernetes.io/managed-by` value, and the Event reporting controller.
 pub const MANAGED_BY: &str = "wasmkube-operator";
 /// `app.kubernetes.io/part-of` value.
@@ -57,13 +60,13 @@ pub mod installer {
     pub const SERVICE_ACCOUNT: &str = "wasmkube-node-installer";
     /// Init container that runs the installer; its termination message is the result.
     pub const INIT_CONTAINER: &str = "installer";
+    /// The installer binary inside its image (the shim lies beside it).
+    pub const BINARY: &str = "/usr/local/bin/wasmkube-node-installer";
     /// Default installer image.
     pub const DEFAULT_IMAGE: &str = concat!(
         "docker.io/wasmkube/node-installer:",
         env!("CARGO_PKG_VERSION")
     );
-    /// The idle container that keeps the pod (and so the result) around.
-    pub const DEFAULT_IDLE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 }
 
 /// Namespace of the operator and the installer (Pod Security `privileged`).

@@ -4,7 +4,7 @@
 //! `wasmkube.dev/runtime` in (`pending`, `ready`, `failed`), the *uninstall* DaemonSet nodes
 //! labelled `removing`. Moving a node's label is therefore all it takes to run the right verb on
 //! it (see operator/README.md). Both run the installer in an init container, whose termination
-//! message is the JSON result, and then idle in a pause container so the result stays readable.
+//! message is the JSON result, and then idle (the installer's `idle` verb) so the result stays readable.
 
 use std::collections::BTreeMap;
 
@@ -83,7 +83,6 @@ impl InstallerAction {
 pub struct InstallerConfig {
     pub namespace: String,
     pub image: String,
-    pub idle_image: String,
     /// Path of the bundled shim inside the installer image; `None`: the installer's default
     /// (the shim beside its binary).
     pub shim_path: Option<String>,
@@ -98,7 +97,6 @@ impl Default for InstallerConfig {
         InstallerConfig {
             namespace: names::DEFAULT_NAMESPACE.to_string(),
             image: installer::DEFAULT_IMAGE.to_string(),
-            idle_image: installer::DEFAULT_IDLE_IMAGE.to_string(),
             shim_path: None,
             restart: "auto".to_string(),
             max_unavailable: IntOrString::Int(1),
@@ -132,26 +130,20 @@ pub fn all_pods_selector() -> String {
     format!("{}={}", labels::NAME, installer::NAME)
 }
 
-fn control_plane_tolerations() -> Vec<Toleration> {
-    [
-        "node-role.kubernetes.io/control-plane",
-        "node-role.kubernetes.io/master",
-    ]
-    .into_iter()
-    .map(|key| Toleration {
-        key: Some(key.to_string()),
+fn tolerate_all() -> Vec<Toleration> {
+    // An opted-in node is provisioned whatever its taints (control plane, dedicated pools,
+    // NoExecute pressure taints): the installer is what makes the node usable at all.
+    vec![Toleration {
         operator: Some("Exists".to_string()),
-        effect: Some("NoSchedule".to_string()),
         ..Toleration::default()
-    })
-    .collect()
+    }]
 }
 
 /// An installer DaemonSet.
 pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
     let host_root = "/host";
     let mut command = vec![
-        "wasmkube-node-installer".to_string(),
+        installer::BINARY.to_string(),
         action.verb().to_string(),
         "--host-root".to_string(),
         host_root.to_string(),
@@ -196,7 +188,9 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
     };
     let idle = Container {
         name: "idle".to_string(),
-        image: Some(cfg.idle_image.clone()),
+        // The installer image's own `idle` verb: no third image to pull or mirror.
+        image: Some(cfg.image.clone()),
+        command: Some(vec![installer::BINARY.to_string(), "idle".to_string()]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -267,7 +261,7 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
                     host_pid: Some(true),
                     priority_class_name: Some("system-node-critical".to_string()),
                     affinity: Some(affinity),
-                    tolerations: Some(control_plane_tolerations()),
+                    tolerations: Some(tolerate_all()),
                     init_containers: Some(vec![installer]),
                     containers: vec![idle],
                     volumes: Some(vec![Volume {
@@ -346,8 +340,9 @@ mod tests {
             serde_json::json!(["pending", "ready", "failed"])
         );
         assert_eq!(
-            pod["tolerations"][0]["key"],
-            "node-role.kubernetes.io/control-plane"
+            pod["tolerations"],
+            serde_json::json!([{ "operator": "Exists" }]),
+            "tolerates every taint"
         );
         let init = &pod["initContainers"][0];
         assert_eq!(init["securityContext"]["privileged"], true);
@@ -356,10 +351,17 @@ mod tests {
         let cmd: Vec<String> = serde_json::from_value(init["command"].clone()).expect("cmd");
         assert_eq!(
             cmd.join(" "),
-            "wasmkube-node-installer install --host-root /host --shim \
+            "/usr/local/bin/wasmkube-node-installer install --host-root /host --shim \
              /opt/wasmkube/containerd-shim-wasmkube-v1 --restart auto --result-file /dev/termination-log"
         );
-        assert_eq!(pod["containers"][0]["image"], "registry.k8s.io/pause:3.10");
+        assert_eq!(
+            pod["containers"][0]["image"],
+            pod["initContainers"][0]["image"]
+        );
+        assert_eq!(
+            pod["containers"][0]["command"],
+            serde_json::json!([installer::BINARY, "idle"])
+        );
     }
 
     #[test]

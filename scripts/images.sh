@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Builds wasmkube's container images without Docker, reproducibly, into
+# $CARGO_TARGET_DIR/images/ (default /var/tmp/wasmkube-target/images):
+#   operator.tar        docker.io/wasmkube/operator:VERSION        (images/operator.Dockerfile)
+#   node-installer.tar  docker.io/wasmkube/node-installer:VERSION  (images/node-installer.Dockerfile)
+#   pause.tar           localhost/wasmkube/pause:VERSION           (images/pause.Dockerfile)
+#   hello-http.tar      docker.io/wasmkube/hello-http:VERSION      (wasmkube pack, tests/guests/http-hello)
+# The native images come from the Dockerfiles through `wasmkube image build`, which interprets
+# their subset (FROM scratch, COPY, config) exactly; so does `docker build` over the same context.
+#
+# Usage: scripts/images.sh                 build everything, print a table of the images
+#        scripts/images.sh --context DIR   only lay out the build context in DIR, for Docker:
+#            docker build -f images/operator.Dockerfile -t docker.io/wasmkube/operator:VERSION DIR
+# Idempotent: a second run rebuilds nothing that is fresh and gives the same digests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+context_only=
+while (($#)); do
+  case $1 in
+    --context) context_only=${2:?--context needs a directory}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "images.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+scripts/prereqs.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+triple=x86_64-unknown-linux-gnu
+static_dir=$CARGO_TARGET_DIR/$triple/release
+out=$CARGO_TARGET_DIR/images
+busybox=/bin/busybox # from busybox-static (scripts/prereqs.sh)
+
+step() { printf '== %s\n' "$*"; }
+timed() { # timed LABEL CMD...: run, then print how long it took
+  local label=$1 start=$SECONDS
+  shift
+  "$@"
+  printf '   %s: %ss\n' "$label" $((SECONDS - start))
+}
+
+# Fails unless $1 is an ELF with no program interpreter and no shared-library dependency.
+check_static() {
+  if readelf -lW "$1" | grep -q 'Requesting program interpreter' ||
+    readelf -dW "$1" | grep -q '(NEEDED)'; then
+    echo "images.sh: $1 is not static:" >&2
+    readelf -lW "$1" | grep -i interpreter >&2 || true
+    readelf -dW "$1" | grep NEEDED >&2 || true
+    exit 1
+  fi
+}
+
+step "static binaries (cargo build --target $triple, crt-static, static libseccomp)"
+timed "static build" env LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+  RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked --target "$triple" \
+  -p wasmkube-shim -p wasmkube-node-installer -p wasmkube-operator
+for bin in containerd-shim-wasmkube-v1 wasmkube-node-installer wasmkube-operator; do
+  check_static "$static_dir/$bin"
+done
+check_static "$busybox"
+
+mkdir -p "$out"
+work=$out/.work
+mkdir -p "$work"
+step "pause (gcc -static -O2 tests/harness/assets/pause.c)"
+gcc -static -O2 -o "$work/pause" tests/harness/assets/pause.c
+check_static "$work/pause"
+
+# The build context every Dockerfile in images/ reads: stripped static binaries at its top,
+# busybox with relative symlinks under bin/.
+lay_out_context() {
+  local ctx=$1
+  mkdir -p "$ctx"
+  for bin in containerd-shim-wasmkube-v1 wasmkube-node-installer wasmkube-operator; do
+    strip --strip-all -o "$ctx/$bin.tmp" "$static_dir/$bin"
+    chmod 0755 "$ctx/$bin.tmp"
+    mv -f "$ctx/$bin.tmp" "$ctx/$bin"
+  done
+  install -m 0755 "$work/pause" "$ctx/pause"
+  rm -rf "$ctx/bin"
+  mkdir -p "$ctx/bin"
+  chmod 0755 "$ctx/bin"
+  install -m 0755 "$busybox" "$ctx/bin/busybox"
+  ln -s busybox "$ctx/bin/sh"
+  ln -s busybox "$ctx/bin/nsenter"
+  ln -s busybox "$ctx/bin/chroot"
+}
+
+if [[ -n $context_only ]]; then
+  lay_out_context "$context_only"
+  step "build context in $context_only"
+  ls -l "$context_only" "$context_only/bin"
+  cat <<EOF
+Build with Docker (same files as scripts/images.sh; Docker adds mtimes and per-COPY layers):
+  docker build -f images/operator.Dockerfile       -t docker.io/wasmkube/operator:$version $context_only
+  docker build -f images/node-installer.Dockerfile -t docker.io/wasmkube/node-installer:$version $context_only
+  docker build -f images/pause.Dockerfile          -t localhost/wasmkube/pause:$version $context_only
+EOF
+  exit 0
+fi
+
+step "wasmkube CLI and the hello-http component (wasm32-wasip2)"
+timed "cli build" cargo build --release --locked -p wasmkube-cli
+wasmkube=$CARGO_TARGET_DIR/release/wasmkube
+(
+  cd tests/guests
+  timed "guest build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
+    cargo build --release --locked --target wasm32-wasip2 -p http-hello
+)
+guest=$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/http_hello.wasm
+
+step "images"
+lay_out_context "$work/context"
+build() { # build NAME REFERENCE
+  timed "$1" "$wasmkube" image build -f "images/$1.Dockerfile" --context "$work/context" \
+    --name "$2" -o "$out/$1.tar" --platform linux/amd64
+}
+build operator "docker.io/wasmkube/operator:$version"
+build node-installer "docker.io/wasmkube/node-installer:$version"
+build pause "localhost/wasmkube/pause:$version"
+timed hello-http "$wasmkube" pack "$guest" --name "docker.io/wasmkube/hello-http:$version" \
+  -o "$out/hello-http.tar"
+
+step "images in $out"
+human() { numfmt --to=iec-i --suffix=B --round=nearest --format='%.1f' "$1"; }
+printf '%-20s %-42s %-73s %10s %10s\n' ARCHIVE REFERENCE "MANIFEST DIGEST" COMPRESSED UNPACKED
+for name in operator node-installer pause hello-http; do
+  # "<ref> manifest <digest> platform <p> archive <n> bytes content <n> bytes"
+  read -r ref _ digest _ _ _ archive _ _ content _ < <("$wasmkube" image inspect "$out/$name.tar")
+  printf '%-20s %-42s %-73s %10s %10s\n' "$name.tar" "$ref" "$digest" "$(human "$archive")" "$(human "$content")"
+done

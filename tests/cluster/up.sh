@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# Bring up a real single-node Kubernetes on this host (see README.md):
+# containerd (supervised, standard paths), etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet and kube-proxy, all on
+# 127.0.0.1. Undo everything with tests/cluster/down.sh.
+#
+# Usage: tests/cluster/up.sh [IMAGE.tar ...]
+#   Each IMAGE.tar (OCI image archive) is imported into containerd namespace k8s.io.
+#   The sandbox image localhost/wasmkube/pause:0.1.0 comes from (first match):
+#   an archive among the arguments that holds it, $PAUSE_ARCHIVE, or a static
+#   build of tests/harness/assets/pause.c (gcc -static) packed by oci-archive.sh.
+# Env: CLUSTER_DIR (/var/tmp/wasmkube-cluster)  NODE_NAME (wasmkube-node)
+#      PAUSE_ARCHIVE  K8S_BIN_DIR  TIMEOUT (per wait, seconds; 120)
+set -euo pipefail
+LOG_TAG=up
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+HERE=$CLUSTER_LIB_DIR
+TIMEOUT=${TIMEOUT:-120}
+
+[[ $EUID -eq 0 ]] || die "must run as root"
+for img in "$@"; do [[ -f "$img" ]] || die "image archive not found: $img"; done
+[[ -z "${PAUSE_ARCHIVE:-}" || -f "$PAUSE_ARCHIVE" ]] || die "PAUSE_ARCHIVE=$PAUSE_ARCHIVE not found"
+
+# ---------------------------------------------------------------- prerequisites
+phase=$EPOCHREALTIME
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward; do
+  if [[ ! -x "$BIN_DIR/$b" ]]; then
+    log "$BIN_DIR/$b missing: running build.sh (a cold build takes ~10 min on 2 cores)"
+    "$HERE/build.sh"
+    break
+  fi
+done
+for t in containerd ctr runc openssl jq curl iptables ip6tables iptables-save ip findmnt nsenter setsid; do
+  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install containerd runc openssl jq iptables iproute2 util-linux)"
+done
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
+  || die "CNI plugins missing in /usr/lib/cni (apt-get install containernetworking-plugins)"
+if ! command -v etcd >/dev/null; then
+  log "installing Debian etcd-server (not as a service)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends etcd-server >/dev/null
+fi
+# The package must not run etcd as a system service: ours runs from up.sh.
+if [[ -x /etc/init.d/etcd ]]; then
+  for p in $(pgrep -x etcd || true); do
+    if ! tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -q -- "--data-dir $CLUSTER_DIR/etcd"; then
+      log "stopping the etcd system service (pid $p)"; invoke-rc.d etcd stop >/dev/null 2>&1 || stop_pid "$p" "system etcd"
+    fi
+  done
+  update-rc.d etcd disable >/dev/null 2>&1 || true
+fi
+
+# An earlier cluster (or its remains): tear it down first.
+ours=""
+for p in $(default_socket_containerd_pids); do is_our_containerd "$p" && ours=1; done
+if [[ -n "$ours" ]] || compgen -G "$RUN_DIR/*.pid" >/dev/null || [[ -e "$BACKUP_DIR/containerd-config.toml" || -e "$BACKUP_DIR/containerd-config.absent" ]]; then
+  log "a cluster (or its remains) is up in $CLUSTER_DIR: running down.sh first"
+  "$HERE/down.sh"
+fi
+# A containerd we did not start on the standard socket would be clobbered.
+for p in $(default_socket_containerd_pids); do
+  die "a containerd not started by up.sh serves the default socket (pid $p): stop it first"
+done
+log "prerequisites ok in $(elapsed "$phase") s"
+
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$PKI_DIR" "$CFG_DIR" "$BACKUP_DIR" "$CNI_CONF_DIR" "$CNI_IPAM_DIR" "$CLUSTER_DIR/images"
+rm -f "$RUN_DIR"/*
+for f in "$LOG_DIR"/*.log; do [[ -e "$f" ]] && mv -f "$f" "$f.prev"; done
+
+# ------------------------------------------------------------ host state record
+phase=$EPOCHREALTIME
+for p in "${HOST_PATHS[@]}" /var/lib/cni /var/lib/cni/results /var/lib/cni/networks /run/containerd /run/netns; do
+  [[ -e "$p" ]] || echo "$p"
+done > "$BACKUP_DIR/created-paths"
+sysctl_snapshot > "$BACKUP_DIR/sysctl.before"
+: > "$BACKUP_DIR/sysctl.restore"
+for k in "${KNOWN_SYSCTLS[@]}"; do grep -m1 "^$k=" "$BACKUP_DIR/sysctl.before" >> "$BACKUP_DIR/sysctl.restore" || true; done
+iptables-save > "$BACKUP_DIR/iptables.before" 2>/dev/null || true
+ip6tables-save > "$BACKUP_DIR/ip6tables.before" 2>/dev/null || true
+nft list tables > "$BACKUP_DIR/nft-tables.before" 2>/dev/null || true
+if [[ -e "$CONTAINERD_CONFIG" ]]; then
+  cp -p "$CONTAINERD_CONFIG" "$BACKUP_DIR/containerd-config.toml"
+  sha256sum < "$CONTAINERD_CONFIG" | cut -d' ' -f1 > "$BACKUP_DIR/containerd-config.sha256"
+else
+  : > "$BACKUP_DIR/containerd-config.absent"
+fi
+log "host state recorded in $BACKUP_DIR ($(elapsed "$phase") s)"
+
+# ------------------------------------------------------------------ certificates
+phase=$EPOCHREALTIME
+ossl() { openssl "$@" 2>>"$LOG_DIR/openssl.log"; }
+ossl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/ca.key"
+ossl req -x509 -new -key "$PKI_DIR/ca.key" -days 3650 -subj "/CN=wasmkube-test-ca" -out "$PKI_DIR/ca.crt"
+# cert NAME SUBJECT USAGE(client|server|both) [SAN]
+cert() {
+  local name=$1 subj=$2 usage=$3 san=${4:-} eku ext="$PKI_DIR/$1.ext"
+  case $usage in client) eku=clientAuth ;; server) eku=serverAuth ;; both) eku=serverAuth,clientAuth ;; esac
+  { echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [[ -z "$san" ]] || echo "subjectAltName=$san"; } > "$ext"
+  ossl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/$name.key"
+  ossl req -new -key "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr"
+  ossl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$ext" -out "$PKI_DIR/$name.crt"
+  rm -f "$PKI_DIR/$name.csr" "$ext"
+}
+cert apiserver "/CN=kube-apiserver" server \
+  "IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client
+cert admin "/O=system:masters/CN=wasmkube-admin" client
+cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client
+cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" server "IP:127.0.0.1,DNS:$NODE_NAME,DNS:localhost"
+cert controller-manager "/CN=system:kube-controller-manager" client
+cert scheduler "/CN=system:kube-scheduler" client
+cert kube-proxy "/CN=system:kube-proxy" client
+ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI_DIR/sa.key"
+ossl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub"
+chmod 600 "$PKI_DIR"/*.key
+
+# kubeconfig NAME CERT
+kubeconfig() {
+  cat > "$CLUSTER_DIR/$1.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: wasmkube
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
+users:
+- name: $1
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI_DIR/$2.crt")
+    client-key-data: $(base64 -w0 "$PKI_DIR/$2.key")
+contexts:
+- name: wasmkube
+  context: {cluster: wasmkube, user: $1}
+current-context: wasmkube
+EOF
+  chmod 600 "$CLUSTER_DIR/$1.kubeconfig"
+}
+kubeconfig admin admin
+kubeconfig kubelet kubelet
+kubeconfig controller-manager controller-manager
+kubeconfig scheduler scheduler
+kubeconfig kube-proxy kube-proxy
+T_CERTS=$(elapsed "$phase")
+log "certificates and kubeconfigs in $T_CERTS s"
+
+# -------------------------------------------------------------------- containerd
+phase=$EPOCHREALTIME
+mkdir -p "$(dirname "$CONTAINERD_CONFIG")"
+cat > "$CONTAINERD_CONFIG.wasmkube-cluster.tmp" <<EOF
+# Written by wasmkube tests/cluster/up.sh for the local test node; down.sh puts the
+# host's original back (saved in $BACKUP_DIR).
+version = 2
+
+[debug]
+  level = "info"
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "$PAUSE_IMAGE"
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes]
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+          runtime_type = "io.containerd.runc.v2"
+          [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+            SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "$CNI_CONF_DIR"
+      max_conf_num = 1
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+EOF
+mv -f "$CONTAINERD_CONFIG.wasmkube-cluster.tmp" "$CONTAINERD_CONFIG"
+cat > "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "$CNI_NETWORK",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$CNI_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$CNI_IPAM_DIR",
+        "ranges": [[{"subnet": "$POD_SUBNET"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+EOF
+# The bridge and its gateway address exist before the first pod (the CNI bridge
+# plugin adopts both): the kubernetes Service's endpoint is $POD_GATEWAY:$APISERVER_PORT,
+# relayed to the apiserver on 127.0.0.1 by apiserver-forward (Endpoints may not be loopback).
+ip link show "$CNI_BRIDGE" >/dev/null 2>&1 || ip link add "$CNI_BRIDGE" type bridge
+ip addr replace "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$CNI_BRIDGE"
+ip link set "$CNI_BRIDGE" up
+
+# Host restart hook for the node installer (hosts without systemd).
+mkdir -p "$(dirname "$RESTART_HOOK")"
+cat > "$RESTART_HOOK.tmp" <<EOF
+#!/bin/sh
+# Host restart hook (wasmkube contract for hosts without systemd): stop the running
+# containerd and return once it has exited; its supervisor starts a fresh one.
+# Never starts containerd itself (the caller may live in another cgroup).
+# Installed by wasmkube tests/cluster/up.sh; removed by down.sh.
+set -eu
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+pidfile=$RUN_DIR/containerd.pid
+pid=\$(cat "\$pidfile" 2>/dev/null || true)
+case "\$pid" in ''|*[!0-9]*) echo "restart-containerd: no containerd pid in \$pidfile" >&2; exit 1 ;; esac
+if ! kill -0 "\$pid" 2>/dev/null || [ "\$(cat /proc/\$pid/comm 2>/dev/null)" != containerd ]; then
+  echo "restart-containerd: containerd (pid \$pid) is not running" >&2; exit 1
+fi
+kill -TERM "\$pid"
+i=0
+while kill -0 "\$pid" 2>/dev/null && [ "\$(cat /proc/\$pid/comm 2>/dev/null)" = containerd ]; do
+  i=\$((i + 1))
+  if [ \$i -ge 300 ]; then echo "restart-containerd: containerd (pid \$pid) still running after 30 s" >&2; exit 1; fi
+  sleep 0.1
+done
+echo "restart-containerd: containerd (pid \$pid) stopped; its supervisor starts a new one"
+EOF
+chmod 755 "$RESTART_HOOK.tmp"
+mv -f "$RESTART_HOOK.tmp" "$RESTART_HOOK"
+
+rm -f "$RUN_DIR/containerd.stop"
+setsid nohup "$HERE/containerd-supervise.sh" "$CLUSTER_DIR" >/dev/null 2>&1 < /dev/null &
+t=$SECONDS
+until [[ -S "$CONTAINERD_SOCK" ]] && ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; do
+  (( SECONDS - t < TIMEOUT )) || { tail -20 "$LOG_DIR/containerd.log" >&2; die "containerd did not come up"; }
+  sleep 0.2
+done
+log "containerd $(ctr --address "$CONTAINERD_SOCK" version 2>/dev/null | awk '/Server:/{s=1} s&&/Version:/{print $2; exit}') up (pid $(cat "$RUN_DIR/containerd.pid"), supervisor pid $(cat "$RUN_DIR/containerd-supervise.pid")) in $(elapsed "$phase") s"
+
+phase=$EPOCHREALTIME
+has_image() { ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qxF "$1"; }
+for img in "$@"; do
+  log "importing $img"
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$img" 2>&1 | sed 's/^/    /' \
+    || die "ctr images import failed for $img"
+done
+if ! has_image "$PAUSE_IMAGE"; then
+  if [[ -n "${PAUSE_ARCHIVE:-}" ]]; then
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$PAUSE_ARCHIVE" 2>&1 | sed 's/^/    /' \
+      || die "ctr images import failed for $PAUSE_ARCHIVE"
+  else
+    log "no archive with $PAUSE_IMAGE given: building it from tests/harness/assets/pause.c"
+    command -v gcc >/dev/null || die "gcc missing: pass a pause archive (PAUSE_ARCHIVE=... or as an argument)"
+    root=$(mktemp -d)
+    gcc -static -O2 -o "$root/pause" "$HERE/../harness/assets/pause.c"
+    strip "$root/pause" 2>/dev/null || true
+    "$HERE/oci-archive.sh" "$root" "$PAUSE_IMAGE" "$CLUSTER_DIR/images/pause.tar" /pause >/dev/null
+    rm -rf "$root"
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$CLUSTER_DIR/images/pause.tar" | sed 's/^/    /'
+  fi
+  has_image "$PAUSE_IMAGE" || die "sandbox image $PAUSE_IMAGE is still missing after the import"
+fi
+T_IMAGES=$(elapsed "$phase")
+log "images imported in $T_IMAGES s"
+
+# ---------------------------------------------------------------- components
+# start NAME CMD...: detached (own session), output to logs/NAME.log, pid in run/NAME.pid.
+start() {
+  local name=$1; shift
+  setsid nohup "$@" >> "$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pidfile "$name")"
+}
+# wait_for NAME WHAT CMD...: until CMD succeeds; fail early if NAME's process died.
+wait_for() {
+  local name=$1 what=$2 t=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! live_pid "$name" >/dev/null; then tail -25 "$LOG_DIR/$name.log" >&2; die "$name exited while waiting for $what"; fi
+    if (( SECONDS - t >= TIMEOUT )); then tail -25 "$LOG_DIR/$name.log" >&2; die "timed out after ${TIMEOUT}s waiting for $what"; fi
+    sleep 0.2
+  done
+}
+
+phase=$EPOCHREALTIME
+rm -rf "$CLUSTER_DIR/etcd"
+start etcd etcd --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "$NODE_NAME=http://127.0.0.1:$ETCD_PEER_PORT" --initial-cluster-state new \
+  --logger zap --log-outputs stderr --log-level warn
+wait_for etcd "etcd health" curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
+T_ETCD=$(elapsed "$phase")
+log "etcd $(etcd --version | awk '/etcd Version/{print $3}') healthy in $T_ETCD s"
+
+phase=$EPOCHREALTIME
+start kube-apiserver "$BIN_DIR/kube-apiserver" \
+  --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --advertise-address="$POD_GATEWAY" \
+  --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+  --client-ca-file="$PKI_DIR/ca.crt" \
+  --tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
+  --kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority="$PKI_DIR/ca.crt" \
+  --kubelet-preferred-address-types=InternalIP,Hostname \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$PKI_DIR/sa.pub" --service-account-signing-key-file="$PKI_DIR/sa.key" \
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --allow-privileged=true --service-cluster-ip-range="$SERVICE_CIDR" \
+  --profiling=false --v=1
+wait_for kube-apiserver "apiserver /readyz" \
+  curl -fsS --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
+  "https://127.0.0.1:$APISERVER_PORT/readyz"
+T_APISERVER=$(elapsed "$phase")
+start apiserver-forward "$BIN_DIR/apiserver-forward" "$POD_GATEWAY:$APISERVER_PORT" "127.0.0.1:$APISERVER_PORT"
+AT_APISERVER=$(elapsed)
+log "kube-apiserver ready in $T_APISERVER s (at $AT_APISERVER s)"
+
+phase=$EPOCHREALTIME
+start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+  --kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+  --authentication-kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+  --authorization-kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$CONTROLLER_MANAGER_PORT" \
+  --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
+  --root-ca-file="$PKI_DIR/ca.crt" --service-account-private-key-file="$PKI_DIR/sa.key" \
+  --use-service-account-credentials=true --controllers='*' \
+  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1
+start kube-scheduler "$BIN_DIR/kube-scheduler" \
+  --kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
+  --authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
+  --authorization-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --leader-elect=false --profiling=false --v=1
+
+cat > "$CFG_DIR/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $PKI_DIR/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI_DIR/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI_DIR/ca.crt}
+authorization:
+  mode: Webhook
+cgroupDriver: cgroupfs
+failSwapOn: false
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+staticPodPath: ""
+clusterDomain: cluster.local
+clusterDNS: []
+volumePluginDir: $CLUSTER_DIR/kubelet-plugins/volume/exec
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  nodefs.inodesFree: "1%"
+  imagefs.available: "1%"
+  imagefs.inodesFree: "1%"
+rotateCertificates: false
+serverTLSBootstrap: false
+EOF
+# --cloud-provider=external: the kubelet then leaves node addresses alone once set (it
+# would otherwise resolve the node name by DNS and pick eth0's address); up.sh sets
+# InternalIP 127.0.0.1 and removes the "uninitialized" taint a cloud controller would.
+start kubelet "$BIN_DIR/kubelet" --config="$CFG_DIR/kubelet.yaml" \
+  --kubeconfig="$CLUSTER_DIR/kubelet.kubeconfig" --hostname-override="$NODE_NAME" \
+  --cloud-provider=external --v=1
+
+cat > "$CFG_DIR/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $CLUSTER_DIR/kube-proxy.kubeconfig
+mode: iptables
+hostnameOverride: $NODE_NAME
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
+metricsBindAddress: 127.0.0.1:$KUBE_PROXY_METRICS_PORT
+clusterCIDR: $CLUSTER_CIDR
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+iptables:
+  localhostNodePorts: false
+EOF
+start kube-proxy "$BIN_DIR/kube-proxy" --config="$CFG_DIR/kube-proxy.yaml" --v=1
+
+node_exists() { kubectl_admin get node "$NODE_NAME"; }
+wait_for kubelet "node $NODE_NAME to register" node_exists
+log "node $NODE_NAME registered after $(elapsed "$phase") s"
+# Address and taint, as a cloud controller manager would set them.
+set_node_address() {
+  kubectl_admin patch node "$NODE_NAME" --subresource=status --type=merge \
+    -p "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"127.0.0.1\"},{\"type\":\"Hostname\",\"address\":\"$NODE_NAME\"}]}}" >/dev/null
+}
+set_node_address
+kubectl_admin taint node "$NODE_NAME" node.cloudprovider.kubernetes.io/uninitialized:NoSchedule- >/dev/null 2>&1 || true
+node_ready() { [[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]; }
+wait_for kubelet "node $NODE_NAME Ready" node_ready
+T_NODE=$(elapsed "$phase")
+AT_NODE=$(elapsed)
+log "node $NODE_NAME Ready $T_NODE s after the apiserver (at $AT_NODE s)"
+default_sa() { kubectl_admin -n default get serviceaccount default; }
+wait_for kube-controller-manager "the default ServiceAccount" default_sa
+kube_proxy_synced() { iptables -t nat -S KUBE-SERVICES | grep -q -- "$KUBERNETES_SVC_IP/32"; }
+wait_for kube-proxy "kube-proxy's iptables rules" kube_proxy_synced
+# The apiserver through its ClusterIP (kube-proxy DNAT -> bridge gateway -> apiserver-forward).
+svc_ready() { curl -fsS --max-time 3 --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "https://$KUBERNETES_SVC_IP/readyz"; }
+wait_for apiserver-forward "https://$KUBERNETES_SVC_IP/readyz (the kubernetes Service)" svc_ready
+# The address must survive the kubelet's status updates.
+addr() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
+[[ "$(addr)" == 127.0.0.1 ]] || { warn "node InternalIP lost: setting it again"; set_node_address; }
+for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null || die "$c is not running (see $LOG_DIR/$c.log)"; done
+
+# ------------------------------------------------------------ host state after up
+sysctl_snapshot > "$BACKUP_DIR/sysctl.after-up"
+while IFS= read -r line; do
+  k=${line%%=*}
+  grep -q "^$k=" "$BACKUP_DIR/sysctl.restore" || echo "$line" >> "$BACKUP_DIR/sysctl.restore"
+done < <(LC_ALL=C comm -23 "$BACKUP_DIR/sysctl.before" "$BACKUP_DIR/sysctl.after-up" \
+         | grep -F -f <(cut -d= -f1 "$BACKUP_DIR/sysctl.after-up" | sed 's/$/=/') || true)
+changed=$(LC_ALL=C comm -13 "$BACKUP_DIR/sysctl.before" "$BACKUP_DIR/sysctl.after-up" | grep -v "^net\.ipv[46]\.conf\.$CNI_BRIDGE\." | tr '\n' ' ' || true)
+iptables-save > "$BACKUP_DIR/iptables.after-up" 2>/dev/null || true
+ip6tables-save > "$BACKUP_DIR/ip6tables.after-up" 2>/dev/null || true
+[[ -z "$changed" ]] || log "sysctls changed by the node (restored by down.sh): $changed"
+
+cat > "$CLUSTER_DIR/env.sh" <<EOF
+# source $CLUSTER_DIR/env.sh
+export KUBECONFIG=$ADMIN_KUBECONFIG
+export CONTAINER_RUNTIME_ENDPOINT=unix://$CONTAINERD_SOCK
+export PATH=$BIN_DIR:\$PATH
+EOF
+log "timings: certs ${T_CERTS}s, images ${T_IMAGES}s, etcd ${T_ETCD}s, apiserver ready ${T_APISERVER}s (at ${AT_APISERVER}s), node Ready +${T_NODE}s (at ${AT_NODE}s), total $(elapsed) s"
+log "cluster up: node $NODE_NAME ($K8S_VERSION), apiserver https://127.0.0.1:$APISERVER_PORT, logs in $LOG_DIR"
+echo
+echo "export KUBECONFIG=$ADMIN_KUBECONFIG    # or: source $CLUSTER_DIR/env.sh (kubectl/crictl on PATH)"

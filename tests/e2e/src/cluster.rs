@@ -1,0 +1,131 @@
+//! The cluster under test: a kube client, `kubectl` as a user runs it, and a shell on the node.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client, ResourceExt};
+
+/// Everything a scenario talks to.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    /// The repository root (for `manifests/`, `examples/`).
+    pub repo: PathBuf,
+    /// The node under test (the first node, or `WASMKUBE_E2E_NODE`).
+    pub node: String,
+    kubectl: PathBuf,
+    node_exec: Vec<String>,
+}
+
+/// Why the suite cannot run here.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl Cluster {
+    /// Connects through `KUBECONFIG`; `Err(Unavailable)` when there is no cluster to test.
+    pub async fn connect() -> std::result::Result<Cluster, Unavailable> {
+        if std::env::var_os("KUBECONFIG").is_none() {
+            return Err(Unavailable(
+                "KUBECONFIG is not set (bring a cluster up with tests/cluster/up.sh)".into(),
+            ));
+        }
+        let client = Client::try_default()
+            .await
+            .map_err(|e| Unavailable(format!("cannot build a client from KUBECONFIG: {e}")))?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let list = nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| Unavailable(format!("the cluster does not answer: {e}")))?;
+        let node = match std::env::var("WASMKUBE_E2E_NODE") {
+            Ok(n) => n,
+            Err(_) => list
+                .items
+                .first()
+                .map(|n| n.name_any())
+                .ok_or_else(|| Unavailable("the cluster has no node".into()))?,
+        };
+        let kubectl = std::env::var_os("KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("kubectl"));
+        let node_exec = std::env::var("WASMKUBE_E2E_NODE_EXEC")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let repo = repo.canonicalize().unwrap_or(repo);
+        Ok(Cluster {
+            client,
+            repo,
+            node,
+            kubectl,
+            node_exec,
+        })
+    }
+
+    /// Runs `kubectl ARGS` in the repository root; returns stdout, fails with stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl_output(args)?;
+        if !out.0 {
+            bail!("kubectl {} failed: {}", args.join(" "), out.2.trim());
+        }
+        Ok(out.1)
+    }
+
+    /// Runs `kubectl ARGS`: (success, stdout, stderr), for commands expected to fail.
+    pub fn kubectl_output(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(&self.kubectl)
+            .args(args)
+            .current_dir(&self.repo)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", self.kubectl.display()))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs `sh -c SCRIPT` on the node (as root); returns stdout, fails with stderr.
+    pub fn node_sh(&self, script: &str) -> Result<String> {
+        // Local cluster: the node is this host. Otherwise: `<prefix> sh -c SCRIPT`.
+        let mut cmd = match self.node_exec.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("sh");
+                c
+            }
+            None => Command::new("sh"),
+        };
+        let out = cmd
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run a shell on the node")?;
+        if !out.status.success() {
+            bail!(
+                "on node {}: `{script}` failed ({}): {}",
+                self.node,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// sha256 of a file on the node, or `absent`.
+    pub fn node_file_digest(&self, path: &str) -> Result<String> {
+        let out = self.node_sh(&format!(
+            "if [ -e '{path}' ]; then sha256sum '{path}' | cut -d' ' -f1; else echo absent; fi"
+        ))?;
+        Ok(out.trim().to_string())
+    }
+
+    /// An HTTP GET from the node (where Service ClusterIPs are routed): the response body.
+    pub fn http_get_from_node(&self, url: &str) -> Result<String> {
+        self.node_sh(&format!("curl -fsS --max-time 5 '{url}'"))
+    }
+}

@@ -1,0 +1,78 @@
+//! The node under test as the operator sees it (state label, annotations) and its installer pods.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{api::ListParams, Api, ResourceExt};
+use wasmkube_operator::names::{installer, labels, RUNTIME_LABEL};
+
+use crate::wait::{within, Poll};
+use crate::Cluster;
+
+/// The node's `wasmkube.dev/runtime` label and its annotations.
+pub async fn runtime(c: &Cluster) -> Result<(Option<String>, BTreeMap<String, String>)> {
+    let node = Api::<Node>::all(c.client.clone()).get(&c.node).await?;
+    Ok((
+        node.labels().get(RUNTIME_LABEL).cloned(),
+        node.annotations().clone(),
+    ))
+}
+
+/// Waits for the node's state label to read `state`; returns its annotations.
+pub async fn wait_state(
+    c: &Cluster,
+    state: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>> {
+    within(
+        &format!("node {} to be {RUNTIME_LABEL}={state}", c.node),
+        timeout,
+        || async {
+            let (label, annotations) = runtime(c).await?;
+            Ok(match label.as_deref() {
+                Some(s) if s == state => Poll::Done(annotations),
+                other => Poll::NotYet(format!("label {other:?}, annotations {annotations:?}")),
+            })
+        },
+    )
+    .await
+}
+
+/// The live install (`install`) or uninstall (`uninstall`) pods on the node.
+pub async fn installer_pods(c: &Cluster, component: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "wasmkube-system");
+    let lp = ListParams::default()
+        .labels(&format!(
+            "{}={},{}={component}",
+            labels::NAME,
+            installer::NAME,
+            labels::COMPONENT
+        ))
+        .fields(&format!("spec.nodeName={}", c.node));
+    Ok(pods
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// The installer's JSON result from the init container's termination message.
+pub fn installer_result(pod: &Pod) -> Result<serde_json::Value> {
+    let status = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|s| s.iter().find(|s| s.name == installer::INIT_CONTAINER))
+        .context("no installer init container status")?;
+    let term = status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .context("the installer has not finished")?;
+    let message = term.message.as_deref().unwrap_or_default();
+    serde_json::from_str(message)
+        .with_context(|| format!("installer result is not JSON: {message}"))
+}

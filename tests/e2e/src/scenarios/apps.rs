@@ -1,0 +1,255 @@
+//! A WasmApp's life: served through its Service, scaled, autoscaled, validated, deleted.
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
+    core::v1::Service,
+};
+use kube::{api::ListParams, Api};
+use wasmkube_operator::crd::WasmApp;
+use wasmkube_operator::names::{labels, FIELD_MANAGER, HANDOVER_FIELD_MANAGER};
+
+use crate::wait::{within, Poll};
+use crate::Cluster;
+
+const APP: &str = "hello-http";
+const NS: &str = "default";
+const EXAMPLE: &str = "examples/hello-http/wasmapp.yaml";
+
+fn selector() -> String {
+    format!("{}={APP}", labels::INSTANCE)
+}
+
+/// Running, ready pods of the app.
+async fn ready_pods(c: &Cluster) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector()))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect())
+}
+
+async fn wait_ready_replicas(c: &Cluster, n: usize, timeout: Duration) -> Result<()> {
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
+    within(&format!("{n} ready replicas of {APP}"), timeout, || async {
+        let pods = ready_pods(c).await?.len();
+        let status = apps.get(APP).await?.status.unwrap_or_default();
+        Ok(
+            if pods == n && status.ready_replicas == n as i32 && status.replicas == n as i32 {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!(
+                    "{pods} ready pods; status {}/{} ready",
+                    status.ready_replicas, status.replicas
+                ))
+            },
+        )
+    })
+    .await
+}
+
+pub async fn serves_through_service(c: &Cluster) -> Result<()> {
+    c.kubectl(&["apply", "-f", EXAMPLE])?;
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("wapp/{APP}"),
+        "--timeout=180s",
+    ])?;
+    print!("{}", c.kubectl(&["get", "wapp", APP])?);
+    for pod in ready_pods(c).await? {
+        let spec = pod.spec.context("pod spec")?;
+        ensure!(
+            spec.runtime_class_name.as_deref() == Some("wasmkube"),
+            "pod {} runs without the wasmkube RuntimeClass",
+            pod.metadata.name.unwrap_or_default()
+        );
+        ensure!(
+            spec.node_name.as_deref() == Some(c.node.as_str()),
+            "pod on {:?}",
+            spec.node_name
+        );
+    }
+    let services: Api<Service> = Api::namespaced(c.client.clone(), NS);
+    let ip = services
+        .get(APP)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let body = within(
+        "an answer through the Service's ClusterIP",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                match c.http_get_from_node(&format!("http://{ip}:80/e2e?x=1")) {
+                    Ok(body) => Poll::Done(body),
+                    Err(e) => Poll::NotYet(format!("{e:#}")),
+                },
+            )
+        },
+    )
+    .await?;
+    println!("  GET http://{ip}/e2e?x=1 -> {}", body.trim());
+    ensure!(
+        body.trim() == "hello from wasi:http, path=/e2e?x=1",
+        "unexpected body {body:?}"
+    );
+    let env = c.http_get_from_node(&format!("http://{ip}:80/env"))?;
+    ensure!(
+        env.trim() == "hello from wasm",
+        "the WasmApp's env did not reach the app: {env:?}"
+    );
+    Ok(())
+}
+
+pub async fn scale(c: &Cluster) -> Result<()> {
+    c.kubectl(&["scale", &format!("wapp/{APP}"), "--replicas=3"])?;
+    wait_ready_replicas(c, 3, Duration::from_secs(120)).await?;
+    print!("{}", c.kubectl(&["get", "wapp", APP])?);
+    Ok(())
+}
+
+fn invalid(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: wasmkube.dev/v1alpha1\nkind: WasmApp\nmetadata:\n  name: {name}\n  namespace: {NS}\n\
+         spec:\n  image: docker.io/wasmkube/hello-http:0.1.0\n{extra}"
+    )
+}
+
+pub async fn cel_rejects_invalid(c: &Cluster) -> Result<()> {
+    let cases = [
+        (
+            "e2e-bad-autoscaling",
+            "  resources:\n    requests:\n      cpu: 10m\n  autoscaling:\n    minReplicas: 5\n    maxReplicas: 2\n",
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        ),
+        (
+            "e2e-bad-nodeport",
+            "  service:\n    type: ClusterIP\n    port: 80\n    nodePort: 30080\n",
+            "nodePort needs type NodePort or LoadBalancer",
+        ),
+        ("e2e-bad-replicas", "  replicas: -1\n", "spec.replicas"),
+    ];
+    let dir = std::env::temp_dir().join(format!("wk-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
+    for (name, extra, expect) in cases {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, invalid(name, extra))?;
+        let path = file.to_string_lossy().into_owned();
+        let (ok, _, err) = c.kubectl_output(&["create", "-f", &path])?;
+        ensure!(!ok, "the apiserver accepted the invalid WasmApp {name}");
+        ensure!(
+            err.contains(expect),
+            "{name}: the rejection does not say {expect:?}: {err}"
+        );
+        println!("  {name}: rejected: {}", err.trim());
+        ensure!(
+            apps.get_opt(name).await?.is_none(),
+            "{name} exists after the rejection"
+        );
+    }
+    Ok(())
+}
+
+pub async fn autoscaling_keeps_replicas(c: &Cluster) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
+    let replicas = |d: &Deployment| d.spec.replicas;
+    ensure!(
+        replicas(&deployments.get(APP).await?) == Some(3),
+        "not at 3 replicas before"
+    );
+    c.kubectl(&[
+        "patch", "wapp", APP, "--type=merge", "-p",
+        r#"{"spec":{"autoscaling":{"minReplicas":1,"maxReplicas":5,"targetCPUUtilizationPercentage":80}}}"#,
+    ])?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), NS);
+    let start = Instant::now();
+    let mut hpa_seen = false;
+    // Watch the count closely while the operator re-applies and the HPA takes over: it must
+    // never dip (the bug this guards against dropped it to 1).
+    while start.elapsed() < Duration::from_secs(20) {
+        let d = deployments.get(APP).await?;
+        let n = replicas(&d);
+        if n != Some(3) {
+            bail!("spec.replicas went to {n:?} after turning autoscaling on");
+        }
+        hpa_seen = hpa_seen || hpas.get_opt(APP).await?.is_some();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(hpa_seen, "no HorizontalPodAutoscaler was created");
+    let d = deployments.get(APP).await?;
+    let owners: Vec<String> = d
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .filter_map(|m| m.manager)
+        .collect();
+    println!("  spec.replicas managed by {owners:?}");
+    ensure!(
+        !owners.iter().any(|m| m == FIELD_MANAGER),
+        "the operator still owns spec.replicas"
+    );
+    ensure!(
+        owners.iter().any(|m| m == HANDOVER_FIELD_MANAGER),
+        "spec.replicas was not handed over"
+    );
+    wait_ready_replicas(c, 3, Duration::from_secs(30)).await?;
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
+    let status = apps.get(APP).await?.status.unwrap_or_default();
+    ensure!(
+        status.autoscaler_name.as_deref() == Some(APP),
+        "status.autoscalerName {:?}",
+        status.autoscaler_name
+    );
+    Ok(())
+}
+
+pub async fn delete_collects_children(c: &Cluster) -> Result<()> {
+    c.kubectl(&["delete", "-f", EXAMPLE, "--wait=true", "--timeout=60s"])?;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(c.client.clone(), NS);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), NS);
+    within(
+        "the app's Deployment, Service, HPA and pods to be collected",
+        Duration::from_secs(120),
+        || async {
+            let left = [
+                ("Deployment", deployments.get_opt(APP).await?.is_some()),
+                ("Service", services.get_opt(APP).await?.is_some()),
+                ("HPA", hpas.get_opt(APP).await?.is_some()),
+            ];
+            let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+            let pods = pods
+                .list(&ListParams::default().labels(&selector()))
+                .await?
+                .items
+                .len();
+            let names: Vec<&str> = left.iter().filter(|(_, x)| *x).map(|(n, _)| *n).collect();
+            Ok(if names.is_empty() && pods == 0 {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!("left: {names:?}, {pods} pods"))
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The scenarios, in the order the suite runs them (each builds on the cluster state the previous
+//! one left): install wasmkube, provision the node (after a failure), run an app, change it, hand
+//! over leadership, survive a bad installer image, opt the node out, remove wasmkube.
+pub mod apps;
+pub mod install;
+pub mod lifecycle;
+
+use crate::Runner;
+
+/// Every scenario, in order.
+pub fn all() -> Runner {
+    Runner::default()
+        .scenario("operator_installs_with_kubectl_apply_k", |c| {
+            Box::pin(install::operator_installs(c))
+        })
+        .scenario("broken_containerd_config_ends_failed_with_reason", |c| {
+            Box::pin(install::broken_config_fails(c))
+        })
+        .scenario("opt_in_provisions_the_node_ready", |c| {
+            Box::pin(install::opt_in_provisions(c))
+        })
+        .scenario("wasmapp_serves_http_through_its_service", |c| {
+            Box::pin(apps::serves_through_service(c))
+        })
+        .scenario("kubectl_scale_wapp_changes_pods", |c| {
+            Box::pin(apps::scale(c))
+        })
+        .scenario("apiserver_rejects_invalid_wasmapp_by_cel", |c| {
+            Box::pin(apps::cel_rejects_invalid(c))
+        })
+        .scenario("autoscaling_on_keeps_running_replicas", |c| {
+            Box::pin(apps::autoscaling_keeps_replicas(c))
+        })
+        .scenario("deleting_wasmapp_collects_children", |c| {
+            Box::pin(apps::delete_collects_children(c))
+        })
+        .scenario("leader_handover_without_double_writes", |c| {
+            Box::pin(lifecycle::leader_handover(c))
+        })
+        .scenario("installer_pod_that_cannot_start_is_reported", |c| {
+            Box::pin(lifecycle::bad_installer_image(c))
+        })
+        .scenario("opt_out_uninstalls_cleanly", |c| {
+            Box::pin(lifecycle::opt_out(c))
+        })
+        .scenario("operator_logs_have_no_forbidden", |c| {
+            Box::pin(lifecycle::no_forbidden(c))
+        })
+        .scenario("kubectl_delete_k_removes_wasmkube", |c| {
+            Box::pin(lifecycle::remove_wasmkube(c))
+        })
+}
+
+/// The containerd config every scenario looks at on the node.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// sha256 of the node's containerd config before wasmkube touched it.
+pub static ORIGINAL_CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
