@@ -68,9 +68,10 @@ kubectl get pods -l app.kubernetes.io/instance=hello-http -o wide
 
 IP=$(kubectl get service hello-http -o jsonpath='{.spec.clusterIP}')
 step "curl http://$IP/ (the Service's ClusterIP, from the node)"
-on_node curl -sS --max-time 5 "http://$IP/"
+# kube-proxy programs the new Service within a few seconds: retry until it answers.
+on_node curl -sS --max-time 5 --retry 20 --retry-connrefused --retry-delay 1 "http://$IP/"
 step "curl http://$IP/env"
-on_node curl -sS --max-time 5 "http://$IP/env"
+on_node curl -sS --max-time 5 --retry 5 --retry-connrefused --retry-delay 1 "http://$IP/env"
 
 echo
 echo "demo ok in $((SECONDS - t0)) s. The cluster is still up: export KUBECONFIG=$KUBECONFIG"
