@@ -69,8 +69,19 @@ step "pause (gcc -static -O2 tests/harness/assets/pause.c)"
 gcc -static -O2 -o "$work/pause" tests/harness/assets/pause.c
 check_static "$work/pause"
 
+step "guests: the hello-http component (wasm32-wasip2), the installer's check module (hello, wasm32-wasip1)"
+(
+  cd tests/guests
+  timed "guest build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
+    cargo build --release --locked --target wasm32-wasip2 -p http-hello
+  timed "check module build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
+    cargo build --release --locked --target wasm32-wasip1 -p hello
+)
+guest=$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/http_hello.wasm
+check_module=$CARGO_TARGET_DIR/guests/wasm32-wasip1/release/hello.wasm
+
 # The build context every Dockerfile in images/ reads: stripped static binaries at its top,
-# busybox with relative symlinks under bin/.
+# the installer's wasm check module, busybox with relative symlinks under bin/.
 lay_out_context() {
   local ctx=$1
   mkdir -p "$ctx"
@@ -80,6 +91,7 @@ lay_out_context() {
     mv -f "$ctx/$bin.tmp" "$ctx/$bin"
   done
   install -m 0755 "$work/pause" "$ctx/pause"
+  install -m 0644 "$check_module" "$ctx/check.wasm"
   rm -rf "$ctx/bin"
   mkdir -p "$ctx/bin"
   chmod 0755 "$ctx/bin"
@@ -102,15 +114,9 @@ EOF
   exit 0
 fi
 
-step "wasmkube CLI and the hello-http component (wasm32-wasip2)"
+step "wasmkube CLI"
 timed "cli build" cargo build --release --locked -p wasmkube-cli
 wasmkube=$CARGO_TARGET_DIR/release/wasmkube
-(
-  cd tests/guests
-  timed "guest build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
-    cargo build --release --locked --target wasm32-wasip2 -p http-hello
-)
-guest=$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/http_hello.wasm
 
 step "images"
 lay_out_context "$work/context"

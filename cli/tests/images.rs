@@ -46,6 +46,10 @@ fn context(dir: &Path) {
     }
     symlink("busybox", dir.join("bin/sh")).expect("symlink");
     symlink("busybox", dir.join("bin/nsenter")).expect("symlink");
+    symlink("busybox", dir.join("bin/chroot")).expect("symlink");
+    let check = dir.join("check.wasm");
+    fs::write(&check, "\0asm check").expect("write");
+    fs::set_permissions(&check, fs::Permissions::from_mode(0o644)).expect("chmod");
 }
 
 /// One image archive read back: index, manifest, config and the layer's entries.
@@ -174,6 +178,7 @@ fn real_dockerfiles_build_reproducible_images_with_their_files() {
             vec![
                 dir("bin/"),
                 exe("bin/busybox", "bin/busybox"),
+                ("bin/chroot".into(), (L, 0o777, 0, 0, "busybox".into())),
                 ("bin/nsenter".into(), (L, 0o777, 0, 0, "busybox".into())),
                 ("bin/sh".into(), (L, 0o777, 0, 0, "busybox".into())),
                 dir("usr/"),
@@ -186,6 +191,12 @@ fn real_dockerfiles_build_reproducible_images_with_their_files() {
                 exe(
                     "usr/local/bin/wasmkube-node-installer",
                     "wasmkube-node-installer",
+                ),
+                dir("usr/local/share/"),
+                dir("usr/local/share/wasmkube/"),
+                (
+                    "usr/local/share/wasmkube/check.wasm".into(),
+                    (F, 0o644, 0, 0, "\0asm check".into()),
                 ),
             ],
         ),

@@ -8,6 +8,9 @@ use crate::flavour::Flavour;
 use crate::restart::RestartMode;
 use crate::shim_install::{SHIM_HOST_DIR, SHIM_NAME};
 
+/// Where the installer image keeps the wasm check module.
+pub const CHECK_MODULE: &str = "/usr/local/share/wasmkube/check.wasm";
+
 /// Provisions a node's containerd with the wasmkube shim: parse, back up, patch, restart,
 /// verify, report. Everything it touches is under --host-root.
 #[derive(Debug, Parser)]
@@ -114,6 +117,14 @@ pub struct Options {
     /// Seconds to wait for containerd to come back after a restart.
     #[arg(long, global = true, default_value_t = 60)]
     pub timeout: u64,
+    /// After the handler is served, prove it runs wasm: a CRI pod with the `wasmkube` handler
+    /// runs --check-module from this image (present on the node; the operator passes the
+    /// installer's own image) and must exit with the code it is asked for.
+    #[arg(long, global = true)]
+    pub check_image: Option<String>,
+    /// The wasm module inside --check-image.
+    #[arg(long, global = true, default_value = CHECK_MODULE)]
+    pub check_module: String,
     /// Do not ask containerd anything (for dry runs against a directory that has no daemon).
     #[arg(long, global = true)]
     pub skip_verify: bool,
@@ -144,6 +155,8 @@ impl Options {
             runtime_path: format!("{SHIM_HOST_DIR}/{SHIM_NAME}"),
             path_link: PathBuf::from("/usr/local/bin"),
             timeout: 60,
+            check_image: None,
+            check_module: CHECK_MODULE.to_string(),
             skip_verify: true,
         }
     }

@@ -12,6 +12,7 @@ use crate::shim_install::{
     install_shim, link_shim, remove_shim, sha256_file, shim_version, unlink_shim,
 };
 use crate::verify;
+use crate::wasm_check;
 
 /// Runs `install`. Never panics; every outcome is in the report.
 pub fn install(o: &Options) -> Report {
@@ -136,6 +137,21 @@ fn run(o: &Options, r: &mut Report) {
     let changed_anything = config_changed || shim.changed || linked;
     if !need_restart {
         r.verified = loaded;
+        if loaded {
+            if let Err(e) = wasm_check(o, &node, r) {
+                let (failure, what) = if changed_anything {
+                    // The shim was replaced in place and the old one is not kept.
+                    (
+                        Failure::RollbackFailed,
+                        "; the updated shim stays in place and the previous one is not kept: \
+                         the node needs attention",
+                    )
+                } else {
+                    (Failure::NothingChanged, "")
+                };
+                return r.fail(failure, e.reason(), format!("{e}{what}"));
+            }
+        }
         r.state = if changed_anything {
             State::Installed
         } else {
@@ -183,6 +199,13 @@ fn run(o: &Options, r: &mut Report) {
         node.serves_handler(s)
     });
     r.time("verify", t);
+    let verified = verified
+        .map_err(|e| (e.reason(), e.to_string()))
+        .and_then(|s| {
+            wasm_check(o, &node, r)
+                .map(|()| s)
+                .map_err(|e| (e.reason(), e.to_string()))
+        });
     match verified {
         Ok(s) => {
             r.containerd_version = Some(s.version);
@@ -193,17 +216,44 @@ fn run(o: &Options, r: &mut Report) {
                 node.runtime_path
             );
         }
-        Err(e) => rollback(
+        Err((reason, message)) => rollback(
             r,
             &node,
             &plan,
             current.as_deref(),
             backup_taken,
-            e.reason(),
-            e.to_string(),
+            reason,
+            message,
             || undo_shim_fn(&node, shim_existed),
         ),
     }
+}
+
+/// Runs the wasm check when one was asked for (`--check-image`), recording the outcome.
+fn wasm_check(o: &Options, node: &Node, r: &mut Report) -> Result<(), wasm_check::CheckError> {
+    let Some(image) = &o.check_image else {
+        r.wasm_check = Some("not requested (no --check-image)".to_string());
+        return Ok(());
+    };
+    let check = wasm_check::WasmCheck {
+        image: image.clone(),
+        module: o.check_module.clone(),
+    };
+    let t = Instant::now();
+    let outcome = wasm_check::run(&node.socket, &check);
+    r.time("wasmCheck", t);
+    match &outcome {
+        Ok(took) => {
+            r.wasm_check = Some(format!(
+            "a wasm pod ran {} from {image} through the wasmkube handler and exited {} in {} ms",
+            check.module,
+            wasm_check::EXPECTED_EXIT,
+            took.as_millis()
+        ))
+        }
+        Err(e) => r.wasm_check = Some(format!("failed: {e}")),
+    }
+    outcome.map(|_| ())
 }
 
 fn undo_shim_fn(node: &Node, existed: bool) {

@@ -17,6 +17,7 @@ pub mod shim_install;
 pub mod status;
 pub mod uninstall;
 pub mod verify;
+pub mod wasm_check;
 
 pub use cli::{Cli, Command, Options, Verb};
 pub use report::{Report, State};

@@ -54,6 +54,9 @@ pub struct Report {
     pub restarted: bool,
     /// Whether containerd was asked over CRI and confirmed the outcome.
     pub verified: bool,
+    /// The wasm pod check (`--check-image`): what ran, or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_check: Option<String>,
     pub message: String,
     /// A stable name for the failure cause (`SchemaV1`, `ParseError`, `VerifyTimeout`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +78,7 @@ impl Report {
             shim_sha256: None,
             restarted: false,
             verified: false,
+            wasm_check: None,
             message: String::new(),
             reason: None,
             failure: None,

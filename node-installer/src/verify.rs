@@ -7,7 +7,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{StatusRequest, VersionRequest};
 use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config_patch::HANDLER;
 
@@ -80,7 +80,8 @@ pub fn probe(socket: &Path) -> Result<CriState, VerifyError> {
     rt.block_on(probe_async(socket))
 }
 
-async fn probe_async(socket: &Path) -> Result<CriState, VerifyError> {
+/// A CRI channel over containerd's unix socket.
+pub(crate) async fn connect(socket: &Path) -> Result<Channel, VerifyError> {
     let unreachable = |message: String| VerifyError::Unreachable {
         socket: socket.to_path_buf(),
         message,
@@ -89,7 +90,7 @@ async fn probe_async(socket: &Path) -> Result<CriState, VerifyError> {
     let endpoint = Endpoint::try_from("http://[::]:50051")
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(CALL_TIMEOUT);
-    let channel = tokio::time::timeout(
+    tokio::time::timeout(
         CALL_TIMEOUT,
         endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -98,7 +99,11 @@ async fn probe_async(socket: &Path) -> Result<CriState, VerifyError> {
     )
     .await
     .map_err(|_| unreachable("connect timed out".into()))?
-    .map_err(|e| unreachable(source_chain(&e)))?;
+    .map_err(|e| unreachable(source_chain(&e)))
+}
+
+async fn probe_async(socket: &Path) -> Result<CriState, VerifyError> {
+    let channel = connect(socket).await?;
     let mut client = RuntimeServiceClient::new(channel);
     let call = |call: &'static str| move |message: String| VerifyError::Call { call, message };
     let version = tokio::time::timeout(
@@ -131,7 +136,7 @@ async fn probe_async(socket: &Path) -> Result<CriState, VerifyError> {
     })
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

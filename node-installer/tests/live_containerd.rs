@@ -165,11 +165,30 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     let runc_pid = task_pid(&host.ctd, &runc_id).expect("runc pid");
     let daemon_before = host.ctd.pid();
 
+    // The images the wasm check needs, as a node has them: the sandbox image and one holding
+    // the check module (in a cluster: the installer's own image).
+    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    host.ctd.import("k8s.io", pause).ok();
+    let work = tempfile::tempdir().expect("tmp");
+    let archive = work.path().join("hello.tar");
+    pack(&guest("hello"), HELLO, &archive);
+    host.ctd.import("k8s.io", &archive).ok();
+
     // Install.
-    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
+    let (code, r, took) = host.installer(
+        "install",
+        &host.restart_cmd(),
+        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
+    );
     eprintln!("first install took {took:?}: {r}");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["state"], "installed", "{r}");
+    assert!(
+        r["wasmCheck"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("a wasm pod ran /hello.wasm") && c.contains("exited 42")),
+        "{r}"
+    );
     assert_eq!(r["flavour"], "containerd");
     assert_eq!(r["configPath"], "/etc/containerd/config.toml");
     assert_eq!(r["restarted"], true);
@@ -214,12 +233,6 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     );
 
     // A CRI pod with runtime_handler wasmkube runs the hello guest.
-    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    host.ctd.import("k8s.io", pause).ok();
-    let work = tempfile::tempdir().expect("tmp");
-    let archive = work.path().join("hello.tar");
-    pack(&guest("hello"), HELLO, &archive);
-    host.ctd.import("k8s.io", &archive).ok();
     let mut cri = Cri::connect(&host.ctd.address()).expect("CRI");
     let pod = PodSpec {
         name: unique_id("installed"),
@@ -333,6 +346,40 @@ fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
         "shim left behind after rollback"
     );
     assert!(!wasmkube_node_installer::atomic_write::backup_path(&host.config()).exists());
+    assert!(!host.serves_handler());
+}
+
+#[test]
+fn a_handler_that_does_not_run_the_wasm_check_is_rolled_back() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start();
+    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    host.ctd.import("k8s.io", pause).ok();
+    let work = tempfile::tempdir().expect("tmp");
+    let archive = work.path().join("hello.tar");
+    pack(&guest("hello"), HELLO, &archive);
+    host.ctd.import("k8s.io", &archive).ok();
+    // containerd serves the handler, but the check pod's module is not there: the shim exits
+    // 127, not the 42 the check asks for, so the config alone must not make the node ready.
+    let (code, r, _) = host.installer(
+        "install",
+        &host.restart_cmd(),
+        &["--check-image", HELLO, "--check-module", "/missing.wasm"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["failure"], "rolled-back", "{r}");
+    assert_eq!(r["reason"], "WasmCheckFailed", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited with 127, expected 42")),
+        "{r}"
+    );
+    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
+    assert!(
+        !host.shim_dest().exists(),
+        "shim left behind after rollback"
+    );
     assert!(!host.serves_handler());
 }
 

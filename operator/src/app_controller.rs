@@ -119,7 +119,7 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note),
+        note: Some(crate::events::note(note)),
         action: action.to_string(),
         secondary: None,
     };
@@ -142,6 +142,86 @@ async fn patch_status(api: &Api<WasmApp>, name: &str, status: &WasmAppStatus) ->
 
 fn now() -> Time {
     Time(Timestamp::now())
+}
+
+/// Whether an API error means the API server refused our object (admission, validation, an
+/// immutable field, a port in use), as opposed to a passing failure (throttling, timeouts, 5xx).
+fn refused(code: u16) -> bool {
+    (400..500).contains(&code) && code != 408 && code != 429
+}
+
+/// Applies the Deployment, the Service and the HPA (or deletes those no longer wanted); returns
+/// the applied Deployment and the names of the Service and HPA that exist.
+async fn apply_children(
+    ctx: &Context,
+    app: &WasmApp,
+    ns: &str,
+    name: &str,
+    objects: AppObjects,
+) -> Result<(Deployment, Option<String>, Option<String>)> {
+    let AppObjects {
+        deployment,
+        service,
+        autoscaler,
+    } = objects;
+    let old = app.status.as_ref();
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    // Autoscaling was just turned on for a Deployment whose replicas we set so far.
+    if autoscaler.is_some() && old.is_some_and(|o| o.autoscaler_name.is_none()) {
+        hand_replicas_to_autoscaler(&deployments, name).await?;
+    }
+    let applied = apply(&deployments, name, &deployment).await?;
+
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let service_name = match &service {
+        Some(svc) => {
+            apply(&services, name, svc).await?;
+            Some(name.to_string())
+        }
+        None => {
+            if let Some(stale) = old.and_then(|o| o.service_name.as_deref()) {
+                if delete_if_present(&services, stale).await? {
+                    publish(
+                        ctx,
+                        app,
+                        EventType::Normal,
+                        reasons::SERVICE_REMOVED,
+                        "Delete",
+                        format!("deleted Service {stale}: service.type is None"),
+                    )
+                    .await;
+                }
+            }
+            None
+        }
+    };
+
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let autoscaler_name = match &autoscaler {
+        Some(hpa) => {
+            apply(&hpas, name, hpa).await?;
+            Some(name.to_string())
+        }
+        None => {
+            if let Some(stale) = old.and_then(|o| o.autoscaler_name.as_deref()) {
+                if delete_if_present(&hpas, stale).await? {
+                    publish(
+                        ctx,
+                        app,
+                        EventType::Normal,
+                        reasons::AUTOSCALER_REMOVED,
+                        "Delete",
+                        format!("deleted HorizontalPodAutoscaler {stale}: autoscaling was removed"),
+                    )
+                    .await;
+                }
+            }
+            None
+        }
+    };
+
+    Ok((applied, service_name, autoscaler_name))
 }
 
 /// One reconciliation of one WasmApp.
@@ -188,66 +268,35 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
         }
         Err(e) => return Err(e),
     };
-    let AppObjects {
-        deployment,
-        service,
-        autoscaler,
-    } = objects;
-
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    // Autoscaling was just turned on for a Deployment whose replicas we set so far.
-    if autoscaler.is_some() && old.is_some_and(|o| o.autoscaler_name.is_none()) {
-        hand_replicas_to_autoscaler(&deployments, &name).await?;
-    }
-    let applied = apply(&deployments, &name, &deployment).await?;
-
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let service_name = match &service {
-        Some(svc) => {
-            apply(&services, &name, svc).await?;
-            Some(name.clone())
-        }
-        None => {
-            if let Some(stale) = old.and_then(|o| o.service_name.as_deref()) {
-                if delete_if_present(&services, stale).await? {
+    let has_service = objects.service.is_some();
+    let (applied, service_name, autoscaler_name) =
+        match apply_children(&ctx, &app, &ns, &name, objects).await {
+            Ok(done) => done,
+            Err(Error::Kube(kube::Error::Api(status))) if refused(status.code) => {
+                let message = format!("{} ({}): {}", status.reason, status.code, status.message);
+                let new = status::apply_failed(&app, &message, &now());
+                if old != Some(&new) {
+                    patch_status(&apps, &name, &new).await?;
+                }
+                let already_reported = old
+                    .and_then(|o| o.condition(conditions::DEGRADED))
+                    .is_some_and(|c| c.reason == reasons::APPLY_FAILED && c.message == message);
+                if !already_reported {
+                    warn!(app = %name, namespace = %ns, %message, "the API server refused a child");
                     publish(
                         &ctx,
                         &app,
-                        EventType::Normal,
-                        reasons::SERVICE_REMOVED,
-                        "Delete",
-                        format!("deleted Service {stale}: service.type is None"),
+                        EventType::Warning,
+                        reasons::APPLY_FAILED,
+                        "Apply",
+                        message,
                     )
                     .await;
                 }
+                return Err(Error::Kube(kube::Error::Api(status)));
             }
-            None
-        }
-    };
-
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
-    let autoscaler_name = match &autoscaler {
-        Some(hpa) => {
-            apply(&hpas, &name, hpa).await?;
-            Some(name.clone())
-        }
-        None => {
-            if let Some(stale) = old.and_then(|o| o.autoscaler_name.as_deref()) {
-                if delete_if_present(&hpas, stale).await? {
-                    publish(
-                        &ctx,
-                        &app,
-                        EventType::Normal,
-                        reasons::AUTOSCALER_REMOVED,
-                        "Delete",
-                        format!("deleted HorizontalPodAutoscaler {stale}: autoscaling was removed"),
-                    )
-                    .await;
-                }
-            }
-            None
-        }
-    };
+            Err(e) => return Err(e),
+        };
 
     let children = Children {
         service_name,
@@ -270,11 +319,7 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
             "Apply",
             format!(
                 "created Deployment {name}{}",
-                if service.is_some() {
-                    " and Service"
-                } else {
-                    ""
-                }
+                if has_service { " and Service" } else { "" }
             ),
         )
         .await;

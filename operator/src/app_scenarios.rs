@@ -22,7 +22,7 @@ use crate::{
     fixtures::{finish, mock_client, Step},
     metrics::Metrics,
     names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
-    Error,
+    status, Error,
 };
 
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/apps/deployments/hello";
@@ -482,4 +482,45 @@ async fn api_errors_requeue_with_backoff() {
     );
     drop(ctx);
     finish(task).await;
+}
+
+#[tokio::test]
+async fn a_refused_child_turns_ready_false_with_the_api_message() {
+    // The app was Ready; now the API server refuses its Service (e.g. a NodePort in use).
+    let a = app(spec(), 2, Some(old_status(true, 1)));
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 2, 2, 1, 1)),
+        Step::apply(SERVICE).fail(422, "Invalid"),
+        apply_status(&a).body(|b| {
+            assert_eq!(cond(b, "Ready")["status"], "False");
+            assert_eq!(cond(b, "Ready")["reason"], reasons::APPLY_FAILED);
+            assert_eq!(cond(b, "Degraded")["status"], "True");
+            assert_eq!(cond(b, "Degraded")["reason"], reasons::APPLY_FAILED);
+            assert_eq!(cond(b, "Degraded")["message"], "Invalid (422): Invalid");
+            assert_eq!(b["status"]["observedGeneration"], 2);
+        }),
+        Step::event("apps", "Warning", reasons::APPLY_FAILED),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    let err = result.expect_err("the refusal still fails the reconcile (retried with back-off)");
+    assert_eq!(err.metric_label(), "api");
+}
+
+#[tokio::test]
+async fn a_refusal_already_in_status_is_not_reported_again() {
+    let a = app(spec(), 2, Some(old_status(true, 1)));
+    let reported = status::apply_failed(&a, "Invalid (422): Invalid", &old_status_time());
+    let a = app(spec(), 2, Some(reported));
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 2, 2, 1, 1)),
+        Step::apply(SERVICE).fail(422, "Invalid"),
+    ];
+    let (result, _) = run_reconcile(a, steps).await;
+    assert!(result.is_err());
+}
+
+fn old_status_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1_700_000_000).expect("ts"),
+    )
 }

@@ -42,6 +42,8 @@ pub mod reasons {
     // Degraded
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The API server refused a child object (admission, immutable field, port in use).
+    pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     // Events only

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod builders;
 pub mod crd;
 mod error;
+pub mod events;
 pub mod installer_result;
 pub mod leader;
 pub mod metrics;

@@ -266,7 +266,7 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         let event = Event {
             type_: ev.type_,
             reason: ev.reason.to_string(),
-            note: Some(ev.note),
+            note: Some(crate::events::note(ev.note)),
             action: "ProvisionRuntime".to_string(),
             secondary: None,
         };

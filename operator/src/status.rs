@@ -191,29 +191,46 @@ pub fn from_deployment(
 
 /// Status of an app whose spec cannot be acted on: children untouched, `Degraded` says why.
 pub fn invalid_spec(app: &WasmApp, message: &str, now: &Time) -> WasmAppStatus {
+    not_applied(
+        app,
+        reasons::INVALID_SPEC,
+        message,
+        "the spec is invalid; fix it to continue",
+        now,
+    )
+}
+
+/// Status of an app whose children the API server refused (admission, an immutable field, a
+/// port in use): `Ready=False` and `Degraded=True` with the API's message, instead of a stale
+/// `Ready=True` from the last apply that worked.
+pub fn apply_failed(app: &WasmApp, message: &str, now: &Time) -> WasmAppStatus {
+    not_applied(
+        app,
+        reasons::APPLY_FAILED,
+        message,
+        "the API server refused a child object; retrying with back-off",
+        now,
+    )
+}
+
+fn not_applied(
+    app: &WasmApp,
+    reason: &str,
+    message: &str,
+    progressing: &str,
+    now: &Time,
+) -> WasmAppStatus {
     let old = app.status.as_ref();
     let generation = app.metadata.generation;
     let cond = |type_: &str, status: &str, message: String| {
-        condition(
-            old,
-            generation,
-            now,
-            type_,
-            status,
-            reasons::INVALID_SPEC,
-            message,
-        )
+        condition(old, generation, now, type_, status, reason, message)
     };
     let prev = old.cloned().unwrap_or_default();
     WasmAppStatus {
         observed_generation: generation,
         conditions: vec![
             cond(conditions::READY, FALSE, format!("not applied: {message}")),
-            cond(
-                conditions::PROGRESSING,
-                FALSE,
-                "the spec is invalid; fix it to continue".to_string(),
-            ),
+            cond(conditions::PROGRESSING, FALSE, progressing.to_string()),
             cond(conditions::DEGRADED, TRUE, message.to_string()),
         ],
         ..prev

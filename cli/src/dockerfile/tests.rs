@@ -46,12 +46,17 @@ fn the_real_dockerfiles_parse() {
     let installer = parse(REAL[1].1).expect("node-installer");
     let body: Vec<&Instruction> = installer.instructions.iter().map(|(_, i)| i).collect();
     assert_eq!(
-        body[..4],
+        body[..5],
         [
             &copy(
                 None,
                 &["wasmkube-node-installer", "containerd-shim-wasmkube-v1"],
                 "/usr/local/bin/"
+            ),
+            &copy(
+                None,
+                &["check.wasm"],
+                "/usr/local/share/wasmkube/check.wasm"
             ),
             &copy(None, &["bin/"], "/bin/"),
             &Instruction::User("0:0".into()),
@@ -60,7 +65,7 @@ fn the_real_dockerfiles_parse() {
     );
     // The continued LABEL: quoted values with spaces, three pairs.
     assert_eq!(
-        body[4],
+        body[5],
         &Instruction::Label(pairs(&[
             ("org.opencontainers.image.title", "wasmkube node installer"),
             (

@@ -24,9 +24,11 @@ fn context() -> tempfile::TempDir {
     write(d, "containerd-shim-wasmkube-v1", b"shim", 0o755);
     write(d, "wasmkube-operator", b"operator", 0o755);
     write(d, "pause", b"pause", 0o755);
+    write(d, "check.wasm", b"\0asm", 0o644);
     write(d, "bin/busybox", b"busybox", 0o755);
     symlink("busybox", d.join("bin/sh")).expect("symlink");
     symlink("busybox", d.join("bin/nsenter")).expect("symlink");
+    symlink("busybox", d.join("bin/chroot")).expect("symlink");
     dir
 }
 
@@ -59,6 +61,7 @@ fn node_installer_layout_matches_its_dockerfile() {
     let expected = LayerTree::from([
         ("bin".into(), dir()),
         ("bin/busybox".into(), file(0o755, b"busybox")),
+        ("bin/chroot".into(), link("busybox")),
         ("bin/nsenter".into(), link("busybox")),
         ("bin/sh".into(), link("busybox")),
         ("usr".into(), dir()),
@@ -71,6 +74,12 @@ fn node_installer_layout_matches_its_dockerfile() {
         (
             "usr/local/bin/wasmkube-node-installer".into(),
             file(0o755, b"installer"),
+        ),
+        ("usr/local/share".into(), dir()),
+        ("usr/local/share/wasmkube".into(), dir()),
+        (
+            "usr/local/share/wasmkube/check.wasm".into(),
+            file(0o644, b"\0asm"),
         ),
     ]);
     assert_eq!(tree, expected);
@@ -221,7 +230,7 @@ fn builds_are_byte_identical_whatever_the_file_times() {
     let second = build_image(&dockerfile, ctx.path(), &reference, &platform).expect("build");
     assert_eq!(first.archive, second.archive);
     assert_eq!(first.manifest_digest, second.manifest_digest);
-    assert_eq!(first.entries, 9);
+    assert_eq!(first.entries, 13);
 
     // A changed byte changes the digest.
     write(ctx.path(), "bin/busybox", b"busyboX", 0o755);

@@ -151,6 +151,11 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
     if let Some(shim) = &cfg.shim_path {
         command.extend(["--shim".to_string(), shim.clone()]);
     }
+    if action == InstallerAction::Install {
+        // Ready only after a real wasm pod ran: the check module ships in this very image,
+        // which the node has (it runs this pod).
+        command.extend(["--check-image".to_string(), cfg.image.clone()]);
+    }
     command.extend([
         "--restart".to_string(),
         cfg.restart.clone(),
@@ -317,6 +322,7 @@ mod tests {
         let cfg = InstallerConfig {
             max_unavailable: IntOrString::String("20%".to_string()),
             shim_path: Some("/opt/wasmkube/containerd-shim-wasmkube-v1".to_string()),
+            image: "registry.example/wasmkube/node-installer:v9".to_string(),
             ..InstallerConfig::default()
         };
         let ds = serde_json::to_value(daemonset(&cfg, InstallerAction::Install)).expect("json");
@@ -352,7 +358,8 @@ mod tests {
         assert_eq!(
             cmd.join(" "),
             "/usr/local/bin/wasmkube-node-installer install --host-root /host --shim \
-             /opt/wasmkube/containerd-shim-wasmkube-v1 --restart auto --result-file /dev/termination-log"
+             /opt/wasmkube/containerd-shim-wasmkube-v1 --check-image registry.example/wasmkube/node-installer:v9 \
+             --restart auto --result-file /dev/termination-log"
         );
         assert_eq!(
             pod["containers"][0]["image"],
@@ -380,6 +387,11 @@ mod tests {
         assert_eq!(
             json["spec"]["template"]["spec"]["initContainers"][0]["command"][1],
             "uninstall"
+        );
+        let cmd = json["spec"]["template"]["spec"]["initContainers"][0]["command"].to_string();
+        assert!(
+            !cmd.contains("--check-image"),
+            "uninstall runs no wasm check: {cmd}"
         );
     }
 

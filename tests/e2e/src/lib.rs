@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod diagnostics;
+pub mod events;
 pub mod node;
 pub mod runner;
 pub mod scenarios;

@@ -10,6 +10,7 @@ use kube::{api::ListParams, Api};
 use wasmkube_operator::crd::WasmApp;
 use wasmkube_operator::names::{labels, FIELD_MANAGER, HANDOVER_FIELD_MANAGER};
 
+use crate::events;
 use crate::wait::{within, Poll};
 use crate::Cluster;
 
@@ -251,5 +252,81 @@ pub async fn delete_collects_children(c: &Cluster) -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+fn node_port_app(name: &str) -> String {
+    format!(
+        "apiVersion: wasmkube.dev/v1alpha1\nkind: WasmApp\nmetadata:\n  name: {name}\n  namespace: {NS}\n\
+         spec:\n  image: docker.io/wasmkube/hello-http:0.1.0\n  replicas: 0\n  service:\n    type: NodePort\n    \
+         port: 80\n    targetPort: 8080\n    nodePort: 30080\n"
+    )
+}
+
+pub async fn refused_child_reaches_status(c: &Cluster) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("wk-e2e-np-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
+    let mut files = Vec::new();
+    for name in ["e2e-nodeport-a", "e2e-nodeport-b"] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, node_port_app(name))?;
+        let path = file.to_string_lossy().into_owned();
+        c.kubectl(&["apply", "-f", &path])?;
+        files.push(path);
+        if name.ends_with('a') {
+            // The first one gets the port.
+            within(
+                "e2e-nodeport-a's Service",
+                Duration::from_secs(60),
+                || async {
+                    let s = apps.get("e2e-nodeport-a").await?.status.unwrap_or_default();
+                    Ok(match s.service_name {
+                        Some(_) => Poll::Done(()),
+                        None => Poll::NotYet(format!("{s:?}")),
+                    })
+                },
+            )
+            .await?;
+        }
+    }
+    let degraded = within(
+        "e2e-nodeport-b to report the refused Service",
+        Duration::from_secs(60),
+        || async {
+            let s = apps.get("e2e-nodeport-b").await?.status.unwrap_or_default();
+            Ok(match s.condition("Degraded") {
+                Some(d) if d.status == "True" && d.reason == "ApplyFailed" => {
+                    Poll::Done((d.message.clone(), s.is_true("Ready")))
+                }
+                other => Poll::NotYet(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    println!("  e2e-nodeport-b Degraded: {}", degraded.0);
+    let note = within(
+        "an ApplyFailed event on e2e-nodeport-b",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                match events::find(c, "ApplyFailed", "e2e-nodeport-b").await? {
+                    Some(n) => Poll::Done(n),
+                    None => Poll::NotYet("no event".into()),
+                },
+            )
+        },
+    )
+    .await?;
+    ensure!(note.contains("already allocated"), "event note {note:?}");
+    ensure!(!degraded.1, "Ready stayed True after the refusal");
+    ensure!(
+        degraded.0.contains("already allocated"),
+        "the message is not the API's: {}",
+        degraded.0
+    );
+    for f in &files {
+        c.kubectl(&["delete", "-f", f, "--wait=true", "--timeout=60s"])?;
+    }
     Ok(())
 }

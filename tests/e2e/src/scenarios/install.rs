@@ -3,8 +3,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use k8s_openapi::api::{
-    apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod, events::v1::Event,
-    node::v1::RuntimeClass,
+    apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod, node::v1::RuntimeClass,
 };
 use kube::{api::ListParams, Api, ResourceExt};
 use wasmkube_operator::names::{
@@ -12,9 +11,9 @@ use wasmkube_operator::names::{
 };
 
 use super::{CONTAINERD_CONFIG, ORIGINAL_CONFIG};
-use crate::node;
 use crate::wait::{within, Poll};
 use crate::Cluster;
+use crate::{events, node};
 
 pub const NS: &str = "wasmkube-system";
 pub const OPERATOR: &str = "wasmkube-operator";
@@ -147,19 +146,6 @@ pub async fn operator_installs(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// A Warning event on the node with this reason, if one was recorded.
-async fn node_event(c: &Cluster, reason: &str) -> Result<Option<String>> {
-    let events: Api<Event> = Api::all(c.client.clone());
-    let list = events
-        .list(&ListParams::default().fields(&format!("reason={reason}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(c.node.as_str()))
-        .map(|e| e.note.unwrap_or_default()))
-}
-
 pub async fn broken_config_fails(c: &Cluster) -> Result<()> {
     let saved = format!("{CONTAINERD_CONFIG}.e2e-saved");
     c.node_sh(&format!(
@@ -188,10 +174,12 @@ pub async fn broken_config_fails(c: &Cluster) -> Result<()> {
             "a WasmRuntimeInstallFailed event",
             Duration::from_secs(30),
             || async {
-                Ok(match node_event(c, "WasmRuntimeInstallFailed").await? {
-                    Some(n) => Poll::Done(n),
-                    None => Poll::NotYet("no event".into()),
-                })
+                Ok(
+                    match events::find(c, "WasmRuntimeInstallFailed", &c.node).await? {
+                        Some(n) => Poll::Done(n),
+                        None => Poll::NotYet("no event".into()),
+                    },
+                )
             },
         )
         .await?;
@@ -245,6 +233,11 @@ pub async fn opt_in_provisions(c: &Cluster) -> Result<()> {
     ensure!(result["state"] == "installed", "state {}", result["state"]);
     ensure!(result["restarted"] == true, "containerd was not restarted");
     ensure!(result["verified"] == true, "the handler was not verified");
+    let check = result["wasmCheck"].as_str().unwrap_or_default();
+    ensure!(
+        check.starts_with("a wasm pod ran /usr/local/share/wasmkube/check.wasm"),
+        "the installer did not run a wasm pod before reporting: {check:?}"
+    );
     let config = c.node_sh(&format!("cat {CONTAINERD_CONFIG}"))?;
     ensure!(
         config.contains("io.containerd.wasmkube.v1") && config.contains("wasmkube"),

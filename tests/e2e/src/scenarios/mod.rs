@@ -28,6 +28,9 @@ pub fn all() -> Runner {
         .scenario("apiserver_rejects_invalid_wasmapp_by_cel", |c| {
             Box::pin(apps::cel_rejects_invalid(c))
         })
+        .scenario("refused_child_reaches_status_and_events", |c| {
+            Box::pin(apps::refused_child_reaches_status(c))
+        })
         .scenario("autoscaling_on_keeps_running_replicas", |c| {
             Box::pin(apps::autoscaling_keeps_replicas(c))
         })
