@@ -102,6 +102,18 @@ impl Host {
         (out.status.code().unwrap_or(-1), json, elapsed)
     }
 
+    /// The images the wasm check needs, as a node has them: the sandbox image and one holding
+    /// the check module (in a cluster: the installer's own image). Returns the work dir.
+    fn import_check_images(&self) -> tempfile::TempDir {
+        let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        self.ctd.import("k8s.io", pause).ok();
+        let work = tempfile::tempdir().expect("tmp");
+        let archive = work.path().join("hello.tar");
+        pack(&guest("hello"), HELLO, &archive);
+        self.ctd.import("k8s.io", &archive).ok();
+        work
+    }
+
     fn restart_cmd(&self) -> String {
         self.ctd.restart_script().display().to_string()
     }
@@ -165,14 +177,7 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     let runc_pid = task_pid(&host.ctd, &runc_id).expect("runc pid");
     let daemon_before = host.ctd.pid();
 
-    // The images the wasm check needs, as a node has them: the sandbox image and one holding
-    // the check module (in a cluster: the installer's own image).
-    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    host.ctd.import("k8s.io", pause).ok();
-    let work = tempfile::tempdir().expect("tmp");
-    let archive = work.path().join("hello.tar");
-    pack(&guest("hello"), HELLO, &archive);
-    host.ctd.import("k8s.io", &archive).ok();
+    let work = host.import_check_images();
 
     // Install.
     let (code, r, took) = host.installer(
@@ -353,12 +358,7 @@ fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
 fn a_handler_that_does_not_run_the_wasm_check_is_rolled_back() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
-    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    host.ctd.import("k8s.io", pause).ok();
-    let work = tempfile::tempdir().expect("tmp");
-    let archive = work.path().join("hello.tar");
-    pack(&guest("hello"), HELLO, &archive);
-    host.ctd.import("k8s.io", &archive).ok();
+    let _work = host.import_check_images();
     // containerd serves the handler, but the check pod's module is not there: the shim exits
     // 127, not the 42 the check asks for, so the config alone must not make the node ready.
     let (code, r, _) = host.installer(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{api::ListParams, Api, ResourceExt};
-use wasmkube_operator::names::{installer, labels, RUNTIME_LABEL};
+use wasmkube_operator::names::{installer, labels, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION};
 
 use crate::wait::{within, Poll};
 use crate::Cluster;
@@ -37,6 +37,17 @@ pub async fn wait_state(
         },
     )
     .await
+}
+
+/// Waits for the node to be `failed`; returns its failure reason annotation.
+pub async fn wait_failed(c: &Cluster, timeout: Duration) -> Result<String> {
+    let annotations = wait_state(c, "failed", timeout).await?;
+    let reason = annotations
+        .get(RUNTIME_REASON_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    println!("  reason: {reason}");
+    Ok(reason)
 }
 
 /// The live install (`install`) or uninstall (`uninstall`) pods on the node.

@@ -160,12 +160,7 @@ pub async fn broken_config_fails(c: &Cluster) -> Result<()> {
             &format!("{WASM_NODE}=true"),
             "--overwrite",
         ])?;
-        let annotations = node::wait_state(c, "failed", Duration::from_secs(120)).await?;
-        let reason = annotations
-            .get(RUNTIME_REASON_ANNOTATION)
-            .cloned()
-            .unwrap_or_default();
-        println!("  reason: {reason}");
+        let reason = node::wait_failed(c, Duration::from_secs(120)).await?;
         ensure!(
             reason.starts_with("ParseError"),
             "reason {reason:?} does not name the parse error"

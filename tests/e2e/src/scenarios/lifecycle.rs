@@ -150,12 +150,7 @@ fn set_installer_image(c: &Cluster, image: &str) -> Result<()> {
 pub async fn bad_installer_image(c: &Cluster) -> Result<()> {
     set_installer_image(c, BAD_IMAGE)?;
     let outcome = async {
-        let annotations = node::wait_state(c, "failed", Duration::from_secs(180)).await?;
-        let reason = annotations
-            .get(RUNTIME_REASON_ANNOTATION)
-            .cloned()
-            .unwrap_or_default();
-        println!("  reason: {reason}");
+        let reason = node::wait_failed(c, Duration::from_secs(180)).await?;
         ensure!(
             reason.starts_with("InstallerCannotStart") && reason.contains("InvalidImageName"),
             "reason {reason:?}"
