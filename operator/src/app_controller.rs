@@ -13,8 +13,9 @@ use kube::{
     runtime::{
         controller::{Action, Controller},
         events::{Event, EventType, Recorder},
-        reflector::ObjectRef,
-        watcher,
+        predicates,
+        reflector::{self, ObjectRef},
+        watcher, PredicateConfig, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
 };
@@ -368,18 +369,37 @@ pub fn error_policy(app: Arc<WasmApp>, error: &Error, ctx: Arc<Context>) -> Acti
 }
 
 /// Runs the app controller until `shutdown` resolves.
+///
+/// Triggers: a WasmApp's spec (generation) changes, not its status (our own status writes would
+/// otherwise re-apply every child once more); any change of an owned Deployment (its status is
+/// the app's readiness) or Service; an owned HPA's spec, not the metric churn in its status.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
-    let apps: Api<WasmApp> = Api::all(client.clone());
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         crate::names::labels::MANAGED_BY,
         crate::names::MANAGED_BY
     ));
-    Controller::new(apps, watcher::Config::default().any_semantic())
+    let (reader, writer) = reflector::store();
+    let apps = watcher(
+        Api::<WasmApp>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let hpas = watcher(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        owned.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    Controller::for_stream(apps, reader)
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client), owned)
+        .owns(Api::<Service>::all(client), owned)
+        .owns_stream(hpas)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
