@@ -12,17 +12,18 @@ CLUSTER=${KIND_CLUSTER:-wasmkube-e2e}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
 IMAGES=$CARGO_TARGET_DIR/images
 
-for tool in docker kind kubectl cargo; do
+# Docker first: it is what machines without kind support lack (a docker client alone is not enough).
+if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
+    echo "FAIL kind e2e: no reachable Docker engine (\`docker info\` fails); without Docker use the" \
+         "local cluster: sudo scripts/test.sh" >&2
+    exit 1
+fi
+for tool in kind kubectl cargo; do
     if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "FAIL kind e2e: '$tool' is not installed (this script needs docker, kind, kubectl and cargo;" \
-             "without Docker use the local cluster: sudo scripts/test.sh)" >&2
+        echo "FAIL kind e2e: '$tool' is not installed (this script needs docker, kind, kubectl and cargo)" >&2
         exit 1
     fi
 done
-if ! docker info >/dev/null 2>&1; then
-    echo "FAIL kind e2e: the docker daemon is not reachable" >&2
-    exit 1
-fi
 
 echo "== images"
 scripts/images.sh
