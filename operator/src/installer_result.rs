@@ -213,6 +213,37 @@ pub fn pod_outcome(pod: &Pod) -> Option<Outcome> {
     Some(outcome_of(last))
 }
 
+/// How long an installer pod may go without any result before the node is `failed`: the
+/// installer itself gives up on containerd after 60 s and rolls back, so ten minutes without a
+/// word means it is stuck (a hung mount, a containerd that never answers, a pending init).
+pub const INSTALLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// [`pod_outcome`], plus a failure once the pod is older than `timeout` without any result.
+/// `Err(wait)`: no result yet; look again after `wait`.
+pub fn pod_outcome_by(
+    pod: &Pod,
+    now: k8s_openapi::jiff::Timestamp,
+    timeout: std::time::Duration,
+) -> Result<Outcome, std::time::Duration> {
+    if let Some(outcome) = pod_outcome(pod) {
+        return Ok(outcome);
+    }
+    let Some(created) = pod.metadata.creation_timestamp.as_ref().map(|t| t.0) else {
+        return Err(timeout);
+    };
+    let age = std::time::Duration::try_from(now.duration_since(created)).unwrap_or_default();
+    match timeout.checked_sub(age) {
+        Some(left) if !left.is_zero() => Err(left),
+        _ => Ok(Outcome::Failed {
+            message: truncate(&format!(
+                "InstallerTimeout: installer pod {} has not reported after {} s",
+                pod_name(pod),
+                timeout.as_secs()
+            )),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{
@@ -379,6 +410,50 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_installer_that_never_reports_times_out() {
+        use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+        let created = Timestamp::from_second(1_700_000_000).expect("ts");
+        let mut pod = waiting_pod("PodInitializing");
+        pod.metadata.creation_timestamp = Some(Time(created));
+        let at = |secs: i64| Timestamp::from_second(1_700_000_000 + secs).expect("ts");
+        let timeout = std::time::Duration::from_secs(600);
+        // Still within the timeout: no result, and when to look again.
+        assert_eq!(
+            pod_outcome_by(&pod, at(100), timeout),
+            Err(std::time::Duration::from_secs(500))
+        );
+        match pod_outcome_by(&pod, at(600), timeout) {
+            Ok(Outcome::Failed { message }) => {
+                assert!(message.starts_with("InstallerTimeout:"), "{message}");
+                assert!(
+                    message.contains("wasmkube-node-installer-abcde"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A result, however late, is the result.
+        let mut done = pod.clone();
+        if let Some(st) = done.status.as_mut() {
+            st.init_container_statuses = Some(vec![ContainerStatus {
+                name: installer::INIT_CONTAINER.to_string(),
+                state: Some(ContainerState {
+                    terminated: Some(term(
+                        0,
+                        r#"{"state":"installed","shimVersion":"0.1.0","verified":true}"#,
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+        assert!(matches!(
+            pod_outcome_by(&done, at(5000), timeout),
+            Ok(Outcome::Installed { .. })
+        ));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::{
     backoff::ErrorBackoff,
     builders::installer::{self as build, InstallerAction, InstallerConfig},
-    installer_result::{pod_outcome, Outcome},
+    installer_result::{pod_outcome_by, Outcome, INSTALLER_TIMEOUT},
     metrics::Metrics,
     names::{
         labels, runtime_state, FIELD_MANAGER, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
@@ -240,10 +240,18 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         .ok_or(Error::MissingField("metadata.name"))?;
     let current = NodeRuntime::of(&node);
     let pods = ctx.installer_pods.state();
-    let install =
-        installer_pod(&pods, &name, InstallerAction::Install).and_then(|p| pod_outcome(&p));
-    let uninstall =
-        installer_pod(&pods, &name, InstallerAction::Uninstall).and_then(|p| pod_outcome(&p));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // Pods without a result yet: look again when they would time out (no event will tell us).
+    let mut recheck: Option<Duration> = None;
+    let mut outcome = |action| {
+        installer_pod(&pods, &name, action).and_then(|p| {
+            pod_outcome_by(&p, now, INSTALLER_TIMEOUT)
+                .map_err(|left| recheck = Some(recheck.map_or(left, |r| r.min(left))))
+                .ok()
+        })
+    };
+    let install = outcome(InstallerAction::Install);
+    let uninstall = outcome(InstallerAction::Uninstall);
 
     let (next, ev) = decide(
         opted_in(&node),
@@ -275,8 +283,11 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         }
     }
     ctx.backoff.reset(&name);
-    // Pod and node changes trigger us; nothing to poll.
-    Ok(Action::await_change())
+    // Pod and node changes trigger us; only a silent installer needs a timer.
+    Ok(match recheck {
+        Some(left) => Action::requeue(left + Duration::from_secs(1)),
+        None => Action::await_change(),
+    })
 }
 
 pub fn error_policy(

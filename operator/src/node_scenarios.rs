@@ -198,6 +198,22 @@ async fn pending_waits_for_a_running_installer() {
         &[("wasmkube.dev/runtime", "pending")],
         &[("wasmkube.dev/wasm-node", "true")],
     );
+    let mut running = pod("inst-a", "worker-1", InstallerAction::Install, None, false);
+    running.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+    // No write yet, but a timer: nothing else would wake us if the installer hangs.
+    let action = run(n, vec![running], vec![]).await;
+    assert_ne!(action, Action::await_change());
+    let debug = format!("{action:?}");
+    assert!(debug.contains("requeue_after: Some("), "{debug}");
+}
+
+#[tokio::test]
+async fn an_installer_silent_past_the_timeout_fails_the_node() {
+    let n = node(
+        &[("wasmkube.dev/runtime", "pending")],
+        &[("wasmkube.dev/wasm-node", "true")],
+    );
+    // Created long ago (the fixture's 2023 timestamp), never reported.
     let pods = vec![pod(
         "inst-a",
         "worker-1",
@@ -205,7 +221,14 @@ async fn pending_waits_for_a_running_installer() {
         None,
         false,
     )];
-    run(n, pods, vec![]).await;
+    let steps = vec![
+        apply_node(
+            json!({"wasmkube.dev/runtime": "failed"}),
+            json!({"wasmkube.dev/runtime-reason": "InstallerTimeout: installer pod inst-a has not reported after 600 s"}),
+        ),
+        node_event("Warning", reasons::INSTALL_FAILED),
+    ];
+    run(n, pods, steps).await;
 }
 
 #[tokio::test]
