@@ -129,9 +129,9 @@ fn read_image(archive: &Path) -> Image {
     }
 }
 
-fn build(dockerfile: &str, context: &Path, name: &str, out: &Path) -> String {
-    let dockerfile = repo().join("images").join(dockerfile);
-    let o = wasmkube(&[
+/// `wasmkube image build -f DOCKERFILE --context CONTEXT --name NAME -o OUT` for linux/amd64.
+fn image_build(dockerfile: &Path, context: &Path, name: &str, out: &Path) -> std::process::Output {
+    wasmkube(&[
         "image",
         "build",
         "-f",
@@ -144,7 +144,12 @@ fn build(dockerfile: &str, context: &Path, name: &str, out: &Path) -> String {
         out.to_str().expect("utf8"),
         "--platform",
         "linux/amd64",
-    ]);
+    ])
+}
+
+/// Builds one of the real Dockerfiles in images/; returns stdout.
+fn build(dockerfile: &str, context: &Path, name: &str, out: &Path) -> String {
+    let o = image_build(&repo().join("images").join(dockerfile), context, name, out);
     assert!(o.status.success(), "stderr: {}", text(&o.stderr));
     text(&o.stdout)
 }
@@ -279,18 +284,7 @@ fn dockerfiles_outside_the_subset_fail_naming_file_and_line() {
     )
     .expect("write");
     let out = tmp.path().join("bad.tar");
-    let o = wasmkube(&[
-        "image",
-        "build",
-        "-f",
-        dockerfile.to_str().expect("utf8"),
-        "--context",
-        ctx.to_str().expect("utf8"),
-        "--name",
-        "bad",
-        "-o",
-        out.to_str().expect("utf8"),
-    ]);
+    let o = image_build(&dockerfile, &ctx, "bad", &out);
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("bad.Dockerfile"), "{err}");
