@@ -1,4 +1,12 @@
 //! The app controller: WasmApp → Deployment, Service, HPA (server-side apply), status, Events.
+//!
+//! Every child is applied or deleted only when it is absent or controlled by this WasmApp
+//! ([`children`]); a name taken by someone else's object stops the reconcile with a
+//! `ChildConflict` status instead of adopting or deleting that object.
+
+mod apply;
+pub mod children;
+pub mod triggers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,14 +16,14 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
+use kube::core::PartialObjectMeta;
 use kube::{
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::{
         controller::{Action, Controller},
-        events::{Event, EventType, Recorder},
-        predicates,
+        events::{Event, EventType},
         reflector::{self, ObjectRef},
-        watcher, PredicateConfig, WatchStreamExt,
+        watcher, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
 };
@@ -23,10 +31,13 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
+use self::apply::{apply_children, Outcome};
+use self::children::{ChildStores, ChildWriters, WriterSlot};
 use crate::{
     backoff::ErrorBackoff,
-    builders::app::{self as build, AppObjects},
+    builders::app as build,
     crd::{conditions, reasons, WasmApp, WasmAppStatus},
+    events::Recorder,
     metrics::Metrics,
     names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
     status::{self, Children},
@@ -43,16 +54,29 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub backoff: ErrorBackoff<ObjectRef<WasmApp>>,
+    /// The labelled children, by metadata: [`run`] feeds them from its watches. Until then (or
+    /// when nothing feeds them) every ownership check is a GET.
+    pub children: ChildStores,
+    writers: WriterSlot,
 }
 
 impl Context {
     pub fn new(client: Client, recorder: Recorder, metrics: Metrics) -> Self {
+        let (children, writers) = children::stores();
         Context {
             client,
             recorder,
             metrics,
             backoff: ErrorBackoff::default(),
+            children,
+            writers: WriterSlot::new(writers),
         }
+    }
+
+    /// The writers of [`Context::children`], once: for the controller's watches (or a test or
+    /// benchmark that plays them).
+    pub fn take_child_writers(&self) -> Option<ChildWriters> {
+        self.writers.take()
     }
 }
 
@@ -97,12 +121,18 @@ async fn hand_replicas_to_autoscaler(api: &Api<Deployment>, name: &str) -> Resul
     Ok(())
 }
 
-/// Deletes `name`, treating "already gone" as success. Returns whether something was deleted.
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<bool>
+/// Deletes the child `name` if it is still the object `uid` (ours, checked before), treating
+/// "already gone" as success. Returns whether something was deleted.
+async fn delete_owned<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<bool>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
+    let mut params = DeleteParams::background();
+    params.preconditions = Some(Preconditions {
+        uid,
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
@@ -151,78 +181,30 @@ fn refused(code: u16) -> bool {
     (400..500).contains(&code) && code != 408 && code != 429
 }
 
-/// Applies the Deployment, the Service and the HPA (or deletes those no longer wanted); returns
-/// the applied Deployment and the names of the Service and HPA that exist.
-async fn apply_children(
+/// Reports an app whose children were not (all) applied: `new` as status (when it changed) and,
+/// the first time this `message` is reported for `reason`, a Warning event.
+async fn report_not_applied(
     ctx: &Context,
     app: &WasmApp,
-    ns: &str,
-    name: &str,
-    objects: AppObjects,
-) -> Result<(Deployment, Option<String>, Option<String>)> {
-    let AppObjects {
-        deployment,
-        service,
-        autoscaler,
-    } = objects;
+    new: WasmAppStatus,
+    reason: &str,
+    action: &str,
+    message: String,
+) -> Result<()> {
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
     let old = app.status.as_ref();
-
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    // Autoscaling was just turned on for a Deployment whose replicas we set so far.
-    if autoscaler.is_some() && old.is_some_and(|o| o.autoscaler_name.is_none()) {
-        hand_replicas_to_autoscaler(&deployments, name).await?;
+    if old != Some(&new) {
+        let apps: Api<WasmApp> = Api::namespaced(ctx.client.clone(), &ns);
+        patch_status(&apps, &name, &new).await?;
     }
-    let applied = apply(&deployments, name, &deployment).await?;
-
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let service_name = match &service {
-        Some(svc) => {
-            apply(&services, name, svc).await?;
-            Some(name.to_string())
-        }
-        None => {
-            if let Some(stale) = old.and_then(|o| o.service_name.as_deref()) {
-                if delete_if_present(&services, stale).await? {
-                    publish(
-                        ctx,
-                        app,
-                        EventType::Normal,
-                        reasons::SERVICE_REMOVED,
-                        "Delete",
-                        format!("deleted Service {stale}: service.type is None"),
-                    )
-                    .await;
-                }
-            }
-            None
-        }
-    };
-
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    let autoscaler_name = match &autoscaler {
-        Some(hpa) => {
-            apply(&hpas, name, hpa).await?;
-            Some(name.to_string())
-        }
-        None => {
-            if let Some(stale) = old.and_then(|o| o.autoscaler_name.as_deref()) {
-                if delete_if_present(&hpas, stale).await? {
-                    publish(
-                        ctx,
-                        app,
-                        EventType::Normal,
-                        reasons::AUTOSCALER_REMOVED,
-                        "Delete",
-                        format!("deleted HorizontalPodAutoscaler {stale}: autoscaling was removed"),
-                    )
-                    .await;
-                }
-            }
-            None
-        }
-    };
-
-    Ok((applied, service_name, autoscaler_name))
+    let already_reported = old
+        .and_then(|o| o.condition(conditions::DEGRADED))
+        .is_some_and(|c| c.reason == reason && c.message == message);
+    if !already_reported {
+        warn!(app = %name, namespace = %ns, %reason, %message, "children not applied");
+        publish(ctx, app, EventType::Warning, reason, action, message).await;
+    }
+    Ok(())
 }
 
 /// One reconciliation of one WasmApp.
@@ -246,24 +228,7 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
             ctx.metrics
                 .error(CONTROLLER, &Error::InvalidSpec(String::new()));
             let new = status::invalid_spec(&app, &message, &now());
-            if old != Some(&new) {
-                patch_status(&apps, &name, &new).await?;
-            }
-            let already_reported = old
-                .and_then(|o| o.condition(conditions::DEGRADED))
-                .is_some_and(|c| c.reason == reasons::INVALID_SPEC && c.message == message);
-            if !already_reported {
-                warn!(app = %name, namespace = %ns, %message, "invalid WasmApp spec");
-                publish(
-                    &ctx,
-                    &app,
-                    EventType::Warning,
-                    reasons::INVALID_SPEC,
-                    "Validate",
-                    message,
-                )
-                .await;
-            }
+            report_not_applied(&ctx, &app, new, reasons::INVALID_SPEC, "Validate", message).await?;
             ctx.backoff.reset(&ObjectRef::from_obj(app.as_ref()));
             return Ok(Action::await_change());
         }
@@ -272,28 +237,29 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     let has_service = objects.service.is_some();
     let (applied, service_name, autoscaler_name) =
         match apply_children(&ctx, &app, &ns, &name, objects).await {
-            Ok(done) => done,
+            Ok(Outcome::Applied {
+                deployment,
+                service,
+                autoscaler,
+            }) => (deployment, service, autoscaler),
+            Ok(Outcome::Conflicts(conflicts)) => {
+                let message = conflicts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let new = status::child_conflict(&app, &message, &now());
+                report_not_applied(&ctx, &app, new, reasons::CHILD_CONFLICT, "Apply", message)
+                    .await?;
+                // Foreign objects are not watched: look again with back-off until it is resolved.
+                let delay = ctx.backoff.next_delay(ObjectRef::from_obj(app.as_ref()));
+                return Ok(Action::requeue(delay));
+            }
             Err(Error::Kube(kube::Error::Api(status))) if refused(status.code) => {
                 let message = format!("{} ({}): {}", status.reason, status.code, status.message);
                 let new = status::apply_failed(&app, &message, &now());
-                if old != Some(&new) {
-                    patch_status(&apps, &name, &new).await?;
-                }
-                let already_reported = old
-                    .and_then(|o| o.condition(conditions::DEGRADED))
-                    .is_some_and(|c| c.reason == reasons::APPLY_FAILED && c.message == message);
-                if !already_reported {
-                    warn!(app = %name, namespace = %ns, %message, "the API server refused a child");
-                    publish(
-                        &ctx,
-                        &app,
-                        EventType::Warning,
-                        reasons::APPLY_FAILED,
-                        "Apply",
-                        message,
-                    )
-                    .await;
-                }
+                report_not_applied(&ctx, &app, new, reasons::APPLY_FAILED, "Apply", message)
+                    .await?;
                 return Err(Error::Kube(kube::Error::Api(status)));
             }
             Err(e) => return Err(e),
@@ -368,11 +334,8 @@ pub fn error_policy(app: Arc<WasmApp>, error: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// Runs the app controller until `shutdown` resolves.
-///
-/// Triggers: a WasmApp's spec (generation) changes, not its status (our own status writes would
-/// otherwise re-apply every child once more); any change of an owned Deployment (its status is
-/// the app's readiness) or Service; an owned HPA's spec, not the metric churn in its status.
+/// Runs the app controller until `shutdown` resolves. What triggers a reconcile is in
+/// [`triggers`]; the children's watches also feed [`Context::children`].
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!(
@@ -381,24 +344,65 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         crate::names::MANAGED_BY
     ));
     let (reader, writer) = reflector::store();
-    let apps = watcher(
-        Api::<WasmApp>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
-    let hpas = watcher(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        owned.clone(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    // Each watch reports to `/readyz` (crate::watch_health); a deleted app's backoff is dropped.
+    let health = ctx.metrics.watches.clone();
+    use crate::watch_health::observe;
+    let apps = triggers::apps(
+        observe(
+            watcher(
+                Api::<WasmApp>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            ),
+            health.clone(),
+            "wasmapps",
+        )
+        .default_backoff()
+        .inspect(ctx.backoff.forget_deleted(ObjectRef::from_obj)),
+        writer,
+    );
+    let writers = ctx.take_child_writers().unwrap_or_else(|| {
+        warn!("the child stores are fed elsewhere; ownership checks fall back to GETs");
+        children::stores().1
+    });
+    let deployments = triggers::children(
+        observe(
+            watcher(
+                Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+                owned.clone(),
+            ),
+            health.clone(),
+            "deployments",
+        )
+        .default_backoff(),
+        writers.deployments,
+    );
+    let services = triggers::children(
+        observe(
+            watcher(
+                Api::<PartialObjectMeta<Service>>::all(client.clone()),
+                owned.clone(),
+            ),
+            health.clone(),
+            "services",
+        )
+        .default_backoff(),
+        writers.services,
+    );
+    let hpas = triggers::autoscalers(
+        observe(
+            watcher(
+                Api::<PartialObjectMeta<HorizontalPodAutoscaler>>::all(client),
+                owned,
+            ),
+            health,
+            "horizontalpodautoscalers",
+        )
+        .default_backoff(),
+        writers.autoscalers,
+    );
     Controller::for_stream(apps, reader)
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client), owned)
+        .owns_stream(deployments)
+        .owns_stream(services)
         .owns_stream(hpas)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

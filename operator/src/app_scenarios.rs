@@ -1,5 +1,8 @@
 //! App controller scenarios against the mock API server: one test per behaviour.
 
+mod conflicts;
+mod optional_children;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
@@ -7,9 +10,11 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
     jiff::Timestamp,
 };
-use kube::runtime::{
-    controller::Action,
-    events::{Recorder, Reporter},
+use kube::{
+    api::ObjectMeta,
+    core::PartialObjectMetaExt,
+    runtime::{controller::Action, events::Reporter, watcher::Event},
+    Resource,
 };
 use serde_json::{json, Value};
 
@@ -19,6 +24,7 @@ use crate::{
         conditions, reasons, Autoscaling, ServiceConfig, ServiceType, WasmApp, WasmAppSpec,
         WasmAppStatus,
     },
+    events::Recorder,
     fixtures::{finish, mock_client, Step},
     metrics::Metrics,
     names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
@@ -30,17 +36,72 @@ const SERVICE: &str = "/api/v1/namespaces/apps/services/hello";
 const HPA: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers/hello";
 const IMAGE: &str = "docker.io/wasmkube/hello-http:latest";
 
-fn context() -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
+/// A child kind the controller's stores can hold.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Deployment,
+    Service,
+    Hpa,
+}
+
+/// Deployment, Service: what a running app has.
+const RUNNING: &[Kind] = &[Kind::Deployment, Kind::Service];
+
+/// Metadata of the child "hello" controlled by `app` (uid `<kind>-uid`).
+fn child_meta(app: &WasmApp, kind: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some("hello".into()),
+        namespace: Some("apps".into()),
+        uid: Some(format!("{kind}-uid")),
+        owner_references: app.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A context whose child stores hold `children` of `app`, as the controller's watches would.
+fn context(app: &WasmApp, children: &[Kind]) -> (Arc<Context>, crate::fixtures::ApiServerVerifier) {
     let (client, verifier) = mock_client();
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_string(),
         instance: None,
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    (
-        Arc::new(Context::new(client, recorder, Metrics::default())),
-        verifier,
-    )
+    let ctx = Context::new(client, recorder, Metrics::default());
+    let mut w = ctx.take_child_writers().expect("writers");
+    for kind in children {
+        let meta = child_meta(app, &format!("{kind:?}").to_lowercase());
+        match kind {
+            Kind::Deployment => w
+                .deployments
+                .apply_watcher_event(&Event::Apply(meta.into_response_partial())),
+            Kind::Service => w
+                .services
+                .apply_watcher_event(&Event::Apply(meta.into_response_partial())),
+            Kind::Hpa => w
+                .autoscalers
+                .apply_watcher_event(&Event::Apply(meta.into_response_partial())),
+        }
+    }
+    (Arc::new(ctx), verifier)
+}
+
+/// The metadata GET of a child (the ownership check of a name the stores do not hold as ours).
+fn get_meta(path: &str) -> Step {
+    Step::get(path)
+}
+
+/// A metadata answer: `meta` as a `PartialObjectMetadata`.
+fn meta_reply(meta: ObjectMeta) -> Value {
+    serde_json::to_value(meta.into_response_partial::<k8s_openapi::api::apps::v1::Deployment>())
+        .expect("json")
+}
+
+/// A delete of `path` that only deletes the object `uid`.
+fn delete_exactly(path: &str, uid: &'static str) -> Step {
+    Step::delete(path).body(move |b| {
+        assert_eq!(b["propagationPolicy"], "Background", "delete propagation");
+        assert_eq!(b["preconditions"]["uid"], uid, "delete precondition in {b}");
+    })
 }
 
 fn app(spec: WasmAppSpec, generation: i64, status: Option<WasmAppStatus>) -> WasmApp {
@@ -164,8 +225,12 @@ fn apply_status(app: &WasmApp) -> Step {
     })
 }
 
-async fn run_reconcile(app: WasmApp, steps: Vec<Step>) -> (Result<Action, Error>, Vec<Value>) {
-    let (ctx, verifier) = context();
+async fn run_reconcile(
+    app: WasmApp,
+    children: &[Kind],
+    steps: Vec<Step>,
+) -> (Result<Action, Error>, Vec<Value>) {
+    let (ctx, verifier) = context(&app, children);
     let task = verifier.run(steps);
     let result = reconcile(Arc::new(app), ctx.clone()).await;
     drop(ctx);
@@ -188,6 +253,9 @@ fn built_deployment(
 async fn create_applies_deployment_and_service_then_status_and_event() {
     let a = app(spec(), 1, None);
     let steps = vec![
+        // A new app: its names are checked before anything is written.
+        get_meta(DEPLOYMENT).not_found(),
+        get_meta(SERVICE).not_found(),
         Step::apply(DEPLOYMENT)
             .body(|b| {
                 assert_eq!(b["apiVersion"], "apps/v1");
@@ -204,7 +272,14 @@ async fn create_applies_deployment_and_service_then_status_and_event() {
                 assert_eq!(pod["containers"][0]["image"], IMAGE);
                 assert_eq!(
                     pod["containers"][0]["env"][0],
-                    json!({"name": "WASMKUBE_HTTP_ADDR", "value": "0.0.0.0:8080"})
+                    json!({"name": "WASMKUBE_HTTP_ADDR", "value": "[::]:8080"})
+                );
+                assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
+                assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+                assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+                assert_eq!(
+                    pod["containers"][0]["securityContext"]["capabilities"]["drop"],
+                    json!(["ALL"])
                 );
                 assert!(b.get("status").is_none(), "apply never sends status");
             })
@@ -237,7 +312,7 @@ async fn create_applies_deployment_and_service_then_status_and_event() {
             assert_eq!(b["regarding"]["name"], "hello");
         }),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, &[], steps).await;
     assert_eq!(
         result.expect("reconcile"),
         Action::requeue(Duration::from_secs(300))
@@ -265,7 +340,7 @@ async fn update_reapplies_with_new_image_without_created_event() {
             assert_eq!(cond(b, "Progressing")["status"], "True");
         }),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     result.expect("reconcile");
 }
 
@@ -286,112 +361,7 @@ async fn scale_sets_deployment_replicas_and_reports_counts() {
             assert_eq!(cond(b, "Ready")["message"], "2/5 replicas ready");
         }),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
-    result.expect("reconcile");
-}
-
-#[tokio::test]
-async fn autoscaling_on_applies_hpa_and_leaves_replicas_to_it() {
-    let mut s = with_cpu(spec());
-    s.autoscaling = Some(Autoscaling {
-        min_replicas: 2,
-        max_replicas: 8,
-        target_cpu_utilization_percentage: 60,
-    });
-    let a = app(s, 2, Some(old_status(true, 1)));
-    let steps = vec![
-        // Turning autoscaling on: the running count (3) is first applied by the hand-over
-        // manager, so leaving the field out of our apply does not reset it to 1.
-        Step::get(DEPLOYMENT).reply(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "hello", "namespace": "apps"},
-            "spec": {"replicas": 3, "selector": {}, "template": {}},
-        })),
-        Step::apply_as(HANDOVER_FIELD_MANAGER, DEPLOYMENT).body(|b| {
-            assert_eq!(
-                b,
-                &json!({
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": "hello"},
-                    "spec": {"replicas": 3},
-                })
-            );
-        }),
-        Step::apply(DEPLOYMENT)
-            .body(|b| {
-                assert!(
-                    b["spec"].get("replicas").is_none(),
-                    "the HPA owns spec.replicas: {b}"
-                );
-                assert_eq!(
-                    b["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
-                    "100m"
-                );
-            })
-            .reply(built_deployment(&a, 2, 2, 2, 2)),
-        Step::apply(SERVICE),
-        Step::apply(HPA).body(|b| {
-            assert_eq!(b["apiVersion"], "autoscaling/v2");
-            assert_eq!(
-                b["spec"]["scaleTargetRef"],
-                json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "hello"})
-            );
-            assert_eq!(b["spec"]["minReplicas"], 2);
-            assert_eq!(b["spec"]["maxReplicas"], 8);
-            assert_eq!(
-                b["spec"]["metrics"][0]["resource"]["target"],
-                json!({"type": "Utilization", "averageUtilization": 60})
-            );
-            assert_eq!(b["metadata"]["ownerReferences"][0]["name"], "hello");
-        }),
-        apply_status(&a).body(|b| {
-            assert_eq!(b["status"]["autoscalerName"], "hello");
-            assert_eq!(b["status"]["replicas"], 2);
-            assert_eq!(cond(b, "Ready")["status"], "True");
-        }),
-    ];
-    let (result, _) = run_reconcile(a, steps).await;
-    result.expect("reconcile");
-}
-
-#[tokio::test]
-async fn autoscaling_off_deletes_the_stale_hpa() {
-    let mut old = old_status(true, 1);
-    old.autoscaler_name = Some("hello".to_string());
-    let a = app(spec(), 2, Some(old));
-    let steps = vec![
-        Step::apply(DEPLOYMENT)
-            .body(|b| assert_eq!(b["spec"]["replicas"], 1, "replicas back under our control"))
-            .reply(built_deployment(&a, 2, 2, 1, 1)),
-        Step::apply(SERVICE),
-        Step::delete(HPA).reply(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-        Step::event("apps", "Normal", reasons::AUTOSCALER_REMOVED),
-        apply_status(&a).body(|b| {
-            assert!(b["status"].get("autoscalerName").is_none(), "{b}");
-            assert_eq!(b["status"]["observedGeneration"], 2);
-        }),
-    ];
-    let (result, _) = run_reconcile(a, steps).await;
-    result.expect("reconcile");
-}
-
-#[tokio::test]
-async fn service_type_none_deletes_the_service_and_tolerates_404() {
-    let mut s = spec();
-    s.service = Some(ServiceConfig {
-        type_: ServiceType::None,
-        ..ServiceConfig::default()
-    });
-    let a = app(s, 2, Some(old_status(true, 1)));
-    let steps = vec![
-        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 2, 2, 1, 1)),
-        Step::delete(SERVICE).not_found(),
-        apply_status(&a).body(|b| {
-            assert!(b["status"].get("serviceName").is_none());
-            assert!(b["status"].get("url").is_none());
-        }),
-    ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     result.expect("reconcile");
 }
 
@@ -412,7 +382,7 @@ async fn invalid_spec_becomes_degraded_without_children_or_error() {
         Step::event("apps", "Warning", reasons::INVALID_SPEC)
             .body(|b| assert!(b["note"].as_str().is_some_and(|n| n.contains("hello.v1")))),
     ];
-    let (result, bodies) = run_reconcile(a.clone(), steps).await;
+    let (result, bodies) = run_reconcile(a.clone(), &[], steps).await;
     assert_eq!(
         result.expect("no error, no crash loop"),
         Action::await_change()
@@ -422,7 +392,7 @@ async fn invalid_spec_becomes_degraded_without_children_or_error() {
     let status: WasmAppStatus =
         serde_json::from_value(bodies[0]["status"].clone()).expect("status");
     a.status = Some(status);
-    let (result, _) = run_reconcile(a, vec![]).await;
+    let (result, _) = run_reconcile(a, &[], vec![]).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
 }
 
@@ -447,25 +417,25 @@ async fn deployment_becoming_ready_sets_ready_and_records_event() {
         Step::event("apps", "Normal", reasons::BECAME_READY)
             .body(|b| assert_eq!(b["note"], "1/1 replicas ready")),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     result.expect("reconcile");
 }
 
 #[tokio::test]
-async fn steady_state_sends_only_the_applies() {
+async fn steady_state_sends_only_the_applies_no_ownership_gets() {
     let a = app(spec(), 1, Some(old_status(true, 1)));
     let steps = vec![
         Step::apply(DEPLOYMENT).reply(built_deployment(&a, 1, 1, 1, 1)),
         Step::apply(SERVICE),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     result.expect("reconcile");
 }
 
 #[tokio::test]
 async fn api_errors_requeue_with_backoff() {
     let a = app(spec(), 1, None);
-    let (ctx, verifier) = context();
+    let (ctx, verifier) = context(&a, RUNNING);
     let task = verifier.run(vec![Step::apply(DEPLOYMENT).fail(500, "InternalError")]);
     let arc = Arc::new(a);
     let err = reconcile(arc.clone(), ctx.clone())
@@ -501,7 +471,7 @@ async fn a_refused_child_turns_ready_false_with_the_api_message() {
         }),
         Step::event("apps", "Warning", reasons::APPLY_FAILED),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     let err = result.expect_err("the refusal still fails the reconcile (retried with back-off)");
     assert_eq!(err.metric_label(), "api");
 }
@@ -515,7 +485,7 @@ async fn a_refusal_already_in_status_is_not_reported_again() {
         Step::apply(DEPLOYMENT).reply(built_deployment(&a, 2, 2, 1, 1)),
         Step::apply(SERVICE).fail(422, "Invalid"),
     ];
-    let (result, _) = run_reconcile(a, steps).await;
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
     assert!(result.is_err());
 }
 

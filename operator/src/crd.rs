@@ -9,11 +9,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition},
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub mod image;
+mod validate;
+
+pub use validate::{is_dns1035_label, is_qualified_name};
 
 /// Default container (and wasi:http) port.
 pub const DEFAULT_TARGET_PORT: i32 = 8080;
@@ -44,6 +49,9 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The API server refused a child object (admission, immutable field, port in use).
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// A child's name is taken by an object this WasmApp does not control: never adopted,
+    /// never deleted.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     // Events only
@@ -119,6 +127,12 @@ pub struct WasmAppSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
 
+    /// When the kubelet pulls the image. Default as in a Pod: `Always` for a `:latest` or
+    /// untagged image without a digest, `IfNotPresent` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "image_pull_policy_schema")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
     /// Desired replicas (default 1). Ignored while `autoscaling` is set: the HPA owns the count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
@@ -173,6 +187,33 @@ pub struct WasmAppSpec {
     /// Horizontal autoscaling on CPU; when set, an HPA owns the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+}
+
+/// A container's `imagePullPolicy`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The field's schema: the enum alone. schemars would add `null` to the enum for an `Option`,
+/// which the API server refuses; an absent field already means "unset".
+fn image_pull_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Always", "IfNotPresent", "Never"],
+    })
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
 }
 
 /// Service type: the Kubernetes ones, or `None` for no Service at all.
@@ -367,138 +408,18 @@ impl WasmAppSpec {
         self.service.clone().unwrap_or_default()
     }
 
+    /// The pull policy in effect: the one set, or Kubernetes' default for the image.
+    pub fn image_pull_policy(&self) -> ImagePullPolicy {
+        self.image_pull_policy
+            .unwrap_or_else(|| image::default_pull_policy(&self.image))
+    }
+
     /// The port the app listens on.
     pub fn target_port(&self) -> i32 {
         self.service
             .as_ref()
             .map_or(DEFAULT_TARGET_PORT, |s| s.target_port)
     }
-
-    /// Rules the CRD schema cannot express. Each entry is a human-readable problem.
-    pub fn validate(&self, name: &str) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
-        if self.service_config().type_ != ServiceType::None && !is_dns1035_label(name) {
-            problems.push(format!(
-                "name {name:?} cannot name a Service: it must be a DNS-1035 label (lower-case \
-                 letters, digits and '-', starting with a letter, at most 63 characters); \
-                 rename the WasmApp or set service.type: None"
-            ));
-        } else if name.len() > 63 {
-            problems.push(format!(
-                "name {name:?} is longer than 63 characters and cannot be a label value"
-            ));
-        }
-        if self.image.trim() != self.image || self.image.contains(char::is_whitespace) {
-            problems.push(format!("image {:?} contains whitespace", self.image));
-        } else if self.image.chars().any(|c| c.is_ascii_uppercase())
-            && !self.image.contains('@')
-            && image_repository(&self.image)
-                .chars()
-                .any(|c| c.is_ascii_uppercase())
-        {
-            problems.push(format!(
-                "image {:?}: repository names must be lower-case",
-                self.image
-            ));
-        }
-        for key in self.node_selector.keys() {
-            if !is_qualified_name(key) {
-                problems.push(format!("nodeSelector key {key:?} is not a valid label key"));
-            }
-        }
-        if let Some(a) = &self.autoscaling {
-            if a.min_replicas > a.max_replicas {
-                problems.push(format!(
-                    "autoscaling.minReplicas ({}) exceeds maxReplicas ({})",
-                    a.min_replicas, a.max_replicas
-                ));
-            }
-            let has_cpu =
-                |m: Option<&BTreeMap<String, Quantity>>| m.is_some_and(|m| m.contains_key("cpu"));
-            let r = self.resources.as_ref();
-            if !has_cpu(r.and_then(|r| r.requests.as_ref()))
-                && !has_cpu(r.and_then(|r| r.limits.as_ref()))
-            {
-                problems.push(
-                    "autoscaling on CPU needs resources.requests.cpu (or limits.cpu)".to_string(),
-                );
-            }
-        }
-        let port = self.target_port();
-        if let Some(probes) = &self.probes {
-            for (which, p) in [
-                ("liveness", &probes.liveness),
-                ("readiness", &probes.readiness),
-                ("startup", &probes.startup),
-            ] {
-                if let Some(p) = p {
-                    if !p.path.starts_with('/') {
-                        problems.push(format!("probes.{which}.path must start with '/'"));
-                    }
-                    if p.port.is_some_and(|p| p != port) {
-                        problems.push(format!(
-                            "probes.{which}.port {} differs from the app's port {port}: a wasm \
-                             app serves one port",
-                            p.port.unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    }
-}
-
-/// The repository part of an image reference (without tag or digest).
-fn image_repository(image: &str) -> &str {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    match without_digest.rfind(':') {
-        Some(i) if !without_digest[i..].contains('/') => &without_digest[..i],
-        _ => without_digest,
-    }
-}
-
-/// RFC 1035 label: what a Service name must be.
-pub fn is_dns1035_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-/// A label key: optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
-pub fn is_qualified_name(s: &str) -> bool {
-    let (prefix, name) = match s.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|part| {
-                !part.is_empty()
-                    && part.starts_with(|c: char| c.is_ascii_alphanumeric())
-                    && part.ends_with(|c: char| c.is_ascii_alphanumeric())
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            })
-    });
-    name_ok && prefix_ok
 }
 
 /// The CustomResourceDefinition, as the API server gets it.

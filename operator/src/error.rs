@@ -19,6 +19,10 @@ pub enum Error {
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
 
+    /// A watch cache the reconcile depends on is gone.
+    #[error("cache: {0}")]
+    Cache(&'static str),
+
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(String),
@@ -34,6 +38,7 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::Serialization(_) => "serialization",
             Error::Lease(_) => "lease",
+            Error::Cache(_) => "cache",
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Step {
     check: Option<BodyCheck>,
     status: StatusCode,
     reply: Reply,
+    /// `path` is a prefix (generated names).
+    path_prefix: bool,
 }
 
 enum Reply {
@@ -42,6 +44,7 @@ impl Step {
             check: None,
             status: StatusCode::OK,
             reply: Reply::Echo,
+            path_prefix: false,
         }
     }
 
@@ -67,6 +70,30 @@ impl Step {
     /// A GET of `path`.
     pub fn get(path: &str) -> Self {
         Step::new(Method::GET, path)
+    }
+
+    /// A JSON merge patch of `path`.
+    pub fn merge_patch(path: &str) -> Self {
+        let mut s = Step::new(Method::PATCH, path);
+        s.content_type = Some("application/merge-patch+json");
+        s
+    }
+
+    /// A POST to `path` (a create, or a subresource such as `eviction`).
+    pub fn post(path: &str) -> Self {
+        Step::new(Method::POST, path)
+    }
+
+    /// Accepts any path that starts with the given one (objects with generated names).
+    pub fn under(mut self) -> Self {
+        self.path_prefix = true;
+        self
+    }
+
+    /// Expects this query parameter (decoded).
+    pub fn query(mut self, key: &str, value: &str) -> Self {
+        self.query.insert(key.to_string(), value.to_string());
+        self
     }
 
     /// A delete of `path` (background propagation).
@@ -128,13 +155,36 @@ impl Step {
     }
 }
 
+/// `%XX` and `+` decoded (query values such as field selectors arrive encoded).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv.to_string(), String::new()),
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(kv), String::new()),
         })
         .collect()
 }
@@ -165,7 +215,15 @@ impl ApiServerVerifier {
                 let uri = request.uri().clone();
                 let what = format!("step {i}: {} {uri}", request.method());
                 assert_eq!(request.method(), step.method, "{what}");
-                assert_eq!(uri.path(), step.path, "{what}");
+                if step.path_prefix {
+                    assert!(
+                        uri.path().starts_with(&step.path),
+                        "{what}: under {}",
+                        step.path
+                    );
+                } else {
+                    assert_eq!(uri.path(), step.path, "{what}");
+                }
                 assert_eq!(parse_query(uri.query()), step.query, "{what}: query");
                 if let Some(ct) = step.content_type {
                     assert_eq!(

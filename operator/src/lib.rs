@@ -4,18 +4,26 @@
 pub mod app_controller;
 pub mod backoff;
 pub mod builders;
+pub mod cluster_objects;
 pub mod crd;
+pub mod drain;
 mod error;
 pub mod events;
 pub mod installer_result;
+pub mod installer_runs;
 pub mod leader;
+pub mod listen;
 pub mod metrics;
 pub mod names;
 pub mod node_controller;
+pub mod node_state;
+pub mod pod_index;
+pub mod rollout;
 pub mod run;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod watch_health;
 
 #[cfg(test)]
 mod app_scenarios;

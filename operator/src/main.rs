@@ -2,12 +2,11 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wasmkube_operator::{
     builders::installer::{daemonset, runtime_class, InstallerAction, InstallerConfig},
     crd,
+    drain::DrainPolicy,
     names::{self, installer},
     run::{run, RunConfig},
     telemetry::{self, LogFormat},
@@ -40,8 +39,8 @@ struct RunArgs {
     /// Identity in the leader Lease and in Events
     #[arg(long, env = "POD_NAME", default_value = "wasmkube-operator")]
     pod_name: String,
-    /// Address of /metrics, /healthz and /readyz
-    #[arg(long, env = "WASMKUBE_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz (`[::]` takes IPv4 too; IPv4 only without IPv6)
+    #[arg(long, env = "WASMKUBE_LISTEN", default_value = "[::]:8080")]
     listen: SocketAddr,
     /// Compete for the leader Lease before writing anything
     #[arg(long, env = "WASMKUBE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -61,9 +60,18 @@ struct RunArgs {
     /// containerd restart mode passed to the installer (auto, systemd, none)
     #[arg(long, env = "WASMKUBE_INSTALLER_RESTART", default_value = "auto")]
     installer_restart: String,
-    /// Nodes provisioned at once during an installer rollout: a number or a percentage
-    #[arg(long, env = "WASMKUBE_INSTALLER_MAX_UNAVAILABLE", default_value = "1")]
-    installer_max_unavailable: String,
+    /// Nodes that install (and restart containerd) at once: the opt-in rollout's slots and the
+    /// installer DaemonSets' maxUnavailable. k3s/rke2 servers go one at a time regardless
+    #[arg(long, env = "WASMKUBE_MAX_CONCURRENT_INSTALLS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_installs: u16,
+    /// PriorityClass of the installer pods (manifests/ ships wasmkube-node-critical)
+    #[arg(long, env = "WASMKUBE_INSTALLER_PRIORITY_CLASS", default_value = names::INSTALLER_PRIORITY_CLASS)]
+    installer_priority_class: String,
+    /// Wasm pods on a node being opted out: `evict` them (PodDisruptionBudgets honoured) or
+    /// `wait` until their owners move them
+    #[arg(long, env = "WASMKUBE_DRAIN", default_value = "evict")]
+    drain: DrainPolicy,
     /// Log format
     #[arg(long, env = "WASMKUBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -76,28 +84,15 @@ struct RunArgs {
     log_filter: String,
 }
 
-fn int_or_string(s: &str) -> anyhow::Result<IntOrString> {
-    if let Some(pct) = s.strip_suffix('%') {
-        let n: u32 = pct
-            .parse()
-            .with_context(|| format!("bad percentage {s:?}"))?;
-        anyhow::ensure!((1..=100).contains(&n), "percentage {s:?} must be 1%..100%");
-        Ok(IntOrString::String(s.to_string()))
-    } else {
-        let n: i32 = s.parse().with_context(|| format!("bad number {s:?}"))?;
-        anyhow::ensure!(n >= 1, "maxUnavailable must be at least 1");
-        Ok(IntOrString::Int(n))
-    }
-}
-
 fn installer_config(args: &RunArgs) -> anyhow::Result<InstallerConfig> {
     Ok(InstallerConfig {
         namespace: args.namespace.clone(),
         image: args.installer_image.clone(),
         shim_path: args.installer_shim.clone(),
         restart: args.installer_restart.clone(),
-        max_unavailable: int_or_string(&args.installer_max_unavailable)
-            .context("--installer-max-unavailable")?,
+        max_concurrent_installs: args.max_concurrent_installs,
+        priority_class: args.installer_priority_class.clone(),
+        drain: args.drain,
     })
 }
 

@@ -1,14 +1,22 @@
-//! Prometheus metrics (prometheus-client): reconciles, errors by kind, reconcile duration.
+//! Prometheus metrics (prometheus-client): reconciles, errors by kind, reconcile duration,
+//! watch health.
 
 use std::time::Instant;
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+        MetricType,
+    },
     registry::Registry,
 };
 
-use crate::Error;
+use crate::{watch_health::WatchHealth, Error};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -23,6 +31,12 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The name given to [`crate::watch_health::observe`].
+    pub watch: &'static str,
+}
+
 /// The operator's metrics, registered under the `wasmkube_operator` prefix.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +45,8 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// The controllers' watches (also what `/readyz` checks), exported at each scrape.
+    pub watches: WatchHealth,
 }
 
 impl Default for Metrics {
@@ -42,6 +58,7 @@ impl Default for Metrics {
                 Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             }),
             leader: Gauge::default(),
+            watches: WatchHealth::default(),
         }
     }
 }
@@ -66,6 +83,7 @@ impl Metrics {
             self.duration.clone(),
         );
         r.register("leader", "1 while this replica leads", self.leader.clone());
+        r.register_collector(Box::new(WatchCollector(self.watches.clone())));
         self
     }
 
@@ -104,6 +122,43 @@ impl Drop for ReconcileTimer {
     }
 }
 
+/// `watch_healthy` and `watch_errors_total` by watch, read from [`WatchHealth`] at each scrape
+/// (a failing watch recovers by keeping quiet, which no event would set a gauge for).
+#[derive(Debug)]
+struct WatchCollector(WatchHealth);
+
+impl Collector for WatchCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let watches = self.0.statuses();
+        if watches.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut healthy = encoder.encode_descriptor(
+                "watch_healthy",
+                "1 while a watch has listed and is not failing",
+                None,
+                MetricType::Gauge,
+            )?;
+            for w in &watches {
+                let labels = WatchLabels { watch: w.name };
+                ConstGauge::new(i64::from(w.healthy())).encode(healthy.encode_family(&labels)?)?;
+            }
+        }
+        let mut errors = encoder.encode_descriptor(
+            "watch_errors",
+            "Errors of a watch (list, watch start, watch)",
+            None,
+            MetricType::Counter,
+        )?;
+        for w in &watches {
+            let labels = WatchLabels { watch: w.name };
+            ConstCounter::new(w.errors).encode(errors.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +183,27 @@ mod tests {
             out.contains(
                 "wasmkube_operator_reconcile_duration_seconds_count{controller=\"app\"} 1"
             ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("watch_healthy"),
+            "no watches, no series: {out}"
+        );
+    }
+
+    #[test]
+    fn watch_health_is_exported() {
+        let mut registry = Registry::default();
+        let m = Metrics::default().register(&mut registry);
+        m.watches.register("apps");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        assert!(
+            out.contains("wasmkube_operator_watch_healthy{watch=\"apps\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wasmkube_operator_watch_errors_total{watch=\"apps\"} 0"),
             "{out}"
         );
     }

@@ -17,18 +17,32 @@ pub const RUNTIME_HANDLER: &str = "wasmkube";
 
 /// Node opt-in: an annotation (or a label) with this key and the value `"true"`.
 pub const WASM_NODE: &str = "wasmkube.dev/wasm-node";
-/// Node state label: `pending` / `ready` / `failed` / `removing`.
+/// Node state label: `queued` / `pending` / `ready` / `failed` / `draining` / `removing`.
 pub const RUNTIME_LABEL: &str = "wasmkube.dev/runtime";
 /// Installed shim: `<version>@sha256:<hex>`.
 pub const SHIM_VERSION_ANNOTATION: &str = "wasmkube.dev/shim-version";
 /// Why the last install or uninstall failed (the installer's message).
 pub const RUNTIME_REASON_ANNOTATION: &str = "wasmkube.dev/runtime-reason";
+/// When the node entered its current run (`queued`, `pending`, `draining`, `removing`), RFC 3339
+/// in seconds: installer results from pods created before it are stale and never used, and the
+/// rollout queue is served in this order.
+pub const RUNTIME_SINCE_ANNOTATION: &str = "wasmkube.dev/runtime-since";
+/// Taint (effect `NoSchedule`) on a node being opted out, while its wasm pods drain and the
+/// runtime is uninstalled.
+pub const REMOVING_TAINT: &str = "wasmkube.dev/runtime-removing";
+/// The installer pods' PriorityClass (shipped in manifests/; see operator/README.md for why not
+/// `system-node-critical`).
+pub const INSTALLER_PRIORITY_CLASS: &str = "wasmkube-node-critical";
 
-/// Values of [`RUNTIME_LABEL`].
+/// Values of [`RUNTIME_LABEL`] (the node lifecycle is in operator/README.md).
 pub mod runtime_state {
+    /// Opted in, waiting for a rollout slot (`--max-concurrent-installs`).
+    pub const QUEUED: &str = "queued";
     pub const PENDING: &str = "pending";
     pub const READY: &str = "ready";
     pub const FAILED: &str = "failed";
+    /// Opted out: tainted, wasm pods being evicted (or waited for) before the uninstall.
+    pub const DRAINING: &str = "draining";
     pub const REMOVING: &str = "removing";
 }
 

@@ -1,20 +1,23 @@
-//! The node controller: opt-in → `runtime=pending` → installer result → `ready` / `failed`;
-//! opt-out → `removing` → uninstaller result → labels and annotations removed.
+//! The node controller: runs the lifecycle of [`crate::node_state`] on every node.
 //!
 //! The node's `wasmkube.dev/runtime` label is what the two installer DaemonSets select on, so
 //! moving the label is how this controller runs `install` or `uninstall` on a node; it learns the
-//! outcome from the installer pod's init-container termination message on that node.
+//! outcome from the installer pod's init-container termination message on that node. Opt-in is
+//! rate-limited by [`crate::rollout`]; opt-out taints and drains first ([`crate::drain`]).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::{Future, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::{channel::mpsc, Future, StreamExt};
+use k8s_openapi::{
+    api::core::v1::{Node, Pod},
+    jiff::Timestamp,
+};
 use kube::{
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::{
         controller::{Action, Controller},
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher, Predicate, PredicateConfig, WatchStreamExt,
@@ -26,27 +29,28 @@ use tracing::{info, warn};
 
 use crate::{
     backoff::ErrorBackoff,
-    builders::installer::{self as build, InstallerAction, InstallerConfig},
-    installer_result::{pod_outcome_by, Outcome, INSTALLER_TIMEOUT},
+    builders::installer::{self as build, InstallerConfig},
+    drain,
+    events::Recorder,
+    installer_runs::{current_outcome, RunLookup},
     metrics::Metrics,
     names::{
-        labels, runtime_state, FIELD_MANAGER, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
-        SHIM_VERSION_ANNOTATION, WASM_NODE,
+        runtime_state::*, FIELD_MANAGER, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
+        RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION,
     },
+    node_state::{decide, opted_in, reasons, NodeEvent, NodeRuntime, Observed},
+    pod_index::PodIndex,
+    rollout::{admit, Candidate, Overlay},
     Error, Result,
 };
 
-const CONTROLLER: &str = "node";
+pub use crate::cluster_objects::{ensure_cluster_objects, keep_cluster_objects};
 
-/// Event reasons on Nodes.
-pub mod reasons {
-    pub const PROVISIONING: &str = "WasmRuntimeProvisioning";
-    pub const READY: &str = "WasmRuntimeReady";
-    pub const INSTALL_FAILED: &str = "WasmRuntimeInstallFailed";
-    pub const REMOVING: &str = "WasmRuntimeRemoving";
-    pub const REMOVED: &str = "WasmRuntimeRemoved";
-    pub const UNINSTALL_FAILED: &str = "WasmRuntimeUninstallFailed";
-}
+const CONTROLLER: &str = "node";
+/// How often a draining node looks at its wasm pods again.
+const DRAIN_POLL: Duration = Duration::from_secs(5);
+/// A queued node's fallback re-check (slot releases trigger it at once).
+const QUEUE_POLL: Duration = Duration::from_secs(30);
 
 /// What the node reconciler needs.
 pub struct Context {
@@ -54,160 +58,17 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub backoff: ErrorBackoff<String>,
-    /// Pods of both installer DaemonSets (kept by a reflector).
-    pub installer_pods: Store<Pod>,
+    /// Pods of both installer DaemonSets, by node.
+    pub installer_pods: PodIndex,
+    /// Every node's metadata (the rollout counts slots over it).
+    pub nodes: Store<PartialObjectMeta<Node>>,
     pub installer: InstallerConfig,
-}
-
-/// The three node fields this controller owns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeRuntime {
-    pub state: Option<String>,
-    pub shim_version: Option<String>,
-    pub reason: Option<String>,
-}
-
-impl NodeRuntime {
-    pub fn of(node: &PartialObjectMeta<Node>) -> Self {
-        NodeRuntime {
-            state: node.labels().get(RUNTIME_LABEL).cloned(),
-            shim_version: node.annotations().get(SHIM_VERSION_ANNOTATION).cloned(),
-            reason: node.annotations().get(RUNTIME_REASON_ANNOTATION).cloned(),
-        }
-    }
-
-    fn state(state: &str) -> Self {
-        NodeRuntime {
-            state: Some(state.to_string()),
-            ..NodeRuntime::default()
-        }
-    }
-}
-
-/// Whether a node asked for the wasm runtime (annotation, or a label for clouds that drop
-/// annotations when they re-create nodes).
-pub fn opted_in(node: &PartialObjectMeta<Node>) -> bool {
-    node.annotations().get(WASM_NODE).map(String::as_str) == Some("true")
-        || node.labels().get(WASM_NODE).map(String::as_str) == Some("true")
-}
-
-/// An Event to record with a transition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeEvent {
-    pub type_: EventType,
-    pub reason: &'static str,
-    pub note: String,
-}
-
-fn event(type_: EventType, reason: &'static str, note: String) -> Option<NodeEvent> {
-    Some(NodeEvent {
-        type_,
-        reason,
-        note,
-    })
-}
-
-/// The decision table. `install` / `uninstall` are the outcomes of this node's installer pods.
-pub fn decide(
-    opted_in: bool,
-    current: &NodeRuntime,
-    install: Option<&Outcome>,
-    uninstall: Option<&Outcome>,
-) -> (NodeRuntime, Option<NodeEvent>) {
-    use runtime_state::*;
-    let state = current.state.as_deref();
-    match (opted_in, state) {
-        (true, Some(PENDING | READY | FAILED)) => match install {
-            Some(Outcome::Installed { shim_version }) => {
-                let next = NodeRuntime {
-                    state: Some(READY.to_string()),
-                    shim_version: Some(shim_version.clone()),
-                    reason: None,
-                };
-                let ev = (state != Some(READY)
-                    || current.shim_version.as_ref() != Some(shim_version))
-                .then(|| NodeEvent {
-                    type_: EventType::Normal,
-                    reason: reasons::READY,
-                    note: format!("wasm runtime installed: shim {shim_version}"),
-                });
-                (next, ev)
-            }
-            Some(Outcome::Failed { message }) => {
-                let next = NodeRuntime {
-                    state: Some(FAILED.to_string()),
-                    shim_version: current.shim_version.clone(),
-                    reason: Some(message.clone()),
-                };
-                let ev = (state != Some(FAILED) || current.reason.as_ref() != Some(message)).then(
-                    || NodeEvent {
-                        type_: EventType::Warning,
-                        reason: reasons::INSTALL_FAILED,
-                        note: format!("wasm runtime install failed (retrying): {message}"),
-                    },
-                );
-                (next, ev)
-            }
-            // An install pod never reports "uninstalled"; nothing finished yet otherwise.
-            Some(Outcome::Uninstalled) | None => (current.clone(), None),
-        },
-        (true, _) => (
-            NodeRuntime::state(PENDING),
-            event(
-                EventType::Normal,
-                reasons::PROVISIONING,
-                "node opted in to wasm workloads; installing the wasmkube runtime".to_string(),
-            ),
-        ),
-        (false, None) => (current.clone(), None),
-        (false, Some(REMOVING)) => match uninstall {
-            Some(Outcome::Uninstalled) => (
-                NodeRuntime::default(),
-                event(
-                    EventType::Normal,
-                    reasons::REMOVED,
-                    "wasmkube runtime uninstalled".to_string(),
-                ),
-            ),
-            Some(Outcome::Failed { message }) => {
-                let next = NodeRuntime {
-                    reason: Some(message.clone()),
-                    ..current.clone()
-                };
-                let ev = (current.reason.as_ref() != Some(message)).then(|| NodeEvent {
-                    type_: EventType::Warning,
-                    reason: reasons::UNINSTALL_FAILED,
-                    note: format!("wasm runtime uninstall failed (retrying): {message}"),
-                });
-                (next, ev)
-            }
-            Some(Outcome::Installed { .. }) | None => (current.clone(), None),
-        },
-        (false, Some(_)) => (
-            NodeRuntime {
-                state: Some(REMOVING.to_string()),
-                shim_version: current.shim_version.clone(),
-                reason: None,
-            },
-            event(
-                EventType::Normal,
-                reasons::REMOVING,
-                "node opted out of wasm workloads; uninstalling the wasmkube runtime".to_string(),
-            ),
-        ),
-    }
-}
-
-/// The newest live installer pod of `action` on `node`.
-pub fn installer_pod(pods: &[Arc<Pod>], node: &str, action: InstallerAction) -> Option<Arc<Pod>> {
-    pods.iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.labels().get(labels::COMPONENT).map(String::as_str) == Some(action.component())
-        })
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
-        .cloned()
+    /// States we wrote that the watch may not show yet.
+    pub overlay: Overlay,
+    /// Serialises rollout decisions: two nodes never take the last slot together.
+    pub rollout_lock: tokio::sync::Mutex<()>,
+    /// Wakes the queued nodes when a slot frees.
+    pub slot_released: mpsc::UnboundedSender<()>,
 }
 
 /// The server-side apply body that makes the node carry exactly `runtime`.
@@ -224,10 +85,47 @@ pub fn node_patch(name: &str, runtime: &NodeRuntime) -> serde_json::Value {
     if let Some(r) = &runtime.reason {
         annotations.insert(RUNTIME_REASON_ANNOTATION, r);
     }
+    if let Some(s) = &runtime.since {
+        annotations.insert(RUNTIME_SINCE_ANNOTATION, s);
+    }
     if !annotations.is_empty() {
         metadata.insert("annotations".into(), json!(annotations));
     }
     json!({ "apiVersion": "v1", "kind": "Node", "metadata": metadata })
+}
+
+fn holds_slot(state: Option<&str>) -> bool {
+    matches!(state, Some(PENDING | FAILED))
+}
+
+/// Whether a rollout slot is free for `node` now.
+fn slot_free(ctx: &Context, node: &PartialObjectMeta<Node>) -> bool {
+    let me = ctx.overlay.apply(Candidate::of(node));
+    let others: Vec<Candidate> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| n.name_any() != me.name)
+        .map(|n| ctx.overlay.apply(Candidate::of(n)))
+        .collect();
+    admit(
+        &me,
+        &others,
+        usize::from(ctx.installer.max_concurrent_installs.max(1)),
+    )
+}
+
+async fn publish(ctx: &Context, node: &PartialObjectMeta<Node>, ev: NodeEvent) {
+    let event = Event {
+        type_: ev.type_,
+        reason: ev.reason.to_string(),
+        note: Some(crate::events::note(ev.note)),
+        action: "ProvisionRuntime".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &node.object_ref(&())).await {
+        warn!(error = %e, node = %node.name_any(), "cannot publish event");
+    }
 }
 
 /// One reconciliation of one Node.
@@ -238,27 +136,63 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
+    // Slots are counted over every node: never decide on a half-listed cache.
+    ctx.nodes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Cache("the node cache closed before its first list"))?;
+    let _rollout = ctx.rollout_lock.lock().await;
     let current = NodeRuntime::of(&node);
-    let pods = ctx.installer_pods.state();
-    let now = k8s_openapi::jiff::Timestamp::now();
-    // Pods without a result yet: look again when they would time out (no event will tell us).
-    let mut recheck: Option<Duration> = None;
-    let mut outcome = |action| {
-        installer_pod(&pods, &name, action).and_then(|p| {
-            pod_outcome_by(&p, now, INSTALLER_TIMEOUT)
-                .map_err(|left| recheck = Some(recheck.map_or(left, |r| r.min(left))))
-                .ok()
-        })
-    };
-    let install = outcome(InstallerAction::Install);
-    let uninstall = outcome(InstallerAction::Uninstall);
+    let now = Timestamp::now();
+    let state = current.state.as_deref();
+    let opted = opted_in(&node);
 
-    let (next, ev) = decide(
-        opted_in(&node),
-        &current,
-        install.as_ref(),
-        uninstall.as_ref(),
-    );
+    let lookup = RunLookup {
+        client: &ctx.client,
+        namespace: &ctx.installer.namespace,
+        pods: ctx.installer_pods.on_node(&name),
+        current: &current,
+        now,
+    };
+    let mut seen = Observed {
+        opted_in: opted,
+        now: Timestamp::from_second(now.as_second())
+            .unwrap_or(now)
+            .to_string(),
+        ..Observed::default()
+    };
+    let mut recheck: Option<Duration> = None;
+    let mut stuck_pod: Option<String> = None;
+    if opted && matches!(state, Some(PENDING | READY | FAILED)) {
+        let run = current_outcome(&lookup, build::InstallerAction::Install).await;
+        recheck = run.recheck;
+        stuck_pod = run.timed_out_pod;
+        seen.install = run.outcome;
+    }
+    if !opted && state == Some(REMOVING) {
+        let run = current_outcome(&lookup, build::InstallerAction::Uninstall).await;
+        recheck = run.recheck;
+        seen.uninstall = run.outcome;
+    }
+    if opted && !matches!(state, Some(PENDING | READY | FAILED)) {
+        seen.slot_free = slot_free(&ctx, &node);
+    }
+    let mut drain_blocked = Vec::new();
+    if !opted && state == Some(DRAINING) {
+        let progress = drain::drain(&ctx.client, &name, ctx.installer.drain).await?;
+        seen.drained = progress.remaining.is_empty();
+        if !seen.drained {
+            info!(node = %name, remaining = ?progress.remaining, "waiting for wasm pods to leave");
+        }
+        drain_blocked = progress.blocked;
+    }
+
+    let (next, ev) = decide(&current, &seen);
+    if next.tainted() != current.tainted() {
+        // The taint goes on before the label says draining, and comes off before the label
+        // leaves removing: a failure in between is retried from the old state.
+        drain::set_taint(&ctx.client, &name, next.tainted()).await?;
+    }
     if next != current {
         info!(node = %name, from = ?current.state, to = ?next.state, "node runtime state");
         let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -269,24 +203,39 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
                 &Patch::Apply(node_patch(&name, &next)),
             )
             .await?;
-    }
-    if let Some(ev) = ev {
-        let event = Event {
-            type_: ev.type_,
-            reason: ev.reason.to_string(),
-            note: Some(crate::events::note(ev.note)),
-            action: "ProvisionRuntime".to_string(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &node.object_ref(&())).await {
-            warn!(error = %e, node = %name, "cannot publish event");
+        ctx.overlay.wrote(&name, next.state.as_deref());
+        if holds_slot(state) && !holds_slot(next.state.as_deref()) {
+            let _ = ctx.slot_released.unbounded_send(());
         }
     }
+    if let Some(ev) = ev {
+        let timed_out = ev.reason == reasons::INSTALL_FAILED;
+        publish(&ctx, &node, ev).await;
+        // A hung installer is not retried by kubelet: a fresh pod from the DaemonSet is.
+        if let (true, Some(pod)) = (timed_out, stuck_pod) {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.installer.namespace);
+            match pods.delete(&pod, &DeleteParams::background()).await {
+                Ok(_) => info!(node = %name, %pod, "deleted the hung installer pod for a retry"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => warn!(node = %name, %pod, error = %e, "cannot delete hung installer pod"),
+            }
+        }
+    }
+    if !drain_blocked.is_empty() {
+        let ev = NodeEvent {
+            type_: EventType::Warning,
+            reason: reasons::DRAIN_BLOCKED,
+            note: format!("eviction refused: {}", drain_blocked.join("; ")),
+        };
+        publish(&ctx, &node, ev).await;
+    }
     ctx.backoff.reset(&name);
-    // Pod and node changes trigger us; only a silent installer needs a timer.
-    Ok(match recheck {
-        Some(left) => Action::requeue(left + Duration::from_secs(1)),
-        None => Action::await_change(),
+    Ok(match (next.state.as_deref(), recheck) {
+        (Some(DRAINING), _) => Action::requeue(DRAIN_POLL),
+        (_, Some(left)) => Action::requeue(left + Duration::from_secs(1)),
+        (Some(QUEUED), None) => Action::requeue(QUEUE_POLL),
+        // Pod and node changes trigger us otherwise.
+        _ => Action::await_change(),
     })
 }
 
@@ -301,82 +250,6 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-/// Applies the installer DaemonSets and the RuntimeClass (server-side apply, idempotent).
-pub async fn ensure_cluster_objects(client: &Client, cfg: &InstallerConfig) -> Result<()> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
-        Api::namespaced(client.clone(), &cfg.namespace);
-    for action in [InstallerAction::Uninstall, InstallerAction::Install] {
-        let ds = build::daemonset(cfg, action);
-        daemonsets
-            .patch(action.daemonset_name(), &pp, &Patch::Apply(&ds))
-            .await?;
-    }
-    let classes: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(client.clone());
-    classes
-        .patch(
-            crate::names::RUNTIME_CLASS,
-            &pp,
-            &Patch::Apply(&build::runtime_class()),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Keeps the DaemonSets and the RuntimeClass as built: applies them now and again whenever
-/// someone changes or deletes them, until `shutdown` resolves.
-pub async fn keep_cluster_objects(
-    client: Client,
-    cfg: InstallerConfig,
-    metrics: Metrics,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    tokio::select! {
-        () = shutdown => {}
-        () = keep_cluster_objects_loop(client, cfg, metrics) => {}
-    }
-}
-
-async fn keep_cluster_objects_loop(client: Client, cfg: InstallerConfig, metrics: Metrics) {
-    let ds_api: Api<PartialObjectMeta<k8s_openapi::api::apps::v1::DaemonSet>> =
-        Api::namespaced(client.clone(), &cfg.namespace);
-    let rc_api: Api<PartialObjectMeta<k8s_openapi::api::node::v1::RuntimeClass>> =
-        Api::all(client.clone());
-    let ds_events = watcher(
-        ds_api,
-        watcher::Config::default().labels(&build::all_pods_selector()),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let rc_events = watcher(
-        rc_api,
-        watcher::Config::default()
-            .fields(&format!("metadata.name={}", crate::names::RUNTIME_CLASS)),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let mut triggers = Box::pin(futures::stream::select(ds_events, rc_events));
-    let backoff = ErrorBackoff::default();
-    loop {
-        match ensure_cluster_objects(&client, &cfg).await {
-            Ok(()) => backoff.reset(&()),
-            Err(e) => {
-                metrics.error("cluster", &e);
-                let delay = backoff.next_delay(());
-                warn!(error = %e, ?delay, "cannot apply installer DaemonSets / RuntimeClass");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        }
-        // Wait for a change (our own no-op applies do not produce one), then coalesce a burst.
-        if triggers.next().await.is_none() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Some(Some(())) = futures::FutureExt::now_or_never(triggers.next()) {}
-    }
-}
-
 /// Runs the node controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -385,43 +258,88 @@ pub async fn run(
     installer: InstallerConfig,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    // Metadata only: a node's labels and annotations are all we read, and full Node objects
-    // (image lists, status) are large.
-    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
     let (node_reader, node_writer) = reflector::store();
-    let node_stream = watcher(nodes, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(node_writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::labels.combine(predicates::annotations),
-            PredicateConfig::default(),
-        );
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &installer.namespace);
-    let (pod_reader, pod_writer) = reflector::store();
-    let pod_stream = watcher(
-        pods,
-        watcher::Config::default().labels(&build::all_pods_selector()),
-    )
-    .default_backoff()
-    .reflect(pod_writer)
-    .touched_objects();
-
+    let (slot_tx, slot_rx) = mpsc::unbounded();
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         recorder,
         metrics,
         backoff: ErrorBackoff::default(),
-        installer_pods: pod_reader,
+        installer_pods: PodIndex::default(),
+        nodes: node_reader.clone(),
         installer,
+        overlay: Overlay::default(),
+        rollout_lock: tokio::sync::Mutex::new(()),
+        slot_released: slot_tx.clone(),
     });
-    Controller::for_stream(node_stream, node_reader)
+
+    // Metadata only: a node's labels and annotations are all we read, and full Node objects
+    // (image lists, status) are large.
+    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+    let health = ctx.metrics.watches.clone();
+    let node_stream = crate::watch_health::observe(
+        watcher(nodes, watcher::Config::default().any_semantic()),
+        health.clone(),
+        "nodes",
+    )
+    .default_backoff()
+    .reflect(node_writer)
+    .inspect({
+        let ctx = ctx.clone();
+        move |event| {
+            if let Ok(watcher::Event::Delete(node)) = event {
+                let name = node.name_any();
+                ctx.overlay.forget(&name);
+                ctx.backoff.forget(&name);
+                if holds_slot(node.labels().get(RUNTIME_LABEL).map(String::as_str)) {
+                    let _ = slot_tx.unbounded_send(());
+                }
+            }
+        }
+    })
+    .applied_objects()
+    .predicate_filter(
+        predicates::labels.combine(predicates::annotations),
+        PredicateConfig::default(),
+    );
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ctx.installer.namespace);
+    let index = ctx.installer_pods.clone();
+    let pod_stream = crate::watch_health::observe(
+        watcher(
+            pods,
+            watcher::Config::default().labels(&build::all_pods_selector()),
+        ),
+        health,
+        "installer-pods",
+    )
+    .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            index.apply(event);
+        }
+    })
+    .touched_objects();
+
+    // A freed slot wakes every queued node (each checks its place in the queue).
+    let queued = slot_rx.flat_map(move |()| {
+        futures::stream::iter(
+            node_reader
+                .state()
+                .iter()
+                .filter(|n| n.labels().get(RUNTIME_LABEL).map(String::as_str) == Some(QUEUED))
+                .map(|n| ObjectRef::from_obj(n.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+    });
+
+    Controller::for_stream(node_stream, ctx.nodes.clone())
         .watches_stream(pod_stream, |pod: Pod| {
             pod.spec
                 .and_then(|s| s.node_name)
                 .map(|n| ObjectRef::<PartialObjectMeta<Node>>::new(&n))
         })
+        .reconcile_on(queued)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -435,89 +353,24 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime_state::*;
-
-    fn rt(state: Option<&str>, shim: Option<&str>, reason: Option<&str>) -> NodeRuntime {
-        NodeRuntime {
-            state: state.map(String::from),
-            shim_version: shim.map(String::from),
-            reason: reason.map(String::from),
-        }
-    }
-
-    fn installed(v: &str) -> Outcome {
-        Outcome::Installed {
-            shim_version: v.to_string(),
-        }
-    }
-
-    fn failed(m: &str) -> Outcome {
-        Outcome::Failed {
-            message: m.to_string(),
-        }
-    }
-
-    #[test]
-    fn decision_table() {
-        // opt-in → pending
-        let (n, e) = decide(true, &rt(None, None, None), None, None);
-        assert_eq!(n, rt(Some(PENDING), None, None));
-        assert_eq!(e.map(|e| e.reason), Some(reasons::PROVISIONING));
-        // pending, installer still running → unchanged
-        let cur = rt(Some(PENDING), None, None);
-        assert_eq!(decide(true, &cur, None, None), (cur.clone(), None));
-        // pending + installed → ready with version
-        let (n, e) = decide(true, &cur, Some(&installed("0.1.0@sha256:ab")), None);
-        assert_eq!(n, rt(Some(READY), Some("0.1.0@sha256:ab"), None));
-        assert_eq!(e.map(|e| e.reason), Some(reasons::READY));
-        // ready + same result → nothing
-        let (n2, e) = decide(true, &n, Some(&installed("0.1.0@sha256:ab")), None);
-        assert_eq!((n2, e), (n.clone(), None));
-        // pending + failed → failed with reason, then a retry's success → ready without reason
-        let (f, e) = decide(true, &cur, Some(&failed("no config")), None);
-        assert_eq!(f, rt(Some(FAILED), None, Some("no config")));
-        assert_eq!(
-            e.map(|e| (e.type_, e.reason)),
-            Some((EventType::Warning, reasons::INSTALL_FAILED))
-        );
-        let (r, _) = decide(true, &f, Some(&installed("v")), None);
-        assert_eq!(r, rt(Some(READY), Some("v"), None));
-        // opt-out from ready → removing, keeping the version
-        let (rm, e) = decide(false, &n, Some(&installed("0.1.0@sha256:ab")), None);
-        assert_eq!(rm, rt(Some(REMOVING), Some("0.1.0@sha256:ab"), None));
-        assert_eq!(e.map(|e| e.reason), Some(reasons::REMOVING));
-        // removing + uninstalled → clean
-        let (clean, e) = decide(false, &rm, None, Some(&Outcome::Uninstalled));
-        assert_eq!(clean, NodeRuntime::default());
-        assert_eq!(e.map(|e| e.reason), Some(reasons::REMOVED));
-        // removing + failed → stays removing (so it retries), reason recorded once
-        let (rf, e) = decide(false, &rm, None, Some(&failed("busy")));
-        assert_eq!(
-            rf,
-            rt(Some(REMOVING), Some("0.1.0@sha256:ab"), Some("busy"))
-        );
-        assert!(e.is_some());
-        assert_eq!(decide(false, &rf, None, Some(&failed("busy"))).1, None);
-        // re-opt-in while removing → pending again
-        assert_eq!(
-            decide(true, &rm, None, None).0,
-            rt(Some(PENDING), None, None)
-        );
-        // never opted in → untouched
-        assert_eq!(
-            decide(false, &NodeRuntime::default(), None, None),
-            (NodeRuntime::default(), None)
-        );
-    }
 
     #[test]
     fn patch_bodies() {
+        let rt = NodeRuntime {
+            state: Some(READY.into()),
+            shim_version: Some("v".into()),
+            reason: None,
+            since: Some("2026-11-25T10:00:00Z".into()),
+        };
         assert_eq!(
-            node_patch("n1", &rt(Some(READY), Some("v"), None)),
+            node_patch("n1", &rt),
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {
                 "name": "n1",
                 "labels": {"wasmkube.dev/runtime": "ready"},
-                "annotations": {"wasmkube.dev/shim-version": "v"}
+                "annotations": {
+                    "wasmkube.dev/shim-version": "v",
+                    "wasmkube.dev/runtime-since": "2026-11-25T10:00:00Z"
+                }
             }})
         );
         assert_eq!(

@@ -2,17 +2,14 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use kube::{
-    runtime::events::{Recorder, Reporter},
-    Client,
-};
+use kube::{runtime::events::Reporter, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::{
-    app_controller, builders::installer::InstallerConfig, leader::Leadership, metrics::Metrics,
-    names, node_controller, server,
+    app_controller, builders::installer::InstallerConfig, events::Recorder, leader::Leadership,
+    metrics::Metrics, names, node_controller, server,
 };
 
 /// Settings of a running operator.
@@ -55,9 +52,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let mut registry = Registry::default();
     let metrics = Metrics::default().register(&mut registry);
-    let health = server::Health::new(registry);
+    // `/readyz` also checks the watches the leader's controllers register there.
+    let health = server::Health::new(registry, metrics.watches.clone());
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let listener = crate::listen::bind(cfg.listen).await?;
     info!(addr = %cfg.listen, "serving /metrics, /healthz, /readyz");
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = |rx: &watch::Receiver<bool>| {
@@ -81,7 +79,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    // A standby is healthy and ready: it is doing its job, which is to wait.
+    // A standby is healthy and ready: it is doing its job, which is to wait. It registers no
+    // watches, so its readiness stays this flag.
     health.set_ready(true);
 
     let mut result = Ok(());

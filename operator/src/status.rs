@@ -213,6 +213,20 @@ pub fn apply_failed(app: &WasmApp, message: &str, now: &Time) -> WasmAppStatus {
     )
 }
 
+/// Status of an app one of whose children's names is taken by an object it does not control
+/// (created by hand, by another controller, or left by an earlier WasmApp of the same name):
+/// nothing is applied or deleted, `Ready=False` and `Degraded=True` name the object and its
+/// owner until someone resolves it.
+pub fn child_conflict(app: &WasmApp, message: &str, now: &Time) -> WasmAppStatus {
+    not_applied(
+        app,
+        reasons::CHILD_CONFLICT,
+        message,
+        "a child's name is taken by an object this WasmApp does not own; rename or remove it",
+        now,
+    )
+}
+
 fn not_applied(
     app: &WasmApp,
     reason: &str,
@@ -399,6 +413,49 @@ mod tests {
         };
         let s = from_deployment(&app(None), &dep(0, zero), Children::default(), &now(1));
         assert_eq!(get(&s, "Ready"), ("True", reasons::SCALED_TO_ZERO));
+    }
+
+    #[test]
+    fn child_conflict_is_degraded_and_not_ready() {
+        let ready = from_deployment(
+            &app(None),
+            &dep(
+                1,
+                DeploymentStatus {
+                    observed_generation: Some(4),
+                    replicas: Some(1),
+                    updated_replicas: Some(1),
+                    ready_replicas: Some(1),
+                    available_replicas: Some(1),
+                    ..Default::default()
+                },
+            ),
+            Children {
+                service_name: Some("hello".into()),
+                ..Children::default()
+            },
+            &now(1),
+        );
+        assert!(ready.is_true("Ready"));
+        let msg = "Service /hello exists and is not owned by WasmApp hello (it has no controller)";
+        let s = child_conflict(&app(Some(ready)), msg, &now(5));
+        assert_eq!(get(&s, "Ready"), ("False", reasons::CHILD_CONFLICT));
+        assert_eq!(get(&s, "Degraded"), ("True", reasons::CHILD_CONFLICT));
+        assert_eq!(get(&s, "Progressing"), ("False", reasons::CHILD_CONFLICT));
+        assert_eq!(
+            s.condition("Degraded").map(|c| c.message.as_str()),
+            Some(msg)
+        );
+        assert_eq!(
+            s.condition("Ready").map(|c| c.message.clone()),
+            Some(format!("not applied: {msg}"))
+        );
+        assert_eq!(
+            s.condition("Ready").map(|c| c.last_transition_time.clone()),
+            Some(now(5)),
+            "Ready flipped"
+        );
+        assert_eq!(s.service_name.as_deref(), Some("hello"), "the rest is kept");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The checked-in CRD matches the Rust types, is structural, and keeps its key parts.
 
 use serde_json::{json, Value};
-use wasmkube_operator::crd::{crd, crd_yaml};
+use wasmkube_operator::crd::{crd, crd_yaml, ImagePullPolicy};
 
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/wasmapp.yaml");
 
@@ -129,6 +129,7 @@ fn schema_pin() {
             "autoscaling",
             "env",
             "image",
+            "imagePullPolicy",
             "imagePullSecrets",
             "nodeSelector",
             "probes",
@@ -140,6 +141,20 @@ fn schema_pin() {
         ]
     );
     assert_eq!(p["image"]["minLength"], 1);
+    assert_eq!(
+        p["imagePullPolicy"]["enum"],
+        json!(["Always", "IfNotPresent", "Never"])
+    );
+    assert_eq!(p["imagePullPolicy"]["type"], "string");
+    for value in p["imagePullPolicy"]["enum"].as_array().expect("enum") {
+        let policy: ImagePullPolicy =
+            serde_json::from_value(value.clone()).expect("every schema value parses");
+        assert_eq!(policy.as_str(), value, "and is what the container gets");
+    }
+    assert!(
+        p["imagePullPolicy"].get("default").is_none(),
+        "no schema default: unset means Kubernetes' rule for the image's tag"
+    );
     assert_eq!(p["replicas"]["minimum"], 0.0);
     assert_eq!(p["replicas"]["maximum"], 10000.0);
     assert_eq!(

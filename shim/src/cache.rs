@@ -57,6 +57,20 @@ impl CacheKey {
     }
 }
 
+/// Whether this process may use the cache directory `dir`: read, write and search it with its
+/// effective ids and capabilities (a non-root container process may not: the directory is
+/// root's, mode 0700).
+pub fn usable(dir: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{Access, AtFlags};
+    rustix::fs::accessat(
+        dir,
+        ".",
+        Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
 /// The cache directory.
 #[derive(Clone, Copy)]
 pub struct ArtifactCache<'a> {

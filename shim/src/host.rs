@@ -41,6 +41,35 @@ pub fn cache_dir_path() -> Option<PathBuf> {
     }
 }
 
+/// Creates (mode 0700) or opens the cache directory `path`, which must belong to this process's
+/// user; a group or world bit on it is removed. Only processes that may write it use it (see
+/// [`crate::cache::usable`]), so a non-root container neither reads nor leaves artefacts there.
+pub fn prepare_cache_dir(path: &std::path::Path) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let fd = open_dir(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let stat =
+        rustix::fs::fstat(&fd).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let me = rustix::process::geteuid();
+    if stat.st_uid != me.as_raw() {
+        return Err(format!(
+            "{} belongs to uid {}, not to the shim's uid {}",
+            path.display(),
+            stat.st_uid,
+            me.as_raw()
+        ));
+    }
+    if stat.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+    }
+    Ok(fd)
+}
+
 /// Opens (creating if needed) the cache directory, and the host cgroupfs (a container on a
 /// cgroup v1 host often has an empty `/sys/fs/cgroup`, so its memory limit is only readable
 /// from here). Failures only disable caching or limit detection.
@@ -48,20 +77,10 @@ pub fn open_host_handles() {
     CGROUP_DIR.get_or_init(|| open_dir(std::path::Path::new(CGROUP_ROOT)).ok());
     CACHE_DIR.get_or_init(|| {
         let path = cache_dir_path()?;
-        if let Err(err) = std::fs::create_dir_all(&path) {
-            tracing::warn!(
-                "compiled-module cache disabled: cannot create {}: {err}",
-                path.display()
-            );
-            return None;
-        }
-        match open_dir(&path) {
+        match prepare_cache_dir(&path) {
             Ok(fd) => Some(fd),
             Err(err) => {
-                tracing::warn!(
-                    "compiled-module cache disabled: cannot open {}: {err}",
-                    path.display()
-                );
+                tracing::warn!("compiled-module cache disabled: {err}");
                 None
             }
         }
@@ -82,4 +101,50 @@ pub fn cgroup_dir() -> Option<BorrowedFd<'static>> {
         .get()
         .and_then(|fd| fd.as_ref())
         .map(|fd| fd.as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_cache_dir_is_created_private_and_made_private() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fresh = tmp.path().join("a/cache");
+        prepare_cache_dir(&fresh).expect("created");
+        assert_eq!(mode(&fresh), 0o700);
+
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).expect("mkdir");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        prepare_cache_dir(&loose).expect("tightened");
+        assert_eq!(
+            mode(&loose),
+            0o700,
+            "a 0755 cache from an earlier shim is made private"
+        );
+    }
+
+    #[test]
+    fn a_cache_dir_of_another_user_is_refused() {
+        wasmkube_test_harness::skip_unless!((!rustix::process::geteuid().is_root())
+            .then(|| "root (to chown a directory to another user)".to_string()));
+        let tmp = tempfile::tempdir().expect("tmp");
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::os::unix::fs::chown(&theirs, Some(65532), Some(65532)).expect("chown");
+        let err = prepare_cache_dir(&theirs).expect_err("refused");
+        assert!(err.contains("belongs to uid 65532"), "{err}");
+        assert_eq!(
+            std::fs::metadata(&theirs).expect("stat").uid(),
+            65532,
+            "left alone"
+        );
+    }
 }

@@ -76,10 +76,11 @@ pub async fn serve(
         cfg: cfg.clone(),
     });
 
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = crate::listen::bind(addr)
+        .and_then(TcpListener::from_std)
         .map_err(|e| listen_err(e.to_string()))?;
-    eprintln!("wasmkube: serving wasi:http on http://{addr}");
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("wasmkube: serving wasi:http on http://{bound}");
 
     let graceful = GracefulShutdown::new();
     let stopped = stop.clone().wait();

@@ -4,7 +4,8 @@
 //! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime and loads code through
 //! [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
 //! [`memory`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into
-//! store limits, WASI preopens and epoch interruption.
+//! store limits, WASI preopens and epoch interruption; [`privileges`] gives the guest process
+//! the capabilities an exec would have left it; [`listen`] binds the wasi:http socket.
 
 pub mod cache;
 pub mod command;
@@ -12,8 +13,10 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod listen;
 pub mod memory;
 pub mod preopens;
+pub mod privileges;
 pub mod shim;
 pub mod state;
 pub mod stop;

@@ -24,8 +24,18 @@ impl Shim for WasmkubeShim {
 }
 
 /// Runs one wasm container (the guest process inside the container's namespaces).
-#[derive(Default)]
 pub struct WasmkubeSandbox;
+
+/// runwasi makes the sandbox in the container's init process, after libcontainer switched to
+/// the spec's user and before the first thread starts (the async runtime comes up right after,
+/// for `can_handle`): the one point where a capability change reaches every thread the guest
+/// will run on. See [`crate::privileges`].
+impl Default for WasmkubeSandbox {
+    fn default() -> Self {
+        crate::privileges::drop_for_guest();
+        WasmkubeSandbox
+    }
+}
 
 impl Sandbox for WasmkubeSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
@@ -48,6 +58,11 @@ impl Sandbox for WasmkubeSandbox {
 }
 
 async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
+    if let Some(why) = crate::privileges::drop_failure() {
+        return Err(ShimError::Setup(format!(
+            "cannot lower the guest's capabilities to what an exec would leave: {why}"
+        )));
+    }
     let entry = ctx.entrypoint();
     let (what, bytes) = match &entry.source {
         Source::File(path) => {
@@ -82,7 +97,11 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
     };
     let cfg = GuestConfig::from_context(ctx, what);
     let stop = StopSignal::install().map_err(ShimError::setup)?;
-    let cache = crate::host::cache_dir().map(crate::cache::ArtifactCache::new);
+    // Only a process that may write the host's cache directory uses it (root containers): a
+    // non-root guest neither reads other containers' artefacts nor leaves its own there.
+    let cache = crate::host::cache_dir()
+        .filter(|dir| crate::cache::usable(*dir))
+        .map(crate::cache::ArtifactCache::new);
     let (engine, program) = engine::load_with_engine(&cfg.what, &bytes, cache)?;
     drop(bytes);
     match program {

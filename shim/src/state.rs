@@ -11,8 +11,9 @@ use crate::preopens::Preopen;
 
 /// Environment variable (in the container) with the address wasi:http apps listen on.
 pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
-/// Default listen address for wasi:http apps.
-pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+/// Default listen address for wasi:http apps: every address, IPv6 and IPv4 (see
+/// [`crate::listen`]).
+pub const DEFAULT_HTTP_ADDR: &str = "[::]:8080";
 
 /// What the guest sees of its container.
 #[derive(Clone, Debug)]

@@ -182,7 +182,7 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
         ip.starts_with("10.233.77."),
         "pod IP from the CNI bridge: {ip:?}"
     );
-    // Reach the app on the pod's own loopback (the default listen address is 0.0.0.0:8080).
+    // Reach the app on the pod's own loopback (the default listen address is [::]:8080).
     let start = Instant::now();
     let body = loop {
         if let Some(b) = curl_in_netns(&netns, "http://127.0.0.1:8080/env") {
@@ -198,6 +198,15 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
     assert_eq!(
         curl_in_netns(&netns, "http://127.0.0.1:8080/x?y=1").as_deref(),
         Some("hello from wasi:http, path=/x?y=1\n")
+    );
+    // The default address is dual-stack: the pod's IPv4 address and IPv6 loopback both work.
+    assert_eq!(
+        curl_in_netns(&netns, &format!("http://{ip}:8080/v4")).as_deref(),
+        Some("hello from wasi:http, path=/v4\n")
+    );
+    assert_eq!(
+        curl_in_netns(&netns, "http://[::1]:8080/v6").as_deref(),
+        Some("hello from wasi:http, path=/v6\n")
     );
 
     // Pod deletion: StopContainer sends SIGTERM; the server drains and exits 0 well before

@@ -11,8 +11,9 @@ use k8s_openapi::{
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-            Service, ServicePort, ServiceSpec,
+            Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext,
+            PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
+            ServiceSpec,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -31,6 +32,15 @@ pub const CONTAINER_NAME: &str = "app";
 pub const PORT_NAME: &str = "http";
 /// Environment variable telling the shim where a wasi:http component listens.
 pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
+/// The uid and gid app pods run as: numeric, so the kubelet can prove `runAsNonRoot` for an
+/// image without a `USER` (a wasm image has none); 65532 is the distroless `nonroot` user.
+pub const APP_UID: i64 = 65532;
+
+/// The listen address in `WASMKUBE_HTTP_ADDR`: every address of the pod, IPv6 and (dual-stack)
+/// IPv4; the shim falls back to `0.0.0.0` on a node without IPv6.
+pub fn http_addr(port: i32) -> String {
+    format!("[::]:{port}")
+}
 
 /// Everything the operator applies for one WasmApp.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +136,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
     if !spec.env.iter().any(|e| e.name == HTTP_ADDR_ENV) {
         env.push(EnvVar {
             name: HTTP_ADDR_ENV.to_string(),
-            value: Some(format!("0.0.0.0:{port}")),
+            value: Some(http_addr(port)),
             ..EnvVar::default()
         });
     }
@@ -136,6 +146,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
     let container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy().as_str().to_string()),
         args: non_empty(&spec.args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -148,6 +159,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
         liveness_probe: probes.liveness.as_ref().map(|p| http_probe(p, port)),
         readiness_probe: probes.readiness.as_ref().map(|p| http_probe(p, port)),
         startup_probe: probes.startup.as_ref().map(|p| http_probe(p, port)),
+        security_context: Some(container_security_context()),
         ..Container::default()
     };
 
@@ -184,12 +196,42 @@ pub fn deployment(app: &WasmApp) -> Deployment {
                     // A wasm guest cannot use the API token or the service-link variables.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    security_context: Some(pod_security_context()),
                     ..PodSpec::default()
                 }),
             },
             ..DeploymentSpec::default()
         },
         status: None,
+    }
+}
+
+/// The pod-level half of the Pod Security Standards' `restricted` profile: a numeric non-root
+/// user and group, and the runtime's default seccomp profile.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(APP_UID),
+        run_as_group: Some(APP_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container-level half of `restricted`: no privilege escalation, no capabilities, and a
+/// read-only root filesystem (the shim writes nothing into the container's rootfs).
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        ..SecurityContext::default()
     }
 }
 
@@ -265,262 +307,4 @@ pub fn service_url(app: &WasmApp) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::{
-        api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration},
-        apimachinery::pkg::api::resource::Quantity,
-    };
-
-    use super::*;
-    use crate::crd::{Autoscaling, Probes, ServiceConfig, WasmAppSpec};
-
-    pub fn app(spec: WasmAppSpec) -> WasmApp {
-        let mut app = WasmApp::new("hello", spec);
-        app.metadata.namespace = Some("apps".to_string());
-        app.metadata.uid = Some("uid-1".to_string());
-        app
-    }
-
-    fn basic() -> WasmAppSpec {
-        WasmAppSpec {
-            image: "docker.io/wasmkube/hello-http:latest".to_string(),
-            ..WasmAppSpec::default()
-        }
-    }
-
-    #[test]
-    fn deployment_defaults() {
-        let d = deployment(&app(basic()));
-        let json = serde_json::to_value(&d).expect("json");
-        assert_eq!(json["metadata"]["name"], "hello");
-        assert_eq!(json["metadata"]["namespace"], "apps");
-        assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "WasmApp");
-        assert_eq!(json["metadata"]["ownerReferences"][0]["controller"], true);
-        assert_eq!(
-            json["metadata"]["labels"]["app.kubernetes.io/part-of"],
-            "wasmkube"
-        );
-        assert_eq!(
-            json["metadata"]["labels"]["app.kubernetes.io/component"],
-            "wasm-app"
-        );
-        assert_eq!(json["spec"]["replicas"], 1);
-        let pod = &json["spec"]["template"]["spec"];
-        assert_eq!(pod["runtimeClassName"], "wasmkube");
-        assert_eq!(pod["automountServiceAccountToken"], false);
-        let c = &pod["containers"][0];
-        assert_eq!(c["image"], "docker.io/wasmkube/hello-http:latest");
-        assert_eq!(c["env"][0]["name"], "WASMKUBE_HTTP_ADDR");
-        assert_eq!(c["env"][0]["value"], "0.0.0.0:8080");
-        assert_eq!(c["ports"][0]["containerPort"], 8080);
-        assert_eq!(
-            json["spec"]["selector"]["matchLabels"],
-            serde_json::json!({
-                "app.kubernetes.io/instance": "hello",
-                "app.kubernetes.io/managed-by": "wasmkube-operator",
-                "app.kubernetes.io/name": "hello"
-            })
-        );
-        assert_eq!(
-            selector_string(&app(basic())),
-            "app.kubernetes.io/instance=hello,app.kubernetes.io/managed-by=wasmkube-operator,app.kubernetes.io/name=hello"
-        );
-    }
-
-    #[test]
-    fn deployment_carries_every_pod_setting() {
-        let spec = WasmAppSpec {
-            replicas: Some(3),
-            args: vec!["--verbose".to_string()],
-            env: vec![EnvVar {
-                name: "GREETING".to_string(),
-                value: Some("hi".to_string()),
-                ..EnvVar::default()
-            }],
-            resources: Some(ResourceRequirements {
-                limits: Some(BTreeMap::from([(
-                    "memory".to_string(),
-                    Quantity("64Mi".into()),
-                )])),
-                ..ResourceRequirements::default()
-            }),
-            service: Some(ServiceConfig {
-                target_port: 3000,
-                ..ServiceConfig::default()
-            }),
-            probes: Some(Probes {
-                readiness: Some(HttpProbe {
-                    path: "/healthz".to_string(),
-                    period_seconds: Some(5),
-                    ..HttpProbe::default()
-                }),
-                ..Probes::default()
-            }),
-            node_selector: BTreeMap::from([("zone".to_string(), "a".to_string())]),
-            tolerations: vec![Toleration {
-                key: Some("wasm".to_string()),
-                operator: Some("Exists".to_string()),
-                ..Toleration::default()
-            }],
-            image_pull_secrets: vec![LocalObjectReference {
-                name: "regcred".to_string(),
-            }],
-            runtime_class_name: Some("wasmkube-debug".to_string()),
-            ..basic()
-        };
-        let json = serde_json::to_value(deployment(&app(spec))).expect("json");
-        assert_eq!(json["spec"]["replicas"], 3);
-        let pod = &json["spec"]["template"]["spec"];
-        assert_eq!(pod["runtimeClassName"], "wasmkube-debug");
-        assert_eq!(pod["nodeSelector"]["zone"], "a");
-        assert_eq!(pod["tolerations"][0]["key"], "wasm");
-        assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
-        let c = &pod["containers"][0];
-        assert_eq!(c["args"][0], "--verbose");
-        assert_eq!(c["env"][0]["value"], "0.0.0.0:3000");
-        assert_eq!(c["env"][1]["name"], "GREETING");
-        assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
-        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
-        assert_eq!(c["readinessProbe"]["httpGet"]["port"], 3000);
-        assert_eq!(c["readinessProbe"]["periodSeconds"], 5);
-        assert!(c.get("livenessProbe").is_none());
-    }
-
-    #[test]
-    fn user_http_addr_wins() {
-        let spec = WasmAppSpec {
-            env: vec![EnvVar {
-                name: HTTP_ADDR_ENV.to_string(),
-                value: Some("127.0.0.1:9000".to_string()),
-                ..EnvVar::default()
-            }],
-            ..basic()
-        };
-        let d = deployment(&app(spec));
-        let env = d
-            .spec
-            .template
-            .spec
-            .map(|p| p.containers[0].env.clone().unwrap_or_default())
-            .unwrap_or_default();
-        assert_eq!(env.len(), 1);
-        assert_eq!(env[0].value.as_deref(), Some("127.0.0.1:9000"));
-    }
-
-    #[test]
-    fn service_types() {
-        let svc = serde_json::to_value(service(&app(basic()))).expect("json");
-        assert_eq!(svc["spec"]["type"], "ClusterIP");
-        assert_eq!(svc["spec"]["ports"][0]["port"], 80);
-        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
-        assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/name"], "hello");
-        assert_eq!(
-            service_url(&app(basic())).as_deref(),
-            Some("http://hello.apps.svc")
-        );
-
-        let node_port = WasmAppSpec {
-            service: Some(ServiceConfig {
-                type_: ServiceType::NodePort,
-                port: 8080,
-                target_port: 8080,
-                node_port: Some(30080),
-            }),
-            ..basic()
-        };
-        let svc = serde_json::to_value(service(&app(node_port.clone()))).expect("json");
-        assert_eq!(svc["spec"]["type"], "NodePort");
-        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
-        assert_eq!(
-            service_url(&app(node_port)).as_deref(),
-            Some("http://hello.apps.svc:8080")
-        );
-
-        let none = WasmAppSpec {
-            service: Some(ServiceConfig {
-                type_: ServiceType::None,
-                ..ServiceConfig::default()
-            }),
-            ..basic()
-        };
-        assert!(service(&app(none.clone())).is_none());
-        assert!(service_url(&app(none)).is_none());
-    }
-
-    #[test]
-    fn autoscaling_builds_hpa_and_releases_replicas() {
-        let spec = WasmAppSpec {
-            replicas: Some(2),
-            autoscaling: Some(Autoscaling {
-                min_replicas: 2,
-                max_replicas: 10,
-                target_cpu_utilization_percentage: 70,
-            }),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "cpu".to_string(),
-                    Quantity("100m".into()),
-                )])),
-                ..ResourceRequirements::default()
-            }),
-            ..basic()
-        };
-        let objs = build(&app(spec)).expect("valid");
-        let d = serde_json::to_value(&objs.deployment).expect("json");
-        assert!(d["spec"].get("replicas").is_none(), "HPA owns replicas");
-        let hpa = serde_json::to_value(objs.autoscaler).expect("json");
-        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
-        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
-        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "hello");
-        assert_eq!(hpa["spec"]["minReplicas"], 2);
-        assert_eq!(hpa["spec"]["maxReplicas"], 10);
-        assert_eq!(
-            hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
-            70
-        );
-        assert!(build(&app(basic())).expect("valid").autoscaler.is_none());
-    }
-
-    #[test]
-    fn render_without_uid_has_no_owner() {
-        let mut a = app(basic());
-        a.metadata.uid = None;
-        assert!(deployment(&a).metadata.owner_references.is_none());
-    }
-
-    #[test]
-    fn invalid_specs_are_refused_with_a_reason() {
-        let mut a = app(basic());
-        a.metadata.name = Some("1st.app".to_string());
-        let err = build(&a).expect_err("dotted name cannot be a Service");
-        assert!(err.to_string().contains("DNS-1035"), "{err}");
-
-        let no_cpu = WasmAppSpec {
-            autoscaling: Some(Autoscaling {
-                min_replicas: 1,
-                max_replicas: 3,
-                target_cpu_utilization_percentage: 80,
-            }),
-            ..basic()
-        };
-        let err = build(&app(no_cpu)).expect_err("no cpu request");
-        assert!(err.to_string().contains("resources.requests.cpu"), "{err}");
-
-        let bad_key = WasmAppSpec {
-            node_selector: BTreeMap::from([("bad key!".to_string(), "x".to_string())]),
-            ..basic()
-        };
-        assert!(build(&app(bad_key)).is_err());
-
-        let upper = WasmAppSpec {
-            image: "docker.io/WasmKube/hello:latest".to_string(),
-            ..basic()
-        };
-        assert!(build(&app(upper)).is_err());
-        let upper_tag = WasmAppSpec {
-            image: "docker.io/wasmkube/hello:Latest".to_string(),
-            ..basic()
-        };
-        assert!(build(&app(upper_tag)).is_ok(), "tags may be upper-case");
-    }
-}
+mod tests;

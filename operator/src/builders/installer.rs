@@ -25,7 +25,10 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
-use crate::names::{self, installer, labels, runtime_state};
+use crate::{
+    drain::DrainPolicy,
+    names::{self, installer, labels, runtime_state},
+};
 
 /// What an installer DaemonSet does on its nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +91,13 @@ pub struct InstallerConfig {
     pub shim_path: Option<String>,
     /// `--restart` passed to the installer (`auto`, `systemd`, `none`).
     pub restart: String,
-    /// How many nodes restart containerd at once (a number or a percentage).
-    pub max_unavailable: IntOrString,
+    /// How many nodes install (and so restart containerd) at once: the opt-in rollout's
+    /// slots, and the DaemonSets' `maxUnavailable` for installer upgrades.
+    pub max_concurrent_installs: u16,
+    /// The installer pods' PriorityClass.
+    pub priority_class: String,
+    /// What happens to wasm pods on a node being opted out.
+    pub drain: DrainPolicy,
 }
 
 impl Default for InstallerConfig {
@@ -99,7 +107,9 @@ impl Default for InstallerConfig {
             image: installer::DEFAULT_IMAGE.to_string(),
             shim_path: None,
             restart: "auto".to_string(),
-            max_unavailable: IntOrString::Int(1),
+            max_concurrent_installs: 1,
+            priority_class: names::INSTALLER_PRIORITY_CLASS.to_string(),
+            drain: DrainPolicy::Evict,
         }
     }
 }
@@ -251,7 +261,9 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".to_string()),
                 rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(cfg.max_unavailable.clone()),
+                    max_unavailable: Some(IntOrString::Int(i32::from(
+                        cfg.max_concurrent_installs.max(1),
+                    ))),
                     ..RollingUpdateDaemonSet::default()
                 }),
             }),
@@ -264,7 +276,9 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
                     service_account_name: Some(installer::SERVICE_ACCOUNT.to_string()),
                     automount_service_account_token: Some(false),
                     host_pid: Some(true),
-                    priority_class_name: Some("system-node-critical".to_string()),
+                    // Our own class (manifests/priority-class.yaml): GKE admits
+                    // system-node-critical outside kube-system only with a ResourceQuota.
+                    priority_class_name: Some(cfg.priority_class.clone()),
                     affinity: Some(affinity),
                     tolerations: Some(tolerate_all()),
                     init_containers: Some(vec![installer]),
@@ -320,7 +334,7 @@ mod tests {
     #[test]
     fn install_daemonset_shape() {
         let cfg = InstallerConfig {
-            max_unavailable: IntOrString::String("20%".to_string()),
+            max_concurrent_installs: 3,
             shim_path: Some("/opt/wasmkube/containerd-shim-wasmkube-v1".to_string()),
             image: "registry.example/wasmkube/node-installer:v9".to_string(),
             ..InstallerConfig::default()
@@ -330,9 +344,10 @@ mod tests {
         assert_eq!(ds["metadata"]["namespace"], "wasmkube-system");
         assert_eq!(
             ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
-            "20%"
+            3
         );
         let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["priorityClassName"], "wasmkube-node-critical");
         assert_eq!(pod["hostPID"], true);
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["serviceAccountName"], "wasmkube-node-installer");

@@ -65,6 +65,11 @@ impl Cluster {
         })
     }
 
+    /// The `kubectl` binary the suite uses.
+    pub fn kubectl_path(&self) -> &std::path::Path {
+        &self.kubectl
+    }
+
     /// Runs `kubectl ARGS` in the repository root; returns stdout, fails with stderr.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl_output(args)?;

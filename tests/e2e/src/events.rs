@@ -17,3 +17,22 @@ pub async fn find(c: &Cluster, reason: &str, regarding: &str) -> Result<Option<S
         .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
         .map(|e| e.note.unwrap_or_default()))
 }
+
+/// The note of an Event with `reason` about `regarding` whose note contains `text`.
+pub async fn find_with(
+    c: &Cluster,
+    reason: &str,
+    regarding: &str,
+    text: &str,
+) -> Result<Option<String>> {
+    let events: Api<Event> = Api::all(c.client.clone());
+    let list = events
+        .list(&ListParams::default().fields(&format!("reason={reason}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
+        .filter_map(|e| e.note)
+        .find(|n| n.contains(text)))
+}

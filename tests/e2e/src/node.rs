@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{api::ListParams, Api, ResourceExt};
-use wasmkube_operator::names::{installer, labels, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION};
+use wasmkube_operator::names::{
+    installer, labels, REMOVING_TAINT, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
+    RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION, WASM_NODE,
+};
 
 use crate::wait::{within, Poll};
 use crate::Cluster;
@@ -86,4 +89,49 @@ pub fn installer_result(pod: &Pod) -> Result<serde_json::Value> {
     let message = term.message.as_deref().unwrap_or_default();
     serde_json::from_str(message)
         .with_context(|| format!("installer result is not JSON: {message}"))
+}
+
+/// Keys of the node's taints.
+pub async fn taints(c: &Cluster) -> Result<Vec<String>> {
+    let node = Api::<Node>::all(c.client.clone()).get(&c.node).await?;
+    Ok(node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect())
+}
+
+/// Waits until the node carries nothing of wasmkube's: no state label, no annotation of ours,
+/// no removal taint.
+pub async fn wait_clean(c: &Cluster, timeout: Duration) -> Result<()> {
+    within(
+        "the node to be clean (no wasmkube label, annotations or taint)",
+        timeout,
+        || async {
+            let (label, annotations) = runtime(c).await?;
+            let ours: Vec<&String> = annotations
+                .keys()
+                .filter(|k| {
+                    [
+                        SHIM_VERSION_ANNOTATION,
+                        RUNTIME_REASON_ANNOTATION,
+                        RUNTIME_SINCE_ANNOTATION,
+                        WASM_NODE,
+                    ]
+                    .contains(&k.as_str())
+                })
+                .collect();
+            let taint = taints(c).await?.iter().any(|t| t == REMOVING_TAINT);
+            Ok(if label.is_none() && ours.is_empty() && !taint {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!(
+                    "{RUNTIME_LABEL}={label:?}, annotations {ours:?}, removal taint {taint}"
+                ))
+            })
+        },
+    )
+    .await
 }

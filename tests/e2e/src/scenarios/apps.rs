@@ -1,6 +1,8 @@
 //! A WasmApp's life: served through its Service, scaled, autoscaled, validated, deleted.
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::events::v1::Event;
+
 use anyhow::{bail, ensure, Context as _, Result};
 use k8s_openapi::api::{
     apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
@@ -328,5 +330,153 @@ pub async fn refused_child_reaches_status(c: &Cluster) -> Result<()> {
     for f in &files {
         c.kubectl(&["delete", "-f", f, "--wait=true", "--timeout=60s"])?;
     }
+    Ok(())
+}
+
+/// Namespace of [`serves_under_restricted_pod_security`].
+const RESTRICTED_NS: &str = "wasmkube-e2e-restricted";
+
+/// Why pods of `ns` were refused, from the ReplicaSet controller's `FailedCreate` events.
+async fn failed_creates(c: &Cluster, ns: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(c.client.clone(), ns);
+    Ok(events
+        .list(&ListParams::default().fields("reason=FailedCreate"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect())
+}
+
+/// The example app in a fresh namespace that enforces the `restricted` Pod Security Standard:
+/// the operator's pods are admitted as they are, run (non-root, no capabilities, read-only
+/// rootfs, RuntimeDefault seccomp) and answer through their Service.
+pub async fn serves_under_restricted_pod_security(c: &Cluster) -> Result<()> {
+    let ns = RESTRICTED_NS;
+    c.kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    c.kubectl(&["create", "namespace", ns])?;
+    c.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ])?;
+    // The namespace really enforces: a pod without a security context is refused.
+    let (ok, _, err) = c.kubectl_output(&[
+        "run",
+        "e2e-unrestricted",
+        "-n",
+        ns,
+        "--image=docker.io/wasmkube/hello-http:0.1.0",
+        "--restart=Never",
+        "--dry-run=server",
+    ])?;
+    ensure!(
+        !ok && err.contains("violates PodSecurity"),
+        "the namespace does not enforce restricted (is PodSecurity admission on?): {err}"
+    );
+
+    let example = std::fs::read_to_string(c.repo.join(EXAMPLE))
+        .with_context(|| format!("reading {EXAMPLE}"))?;
+    let manifest = example.replace(&format!("namespace: {NS}"), &format!("namespace: {ns}"));
+    ensure!(
+        manifest.contains(ns),
+        "{EXAMPLE} names no namespace to replace"
+    );
+    let dir = std::env::temp_dir().join(format!("wk-e2e-restricted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("wasmapp.yaml");
+    std::fs::write(&file, manifest)?;
+    c.kubectl(&["apply", "-f", &file.to_string_lossy()])?;
+
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), ns);
+    within(
+        "the app to be Ready in the restricted namespace",
+        Duration::from_secs(180),
+        || async {
+            let refused = failed_creates(c, ns).await?;
+            if let Some(why) = refused.iter().find(|n| n.contains("PodSecurity")) {
+                bail!("Pod Security admission refused the app's pods: {why}");
+            }
+            let status = apps.get(APP).await?.status.unwrap_or_default();
+            Ok(if status.is_true("Ready") {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!(
+                    "{:?}; pod creation failures: {refused:?}",
+                    status.condition("Ready")
+                ))
+            })
+        },
+    )
+    .await?;
+    print!("{}", c.kubectl(&["get", "wapp", APP, "-n", ns])?);
+
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+    let running = pods
+        .list(&ListParams::default().labels(&selector()))
+        .await?
+        .items;
+    ensure!(!running.is_empty(), "no pods");
+    for pod in running {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let spec = pod.spec.context("pod spec")?;
+        let psc = spec.security_context.unwrap_or_default();
+        ensure!(
+            psc.run_as_user == Some(65532) && psc.run_as_non_root == Some(true),
+            "pod {name} runs as {:?} (runAsNonRoot {:?})",
+            psc.run_as_user,
+            psc.run_as_non_root
+        );
+        let sc = spec.containers[0]
+            .security_context
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            sc.read_only_root_filesystem == Some(true)
+                && sc.allow_privilege_escalation == Some(false),
+            "pod {name} container security context {sc:?}"
+        );
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        ensure!(phase == "Running", "pod {name} is {phase}");
+    }
+
+    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
+    let ip = services
+        .get(APP)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let body = within(
+        "an answer through the restricted app's Service",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                match c.http_get_from_node(&format!("http://{ip}:80/restricted")) {
+                    Ok(body) => Poll::Done(body),
+                    Err(e) => Poll::NotYet(format!("{e:#}")),
+                },
+            )
+        },
+    )
+    .await?;
+    println!("  GET http://{ip}/restricted -> {}", body.trim());
+    ensure!(
+        body.trim() == "hello from wasi:http, path=/restricted",
+        "unexpected body {body:?}"
+    );
+    let env = c.http_get_from_node(&format!("http://{ip}:80/env"))?;
+    ensure!(env.trim() == "hello from wasm", "env {env:?}");
+
+    c.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"])?;
     Ok(())
 }

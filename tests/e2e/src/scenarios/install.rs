@@ -170,7 +170,9 @@ pub async fn broken_config_fails(c: &Cluster) -> Result<()> {
             Duration::from_secs(30),
             || async {
                 Ok(
-                    match events::find(c, "WasmRuntimeInstallFailed", &c.node).await? {
+                    match events::find_with(c, "WasmRuntimeInstallFailed", &c.node, "ParseError")
+                        .await?
+                    {
                         Some(n) => Poll::Done(n),
                         None => Poll::NotYet("no event".into()),
                     },
@@ -223,6 +225,14 @@ pub async fn opt_in_provisions(c: &Cluster) -> Result<()> {
     );
     let pods = node::installer_pods(c, "install").await?;
     let pod = pods.first().context("no install pod on the node")?;
+    let spec = pod.spec.as_ref().context("install pod spec")?;
+    ensure!(
+        spec.priority_class_name.as_deref() == Some("wasmkube-node-critical")
+            && spec.priority == Some(1_000_000_000),
+        "install pod priority {:?} / {:?}",
+        spec.priority_class_name,
+        spec.priority
+    );
     let result = node::installer_result(pod)?;
     println!("  installer result: {result}");
     ensure!(result["state"] == "installed", "state {}", result["state"]);

@@ -1,17 +1,13 @@
-//! Operator and node lifecycle: leader hand-over, a broken installer image, opt-out, removal.
+//! Operator lifecycle: leader hand-over, a broken installer image, no Forbidden in the logs.
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace, core::v1::Pod};
-use kube::{api::ListParams, Api, ResourceExt};
-use wasmkube_operator::names::{
-    FIELD_MANAGER, RUNTIME_CLASS, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
-    SHIM_VERSION_ANNOTATION, WASM_NODE,
-};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, ResourceExt};
+use wasmkube_operator::names::{FIELD_MANAGER, RUNTIME_REASON_ANNOTATION};
 
 use super::install::{leader, operator_available, operator_pods, NS, OPERATOR};
-use super::{CONTAINERD_CONFIG, ORIGINAL_CONFIG};
 use crate::node;
 use crate::wait::{within, Poll};
 use crate::Cluster;
@@ -176,7 +172,7 @@ pub async fn bad_installer_image(c: &Cluster) -> Result<()> {
 }
 
 /// Container ids and restart counts of the operator's pods (ordinary runc pods).
-async fn runc_pods(c: &Cluster) -> Result<BTreeMap<String, (String, i32)>> {
+pub async fn runc_pods(c: &Cluster) -> Result<BTreeMap<String, (String, i32)>> {
     let mut out = BTreeMap::new();
     for p in operator_pods(c).await? {
         let st = p
@@ -196,53 +192,6 @@ async fn runc_pods(c: &Cluster) -> Result<BTreeMap<String, (String, i32)>> {
     Ok(out)
 }
 
-pub async fn opt_out(c: &Cluster) -> Result<()> {
-    operator_available(c, Duration::from_secs(120)).await?;
-    let before = runc_pods(c).await?;
-    c.kubectl(&["annotate", "node", &c.node, &format!("{WASM_NODE}-")])?;
-    within(
-        "the node to be clean (no wasmkube label or annotations)",
-        Duration::from_secs(240),
-        || async {
-            let (label, annotations) = node::runtime(c).await?;
-            let ours: Vec<&String> = annotations
-                .keys()
-                .filter(|k| {
-                    [
-                        SHIM_VERSION_ANNOTATION,
-                        RUNTIME_REASON_ANNOTATION,
-                        WASM_NODE,
-                    ]
-                    .contains(&k.as_str())
-                })
-                .collect();
-            Ok(if label.is_none() && ours.is_empty() {
-                Poll::Done(())
-            } else {
-                Poll::NotYet(format!("{RUNTIME_LABEL}={label:?}, annotations {ours:?}"))
-            })
-        },
-    )
-    .await?;
-    let digest = c.node_file_digest(CONTAINERD_CONFIG)?;
-    ensure!(
-        Some(&digest) == ORIGINAL_CONFIG.get(),
-        "containerd config after uninstall {digest}, before {:?}",
-        ORIGINAL_CONFIG.get()
-    );
-    let leftovers = c.node_sh(
-        "for p in /opt/wasmkube/bin/containerd-shim-wasmkube-v1 /usr/local/bin/containerd-shim-wasmkube-v1; do \
-         if [ -e \"$p\" ] || [ -L \"$p\" ]; then echo \"$p\"; fi; done",
-    )?;
-    ensure!(leftovers.trim().is_empty(), "uninstall left {leftovers}");
-    let after = runc_pods(c).await?;
-    ensure!(
-        before == after,
-        "runc pods changed across the uninstall: {before:?} -> {after:?}"
-    );
-    Ok(())
-}
-
 pub async fn no_forbidden(c: &Cluster) -> Result<()> {
     for p in operator_pods(c).await? {
         let logs = c.kubectl(&["-n", NS, "logs", &p.name_any()])?;
@@ -257,37 +206,5 @@ pub async fn no_forbidden(c: &Cluster) -> Result<()> {
             logs.lines().count()
         );
     }
-    Ok(())
-}
-
-pub async fn remove_wasmkube(c: &Cluster) -> Result<()> {
-    c.kubectl(&["delete", "-k", "manifests/", "--wait=false"])?;
-    c.kubectl(&[
-        "delete",
-        "runtimeclass",
-        RUNTIME_CLASS,
-        "--ignore-not-found",
-    ])?;
-    let namespaces: Api<Namespace> = Api::all(c.client.clone());
-    within(
-        "namespace wasmkube-system to be gone",
-        Duration::from_secs(180),
-        || async {
-            Ok(match namespaces.get_opt(NS).await? {
-                None => Poll::Done(()),
-                Some(ns) => Poll::NotYet(format!("{:?}", ns.status.and_then(|s| s.phase))),
-            })
-        },
-    )
-    .await?;
-    let pods: Api<Pod> = Api::all(c.client.clone());
-    let left = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/part-of=wasmkube"))
-        .await?;
-    ensure!(
-        left.items.is_empty(),
-        "wasmkube pods left: {}",
-        left.items.len()
-    );
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The scenarios, in the order the suite runs them (each builds on the cluster state the previous
 //! one left): install wasmkube, provision the node (after a failure), run an app, change it, hand
-//! over leadership, survive a bad installer image, opt the node out, remove wasmkube.
+//! over leadership, survive a bad installer image, opt the node out (draining a wasm pod), roll
+//! out behind a busy slot, re-opt in mid-removal, remove wasmkube with its uninstall script.
 pub mod apps;
 pub mod install;
 pub mod lifecycle;
+pub mod node_lifecycle;
 
 use crate::Runner;
 
@@ -13,6 +15,9 @@ pub fn all() -> Runner {
         .scenario("operator_installs_with_kubectl_apply_k", |c| {
             Box::pin(install::operator_installs(c))
         })
+        .scenario("pod_security_refusal_of_the_installer_is_reported", |c| {
+            Box::pin(node_lifecycle::pod_security_rejection_is_reported(c))
+        })
         .scenario("broken_containerd_config_ends_failed_with_reason", |c| {
             Box::pin(install::broken_config_fails(c))
         })
@@ -21,6 +26,9 @@ pub fn all() -> Runner {
         })
         .scenario("wasmapp_serves_http_through_its_service", |c| {
             Box::pin(apps::serves_through_service(c))
+        })
+        .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
+            Box::pin(apps::serves_under_restricted_pod_security(c))
         })
         .scenario("kubectl_scale_wapp_changes_pods", |c| {
             Box::pin(apps::scale(c))
@@ -43,14 +51,18 @@ pub fn all() -> Runner {
         .scenario("installer_pod_that_cannot_start_is_reported", |c| {
             Box::pin(lifecycle::bad_installer_image(c))
         })
-        .scenario("opt_out_uninstalls_cleanly", |c| {
-            Box::pin(lifecycle::opt_out(c))
+        .scenario("opt_out_drains_wasm_pods_then_uninstalls_cleanly", |c| {
+            Box::pin(node_lifecycle::opt_out_drains_before_uninstalling(c))
         })
+        .scenario(
+            "opt_in_waits_for_a_rollout_slot_and_survives_re_opt_in",
+            |c| Box::pin(node_lifecycle::opt_in_waits_for_a_rollout_slot(c)),
+        )
         .scenario("operator_logs_have_no_forbidden", |c| {
             Box::pin(lifecycle::no_forbidden(c))
         })
-        .scenario("kubectl_delete_k_removes_wasmkube", |c| {
-            Box::pin(lifecycle::remove_wasmkube(c))
+        .scenario("uninstall_script_opts_out_then_kubectl_delete_k", |c| {
+            Box::pin(node_lifecycle::uninstall_script_leaves_nodes_clean(c))
         })
 }
 

@@ -1,5 +1,6 @@
-//! Node controller scenarios against the mock API server: opt-in → pending → installer result →
-//! ready / failed; opt-out → removing → uninstaller result → clean; DaemonSets and RuntimeClass.
+//! Node controller scenarios against the mock API server: opt-in → queued / pending → installer
+//! result → ready / failed (stale results ignored, missing pods reported); opt-out → taint →
+//! draining (evictions) → removing → uninstaller result → clean; DaemonSets and RuntimeClass.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -13,22 +14,25 @@ use k8s_openapi::{
 use kube::{
     api::ObjectMeta,
     core::PartialObjectMeta,
-    runtime::{
-        controller::Action,
-        events::{Recorder, Reporter},
-        reflector::{self, Store},
-        watcher,
-    },
+    runtime::{controller::Action, events::Reporter, reflector, watcher},
 };
 use serde_json::json;
 
 use crate::{
     builders::installer::{pod_labels, InstallerAction, InstallerConfig},
+    drain::DrainPolicy,
+    events::Recorder,
     fixtures::{finish, mock_client, Step},
     metrics::Metrics,
-    names::{installer, FIELD_MANAGER},
-    node_controller::{ensure_cluster_objects, reasons, reconcile, Context},
+    names::{installer, FIELD_MANAGER, RUNTIME_SINCE_ANNOTATION},
+    node_controller::{ensure_cluster_objects, reconcile, Context},
+    node_state::reasons,
+    pod_index::PodIndex,
 };
+
+mod opt_out;
+mod rollout;
+mod runs;
 
 const NODE: &str = "/api/v1/nodes/worker-1";
 const INSTALLED: &str = r#"{"state":"installed","flavour":"kind","configPath":"/etc/containerd/config.toml","containerdVersion":"2.1.1","shimVersion":"0.1.0","shimSha256":"9f86d081","restarted":true,"message":"installed; containerd restarted; handler wasmkube verified"}"#;
@@ -97,15 +101,53 @@ fn pod(
     }
 }
 
-fn store(pods: Vec<Pod>) -> Store<Pod> {
-    let (reader, mut writer) = reflector::store::<Pod>();
-    for p in pods {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+/// A node named `name` (the others in the cluster).
+fn named(
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> PartialObjectMeta<Node> {
+    let mut n = node(labels, annotations);
+    n.metadata.name = Some(name.to_string());
+    n
+}
+
+/// The scenario's world: the node under test, the other nodes, the installer pods.
+struct World {
+    node: PartialObjectMeta<Node>,
+    others: Vec<PartialObjectMeta<Node>>,
+    pods: Vec<Pod>,
+    config: InstallerConfig,
+}
+
+impl World {
+    fn new(node: PartialObjectMeta<Node>) -> Self {
+        World {
+            node,
+            others: vec![],
+            pods: vec![],
+            config: InstallerConfig::default(),
+        }
     }
-    reader
+    fn pods(mut self, pods: Vec<Pod>) -> Self {
+        self.pods = pods;
+        self
+    }
+    fn others(mut self, others: Vec<PartialObjectMeta<Node>>) -> Self {
+        self.others = others;
+        self
+    }
+    fn config(mut self, config: InstallerConfig) -> Self {
+        self.config = config;
+        self
+    }
 }
 
 async fn run(node: PartialObjectMeta<Node>, pods: Vec<Pod>, steps: Vec<Step>) -> Action {
+    run_in(World::new(node).pods(pods), steps).await
+}
+
+async fn run_in(world: World, steps: Vec<Step>) -> Action {
     let (client, verifier) = mock_client();
     let recorder = Recorder::new(
         client.clone(),
@@ -114,16 +156,31 @@ async fn run(node: PartialObjectMeta<Node>, pods: Vec<Pod>, steps: Vec<Step>) ->
             instance: None,
         },
     );
+    let index = PodIndex::default();
+    for p in world.pods {
+        index.apply(&watcher::Event::Apply(p));
+    }
+    let (nodes, mut writer) = reflector::store::<PartialObjectMeta<Node>>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for n in world.others.iter().chain([&world.node]) {
+        writer.apply_watcher_event(&watcher::Event::InitApply(n.clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let (slot_released, _slots) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         client,
         recorder,
         metrics: Metrics::default(),
         backoff: Default::default(),
-        installer_pods: store(pods),
-        installer: InstallerConfig::default(),
+        installer_pods: index,
+        nodes,
+        installer: world.config,
+        overlay: Default::default(),
+        rollout_lock: tokio::sync::Mutex::new(()),
+        slot_released,
     });
     let task = verifier.run(steps);
-    let action = reconcile(Arc::new(node), ctx.clone())
+    let action = reconcile(Arc::new(world.node), ctx.clone())
         .await
         .expect("reconcile");
     drop(ctx);
@@ -131,8 +188,35 @@ async fn run(node: PartialObjectMeta<Node>, pods: Vec<Pod>, steps: Vec<Step>) ->
     action
 }
 
-/// The apply of the node's metadata, asserting exactly our labels and annotations.
+/// RFC 3339 `secs` seconds ago.
+fn ago(secs: i64) -> String {
+    Timestamp::from_second(Timestamp::now().as_second() - secs)
+        .expect("ts")
+        .to_string()
+}
+
+/// What the apply must say about `runtime-since`.
+#[derive(Clone, Copy)]
+enum Since {
+    /// A new run: a fresh timestamp.
+    New,
+    /// Unchanged from this value.
+    Kept(&'static str),
+    /// Not written.
+    Absent,
+}
+
+/// The apply of the node's metadata, asserting exactly our labels and annotations (the
+/// `runtime-since` annotation as `since` says).
 fn apply_node(labels: serde_json::Value, annotations: serde_json::Value) -> Step {
+    apply_node_since(labels, annotations, Since::Absent)
+}
+
+fn apply_node_since(
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+    since: Since,
+) -> Step {
     Step::apply(NODE)
         .body(move |b| {
             assert_eq!(b["apiVersion"], "v1");
@@ -143,16 +227,67 @@ fn apply_node(labels: serde_json::Value, annotations: serde_json::Value) -> Step
                 labels,
                 "labels in {b}"
             );
-            assert_eq!(
-                b["metadata"]
-                    .get("annotations")
-                    .cloned()
-                    .unwrap_or(json!(null)),
-                annotations,
-                "annotations in {b}"
-            );
+            let mut got = b["metadata"]
+                .get("annotations")
+                .cloned()
+                .unwrap_or(json!({}));
+            let written = got
+                .as_object_mut()
+                .and_then(|m| m.remove(RUNTIME_SINCE_ANNOTATION));
+            match since {
+                Since::New => {
+                    let t: Timestamp = written
+                        .as_ref()
+                        .and_then(|v| v.as_str())
+                        .expect("runtime-since written")
+                        .parse()
+                        .expect("RFC 3339");
+                    let age = Timestamp::now().as_second() - t.as_second();
+                    assert!((0..5).contains(&age), "runtime-since {t} is not now");
+                }
+                Since::Kept(v) => assert_eq!(written, Some(json!(v)), "runtime-since in {b}"),
+                Since::Absent => assert_eq!(written, None, "runtime-since in {b}"),
+            }
+            let want = if annotations.is_null() {
+                json!({})
+            } else {
+                annotations
+            };
+            assert_eq!(got, want, "annotations in {b}");
         })
         .reply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}}))
+}
+
+/// The GET of the full node before a taint change, answering with `taints`.
+fn get_node(taints: serde_json::Value) -> Step {
+    Step::get(NODE).reply(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "worker-1", "resourceVersion": "42"},
+        "spec": {"taints": taints}
+    }))
+}
+
+/// The taint change, with the read's resourceVersion as precondition.
+fn patch_taints(want: serde_json::Value) -> Step {
+    Step::merge_patch(NODE)
+        .body(move |b| {
+            assert_eq!(
+                b["metadata"]["resourceVersion"], "42",
+                "precondition in {b}"
+            );
+            assert_eq!(b["spec"]["taints"], want, "taints in {b}");
+        })
+        .reply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}}))
+}
+
+const REMOVAL_TAINT: &str = "wasmkube.dev/runtime-removing";
+
+fn removal_taint() -> serde_json::Value {
+    json!({"key": REMOVAL_TAINT, "value": "true", "effect": "NoSchedule"})
+}
+
+fn dedicated_taint() -> serde_json::Value {
+    json!({"key": "dedicated", "value": "wasm", "effect": "NoSchedule"})
 }
 
 fn node_event(type_: &'static str, reason: &'static str) -> Step {
@@ -166,7 +301,11 @@ fn node_event(type_: &'static str, reason: &'static str) -> Step {
 #[tokio::test]
 async fn opt_in_by_annotation_marks_pending() {
     let steps = vec![
-        apply_node(json!({"wasmkube.dev/runtime": "pending"}), json!(null)),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "pending"}),
+            json!(null),
+            Since::New,
+        ),
         node_event("Normal", reasons::PROVISIONING),
     ];
     let action = run(
@@ -181,7 +320,11 @@ async fn opt_in_by_annotation_marks_pending() {
 #[tokio::test]
 async fn opt_in_by_label_marks_pending() {
     let steps = vec![
-        apply_node(json!({"wasmkube.dev/runtime": "pending"}), json!(null)),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "pending"}),
+            json!(null),
+            Since::New,
+        ),
         node_event("Normal", reasons::PROVISIONING),
     ];
     run(
@@ -227,6 +370,8 @@ async fn an_installer_silent_past_the_timeout_fails_the_node() {
             json!({"wasmkube.dev/runtime-reason": "InstallerTimeout: installer pod inst-a has not reported after 600 s"}),
         ),
         node_event("Warning", reasons::INSTALL_FAILED),
+        // kubelet does not retry a hung init container: a fresh pod from the DaemonSet does.
+        Step::delete("/api/v1/namespaces/wasmkube-system/pods/inst-a"),
     ];
     run(n, pods, steps).await;
 }
@@ -313,7 +458,7 @@ async fn ready_node_with_same_result_sends_nothing() {
 }
 
 #[tokio::test]
-async fn opt_out_marks_removing_and_keeps_the_version_until_uninstalled() {
+async fn opt_out_taints_then_drains_keeping_the_version() {
     let n = node(
         &[("wasmkube.dev/runtime", "ready")],
         &[("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081")],
@@ -326,13 +471,18 @@ async fn opt_out_marks_removing_and_keeps_the_version_until_uninstalled() {
         false,
     )];
     let steps = vec![
-        apply_node(
-            json!({"wasmkube.dev/runtime": "removing"}),
+        // The taint first, beside the node's own taints, under a resourceVersion precondition.
+        get_node(json!([dedicated_taint()])),
+        patch_taints(json!([dedicated_taint(), removal_taint()])),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "draining"}),
             json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
+            Since::New,
         ),
-        node_event("Normal", reasons::REMOVING),
+        node_event("Normal", reasons::DRAINING),
     ];
-    run(n, pods, steps).await;
+    let action = run(n, pods, steps).await;
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
 }
 
 #[tokio::test]
@@ -364,8 +514,11 @@ async fn uninstall_result_cleans_the_node() {
         )),
         false,
     )];
-    // Applying no labels or annotations drops every field our manager owned.
+    // The taint comes off; applying no labels or annotations drops every field our manager
+    // owned.
     let steps = vec![
+        get_node(json!([removal_taint(), dedicated_taint()])),
+        patch_taints(json!([dedicated_taint()])),
         apply_node(json!(null), json!(null)),
         node_event("Normal", reasons::REMOVED),
     ];
@@ -427,6 +580,7 @@ async fn daemonsets_and_runtime_class_are_ensured() {
                     b["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
                     1
                 );
+                assert_eq!(pod["priorityClassName"], "wasmkube-node-critical");
             }),
         Step::apply("/apis/node.k8s.io/v1/runtimeclasses/wasmkube").body(|b| {
             assert_eq!(b["handler"], "wasmkube");

@@ -1,0 +1,363 @@
+//! The app builders' unit tests.
+
+use k8s_openapi::{
+    api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration},
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+use super::*;
+use crate::crd::{Autoscaling, Probes, ServiceConfig, WasmAppSpec};
+
+pub fn app(spec: WasmAppSpec) -> WasmApp {
+    let mut app = WasmApp::new("hello", spec);
+    app.metadata.namespace = Some("apps".to_string());
+    app.metadata.uid = Some("uid-1".to_string());
+    app
+}
+
+fn basic() -> WasmAppSpec {
+    WasmAppSpec {
+        image: "docker.io/wasmkube/hello-http:latest".to_string(),
+        ..WasmAppSpec::default()
+    }
+}
+
+#[test]
+fn deployment_defaults() {
+    let d = deployment(&app(basic()));
+    let json = serde_json::to_value(&d).expect("json");
+    assert_eq!(json["metadata"]["name"], "hello");
+    assert_eq!(json["metadata"]["namespace"], "apps");
+    assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "WasmApp");
+    assert_eq!(json["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        json["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "wasmkube"
+    );
+    assert_eq!(
+        json["metadata"]["labels"]["app.kubernetes.io/component"],
+        "wasm-app"
+    );
+    assert_eq!(json["spec"]["replicas"], 1);
+    let pod = &json["spec"]["template"]["spec"];
+    assert_eq!(pod["runtimeClassName"], "wasmkube");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "docker.io/wasmkube/hello-http:latest");
+    assert_eq!(c["env"][0]["name"], "WASMKUBE_HTTP_ADDR");
+    assert_eq!(c["env"][0]["value"], "[::]:8080");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        json["spec"]["selector"]["matchLabels"],
+        serde_json::json!({
+            "app.kubernetes.io/instance": "hello",
+            "app.kubernetes.io/managed-by": "wasmkube-operator",
+            "app.kubernetes.io/name": "hello"
+        })
+    );
+    assert_eq!(
+        selector_string(&app(basic())),
+        "app.kubernetes.io/instance=hello,app.kubernetes.io/managed-by=wasmkube-operator,app.kubernetes.io/name=hello"
+    );
+}
+
+#[test]
+fn deployment_carries_every_pod_setting() {
+    let spec = WasmAppSpec {
+        replicas: Some(3),
+        args: vec!["--verbose".to_string()],
+        env: vec![EnvVar {
+            name: "GREETING".to_string(),
+            value: Some("hi".to_string()),
+            ..EnvVar::default()
+        }],
+        resources: Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("64Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        service: Some(ServiceConfig {
+            target_port: 3000,
+            ..ServiceConfig::default()
+        }),
+        probes: Some(Probes {
+            readiness: Some(HttpProbe {
+                path: "/healthz".to_string(),
+                period_seconds: Some(5),
+                ..HttpProbe::default()
+            }),
+            ..Probes::default()
+        }),
+        node_selector: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        tolerations: vec![Toleration {
+            key: Some("wasm".to_string()),
+            operator: Some("Exists".to_string()),
+            ..Toleration::default()
+        }],
+        image_pull_secrets: vec![LocalObjectReference {
+            name: "regcred".to_string(),
+        }],
+        runtime_class_name: Some("wasmkube-debug".to_string()),
+        ..basic()
+    };
+    let json = serde_json::to_value(deployment(&app(spec))).expect("json");
+    assert_eq!(json["spec"]["replicas"], 3);
+    let pod = &json["spec"]["template"]["spec"];
+    assert_eq!(pod["runtimeClassName"], "wasmkube-debug");
+    assert_eq!(pod["nodeSelector"]["zone"], "a");
+    assert_eq!(pod["tolerations"][0]["key"], "wasm");
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"][0], "--verbose");
+    assert_eq!(c["env"][0]["value"], "[::]:3000");
+    assert_eq!(c["env"][1]["name"], "GREETING");
+    assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 3000);
+    assert_eq!(c["readinessProbe"]["periodSeconds"], 5);
+    assert!(c.get("livenessProbe").is_none());
+}
+
+#[test]
+fn user_http_addr_wins() {
+    let spec = WasmAppSpec {
+        env: vec![EnvVar {
+            name: HTTP_ADDR_ENV.to_string(),
+            value: Some("127.0.0.1:9000".to_string()),
+            ..EnvVar::default()
+        }],
+        ..basic()
+    };
+    let d = deployment(&app(spec));
+    let env = d
+        .spec
+        .template
+        .spec
+        .map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(env.len(), 1);
+    assert_eq!(env[0].value.as_deref(), Some("127.0.0.1:9000"));
+}
+
+#[test]
+fn service_types() {
+    let svc = serde_json::to_value(service(&app(basic()))).expect("json");
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/name"], "hello");
+    assert_eq!(
+        service_url(&app(basic())).as_deref(),
+        Some("http://hello.apps.svc")
+    );
+
+    let node_port = WasmAppSpec {
+        service: Some(ServiceConfig {
+            type_: ServiceType::NodePort,
+            port: 8080,
+            target_port: 8080,
+            node_port: Some(30080),
+        }),
+        ..basic()
+    };
+    let svc = serde_json::to_value(service(&app(node_port.clone()))).expect("json");
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+    assert_eq!(
+        service_url(&app(node_port)).as_deref(),
+        Some("http://hello.apps.svc:8080")
+    );
+
+    let none = WasmAppSpec {
+        service: Some(ServiceConfig {
+            type_: ServiceType::None,
+            ..ServiceConfig::default()
+        }),
+        ..basic()
+    };
+    assert!(service(&app(none.clone())).is_none());
+    assert!(service_url(&app(none)).is_none());
+}
+
+#[test]
+fn autoscaling_builds_hpa_and_releases_replicas() {
+    let spec = WasmAppSpec {
+        replicas: Some(2),
+        autoscaling: Some(Autoscaling {
+            min_replicas: 2,
+            max_replicas: 10,
+            target_cpu_utilization_percentage: 70,
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_string(),
+                Quantity("100m".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        ..basic()
+    };
+    let objs = build(&app(spec)).expect("valid");
+    let d = serde_json::to_value(&objs.deployment).expect("json");
+    assert!(d["spec"].get("replicas").is_none(), "HPA owns replicas");
+    let hpa = serde_json::to_value(objs.autoscaler).expect("json");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "hello");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 10);
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+    assert!(build(&app(basic())).expect("valid").autoscaler.is_none());
+}
+
+#[test]
+fn render_without_uid_has_no_owner() {
+    let mut a = app(basic());
+    a.metadata.uid = None;
+    assert!(deployment(&a).metadata.owner_references.is_none());
+}
+
+#[test]
+fn invalid_specs_are_refused_with_a_reason() {
+    let mut a = app(basic());
+    a.metadata.name = Some("1st.app".to_string());
+    let err = build(&a).expect_err("dotted name cannot be a Service");
+    assert!(err.to_string().contains("DNS-1035"), "{err}");
+
+    let no_cpu = WasmAppSpec {
+        autoscaling: Some(Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_cpu_utilization_percentage: 80,
+        }),
+        ..basic()
+    };
+    let err = build(&app(no_cpu)).expect_err("no cpu request");
+    assert!(err.to_string().contains("resources.requests.cpu"), "{err}");
+
+    let bad_key = WasmAppSpec {
+        node_selector: BTreeMap::from([("bad key!".to_string(), "x".to_string())]),
+        ..basic()
+    };
+    assert!(build(&app(bad_key)).is_err());
+
+    let upper = WasmAppSpec {
+        image: "docker.io/WasmKube/hello:latest".to_string(),
+        ..basic()
+    };
+    assert!(build(&app(upper)).is_err());
+    let upper_tag = WasmAppSpec {
+        image: "docker.io/wasmkube/hello:Latest".to_string(),
+        ..basic()
+    };
+    assert!(build(&app(upper_tag)).is_ok(), "tags may be upper-case");
+}
+
+/// The checks of the Pod Security Standards' `restricted` profile (v1.25+) that a pod template
+/// can fail, as the admission plugin applies them: a violation each, empty when it passes.
+fn restricted_violations(pod: &serde_json::Value) -> Vec<String> {
+    let mut v = Vec::new();
+    let psc = &pod["securityContext"];
+    for (i, c) in pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let sc = &c["securityContext"];
+        if sc["allowPrivilegeEscalation"] != false {
+            v.push(format!("container {i}: allowPrivilegeEscalation != false"));
+        }
+        if sc["privileged"] == true {
+            v.push(format!("container {i}: privileged"));
+        }
+        let drop = sc["capabilities"]["drop"].as_array().cloned();
+        if !drop.is_some_and(|d| d.iter().any(|x| x == "ALL")) {
+            v.push(format!("container {i}: capabilities.drop lacks ALL"));
+        }
+        let added = sc["capabilities"]["add"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if added.iter().any(|x| x != "NET_BIND_SERVICE") {
+            v.push(format!("container {i}: adds capabilities {added:?}"));
+        }
+        let non_root = sc.get("runAsNonRoot").unwrap_or(&psc["runAsNonRoot"]);
+        if non_root != true {
+            v.push(format!("container {i}: runAsNonRoot not true"));
+        }
+        let uid = sc.get("runAsUser").unwrap_or(&psc["runAsUser"]);
+        if uid == 0 {
+            v.push(format!("container {i}: runAsUser 0"));
+        }
+        let seccomp = sc.get("seccompProfile").unwrap_or(&psc["seccompProfile"]);
+        if !matches!(
+            seccomp["type"].as_str(),
+            Some("RuntimeDefault" | "Localhost")
+        ) {
+            v.push(format!("container {i}: seccompProfile {seccomp}"));
+        }
+    }
+    if pod["hostNetwork"] == true || pod["hostPID"] == true || pod["hostIPC"] == true {
+        v.push("host namespaces".to_string());
+    }
+    v
+}
+
+#[test]
+fn pods_meet_the_restricted_pod_security_standard() {
+    let json = serde_json::to_value(deployment(&app(basic()))).expect("json");
+    let pod = &json["spec"]["template"]["spec"];
+    assert_eq!(restricted_violations(pod), Vec::<String>::new(), "{pod}");
+    assert_eq!(
+        pod["securityContext"],
+        serde_json::json!({
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}
+        })
+    );
+    assert_eq!(
+        pod["containers"][0]["securityContext"],
+        serde_json::json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": true
+        })
+    );
+    // The checker itself catches what the builder must not produce.
+    let mut bare = pod.clone();
+    bare["securityContext"] = serde_json::json!({});
+    bare["containers"][0]["securityContext"] = serde_json::json!({});
+    assert_eq!(restricted_violations(&bare).len(), 4, "{bare}");
+}
+
+#[test]
+fn image_pull_policy_defaults_like_kubernetes_and_can_be_set() {
+    let policy = |spec: WasmAppSpec| {
+        let json = serde_json::to_value(deployment(&app(spec))).expect("json");
+        json["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"].clone()
+    };
+    assert_eq!(policy(basic()), "Always", ":latest");
+    let pinned = WasmAppSpec {
+        image: "docker.io/wasmkube/hello-http:0.1.0".to_string(),
+        ..basic()
+    };
+    assert_eq!(policy(pinned.clone()), "IfNotPresent");
+    let registry_port = WasmAppSpec {
+        image: "localhost:5000/hello-http".to_string(),
+        ..basic()
+    };
+    assert_eq!(policy(registry_port), "Always", "a port is not a tag");
+    let never = WasmAppSpec {
+        image_pull_policy: Some(crate::crd::ImagePullPolicy::Never),
+        ..pinned
+    };
+    assert_eq!(policy(never), "Never");
+}

@@ -1,0 +1,193 @@
+//! Which installer pod speaks for the current run: stale results, pods that never appear.
+
+use super::*;
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[tokio::test]
+async fn a_result_from_before_the_run_is_never_used() {
+    // The node re-entered pending ten seconds ago; the only install pod is from 2023 and
+    // reports a failure (a terminating pod the cache still shows, say).
+    let since = leak(ago(10));
+    let n = node(
+        &[("wasmkube.dev/runtime", "pending")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+        ],
+    );
+    let stale = pod(
+        "inst-old",
+        "worker-1",
+        InstallerAction::Install,
+        Some((1, r#"{"state":"failed","message":"stale"}"#)),
+        false,
+    );
+    let action = run(n, vec![stale], vec![]).await;
+    // Waiting for the new pod, with a timer for the case it never comes.
+    assert!(
+        format!("{action:?}").contains("requeue_after: Some("),
+        "{action:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_result_of_the_current_run_is_used() {
+    let since = "2023-11-14T22:13:00Z"; // just before the fixture pods' creation
+    let n = node(
+        &[("wasmkube.dev/runtime", "pending")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+        ],
+    );
+    let pods = vec![pod(
+        "inst-a",
+        "worker-1",
+        InstallerAction::Install,
+        Some((0, INSTALLED)),
+        false,
+    )];
+    let steps = vec![
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "ready"}),
+            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
+            Since::Kept(since),
+        ),
+        node_event("Normal", reasons::READY),
+    ];
+    run(n, pods, steps).await;
+}
+
+const FORBIDDEN: &str = "Error creating: pods \"wasmkube-node-installer-x7k2p\" is forbidden: \
+    violates PodSecurity \"baseline:latest\": host namespaces (hostPID=true), privileged \
+    (container \"installer\" must not set securityContext.privileged=true)";
+
+fn failed_create_events() -> Step {
+    Step::get("/api/v1/namespaces/wasmkube-system/events")
+        .query(
+            "fieldSelector",
+            "involvedObject.kind=DaemonSet,involvedObject.name=wasmkube-node-installer,reason=FailedCreate",
+        )
+        .reply(json!({
+            "apiVersion": "v1", "kind": "EventList", "metadata": {},
+            "items": [
+                {"metadata": {"name": "old", "namespace": "wasmkube-system"},
+                 "involvedObject": {"kind": "DaemonSet", "name": "wasmkube-node-installer"},
+                 "reason": "FailedCreate", "message": "from an earlier run",
+                 "lastTimestamp": "2023-01-01T00:00:00Z"},
+                {"metadata": {"name": "new", "namespace": "wasmkube-system"},
+                 "involvedObject": {"kind": "DaemonSet", "name": "wasmkube-node-installer"},
+                 "reason": "FailedCreate", "message": FORBIDDEN,
+                 "lastTimestamp": Timestamp::now().to_string()}
+            ]
+        }))
+}
+
+#[tokio::test]
+async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_reason() {
+    let since = leak(ago(60));
+    let n = node(
+        &[("wasmkube.dev/runtime", "pending")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+        ],
+    );
+    let reason = format!(
+        "InstallerPodMissing: no install pod appeared on the node within 45 s; \
+         DaemonSet wasmkube-node-installer: {FORBIDDEN}"
+    );
+    let steps = vec![
+        failed_create_events(),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "failed"}),
+            json!({"wasmkube.dev/runtime-reason": reason}),
+            Since::Kept(since),
+        ),
+        node_event("Warning", reasons::INSTALL_FAILED).body(|b| {
+            let note = b["note"].as_str().unwrap_or_default();
+            assert!(note.contains("PodSecurity"), "{note}");
+        }),
+    ];
+    run(n, vec![], steps).await;
+}
+
+#[tokio::test]
+async fn a_missing_pod_is_reported_once_per_run() {
+    let since = leak(ago(120));
+    let n = node(
+        &[("wasmkube.dev/runtime", "failed")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+            (
+                "wasmkube.dev/runtime-reason",
+                "InstallerPodMissing: no install pod appeared on the node within 45 s; …",
+            ),
+        ],
+    );
+    // No event list, no write: the DaemonSet controller retries on its own.
+    run(n, vec![], vec![]).await;
+}
+
+#[tokio::test]
+async fn a_pod_still_expected_sets_a_timer() {
+    let since = leak(ago(5));
+    let n = node(
+        &[("wasmkube.dev/runtime", "pending")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+        ],
+    );
+    let action = run(n, vec![], vec![]).await;
+    let debug = format!("{action:?}");
+    // 45 s after the run began, minus the 5 s gone, plus a second.
+    assert!(
+        debug.contains("requeue_after: Some(41") || debug.contains("requeue_after: Some(40"),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
+async fn a_ready_node_whose_pod_is_being_replaced_is_not_failed() {
+    // An installer upgrade: the DaemonSet deleted the old pod and has not made the new one.
+    let since = leak(ago(3600));
+    let n = node(
+        &[("wasmkube.dev/runtime", "ready")],
+        &[
+            ("wasmkube.dev/wasm-node", "true"),
+            ("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081"),
+            (RUNTIME_SINCE_ANNOTATION, since),
+        ],
+    );
+    let action = run(n, vec![], vec![]).await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn an_uninstall_pod_that_never_appears_is_reported() {
+    let since = leak(ago(60));
+    let n = node(
+        &[("wasmkube.dev/runtime", "removing")],
+        &[(RUNTIME_SINCE_ANNOTATION, since)],
+    );
+    let steps = vec![
+        Step::get("/api/v1/namespaces/wasmkube-system/events")
+            .query(
+                "fieldSelector",
+                "involvedObject.kind=DaemonSet,involvedObject.name=wasmkube-node-uninstaller,reason=FailedCreate",
+            )
+            .reply(json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []})),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "removing"}),
+            json!({"wasmkube.dev/runtime-reason": "InstallerPodMissing: no uninstall pod appeared on the node within 45 s; DaemonSet wasmkube-node-uninstaller reported no FailedCreate (is the DaemonSet controller running?)"}),
+            Since::Kept(since),
+        ),
+        node_event("Warning", reasons::UNINSTALL_FAILED),
+    ];
+    run(n, vec![], steps).await;
+}

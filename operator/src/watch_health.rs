@@ -1,0 +1,354 @@
+//! Health of the controllers' watches, for `/readyz` and `wasmkube_operator_watch_healthy`.
+//!
+//! [`observe`] wraps a raw `watcher()` stream (before `.default_backoff()`, so it sees every
+//! error) and keeps the state of one named watch in a shared [`WatchHealth`]:
+//! - a watch is *listed* once its list completes (`InitDone`); a new `Init` means it re-lists
+//!   (after a failed list, a 410 Gone or a missing resourceVersion) and is not listed until the
+//!   matching `InitDone`;
+//! - an error marks it *failing*; an `Apply`, `Delete` or `InitDone` clears that. A watch that
+//!   failed to (re)start and then recovered says nothing until an object changes, which in a
+//!   quiet cluster may be never, so a failure not repeated for [`QUIET_RECOVERY`] is taken as
+//!   recovered: a persisting failure repeats at least every ~1 minute (30 s backoff cap plus
+//!   the 30 s connect timeout).
+//!
+//! A watch is healthy when it is listed and not failing.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use kube::{core::Status, runtime::watcher};
+use tracing::warn;
+
+/// How long after its last error a failing watch that keeps quiet is taken as recovered.
+pub const QUIET_RECOVERY: Duration = Duration::from_secs(120);
+
+/// The state of every observed watch; cloning shares it.
+#[derive(Clone, Debug)]
+pub struct WatchHealth {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    quiet_recovery: Duration,
+    watches: BTreeMap<&'static str, WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    listed: bool,
+    failure: Option<Failure>,
+    errors: u64,
+}
+
+#[derive(Debug)]
+struct Failure {
+    at: Instant,
+    message: String,
+}
+
+/// One watch, as `/readyz` and `/metrics` report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchStatus {
+    pub name: &'static str,
+    /// Why the watch is unhealthy; `None` when healthy.
+    pub problem: Option<String>,
+    /// Errors seen since the watch was registered.
+    pub errors: u64,
+}
+
+impl WatchStatus {
+    pub fn healthy(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+impl Default for WatchHealth {
+    fn default() -> Self {
+        WatchHealth::with_quiet_recovery(QUIET_RECOVERY)
+    }
+}
+
+impl WatchHealth {
+    /// A registry in which a failing watch that keeps quiet for `quiet_recovery` is recovered.
+    pub fn with_quiet_recovery(quiet_recovery: Duration) -> Self {
+        WatchHealth {
+            inner: Arc::new(Mutex::new(Inner {
+                quiet_recovery,
+                watches: BTreeMap::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `name` as a watch that has not listed yet (or starts it over).
+    pub fn register(&self, name: &'static str) {
+        self.lock().watches.insert(name, WatchState::default());
+    }
+
+    /// Every registered watch, by name.
+    pub fn statuses(&self) -> Vec<WatchStatus> {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .watches
+            .iter()
+            .map(|(&name, state)| WatchStatus {
+                name,
+                problem: state.problem(now, inner.quiet_recovery),
+                errors: state.errors,
+            })
+            .collect()
+    }
+
+    /// The registered watches that are not healthy.
+    pub fn unhealthy(&self) -> Vec<WatchStatus> {
+        let mut all = self.statuses();
+        all.retain(|s| !s.healthy());
+        all
+    }
+
+    fn record<K>(&self, name: &'static str, item: &Result<watcher::Event<K>, watcher::Error>) {
+        let mut inner = self.lock();
+        let state = inner.watches.entry(name).or_default();
+        match item {
+            Ok(watcher::Event::Init) => state.listed = false,
+            Ok(watcher::Event::InitApply(_)) => {}
+            Ok(watcher::Event::InitDone) => {
+                state.listed = true;
+                state.failure = None;
+            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => state.failure = None,
+            Err(e) => {
+                state.errors = state.errors.saturating_add(1);
+                state.failure = Some(Failure {
+                    at: Instant::now(),
+                    message: describe(e),
+                });
+                drop(inner);
+                log_error(name, e);
+            }
+        }
+    }
+}
+
+impl WatchState {
+    fn problem(&self, now: Instant, quiet_recovery: Duration) -> Option<String> {
+        let recent = self
+            .failure
+            .as_ref()
+            .filter(|f| now.saturating_duration_since(f.at) < quiet_recovery);
+        match (recent, self.listed, &self.failure) {
+            (Some(f), _, _) => Some(format!("failing: {}", f.message)),
+            (None, true, _) => None,
+            (None, false, Some(f)) => Some(format!("not listed; last error: {}", f.message)),
+            (None, false, None) => Some("initial list not complete".to_string()),
+        }
+    }
+}
+
+/// The API server's answer inside a watch error, if the error is one.
+fn api_status(e: &watcher::Error) -> Option<&Status> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Which step of the watch failed.
+fn phase(e: &watcher::Error) -> &'static str {
+    match e {
+        watcher::Error::InitialListFailed(_) => "list",
+        watcher::Error::WatchStartFailed(_) => "watch start",
+        watcher::Error::WatchError(_) | watcher::Error::WatchFailed(_) => "watch",
+        watcher::Error::NoResourceVersion => "resource version",
+    }
+}
+
+fn describe(e: &watcher::Error) -> String {
+    match api_status(e) {
+        Some(s) => format!("{} {} ({}): {}", phase(e), s.reason, s.code, s.message),
+        None => e.to_string(),
+    }
+}
+
+fn log_error(name: &'static str, e: &watcher::Error) {
+    let phase = phase(e);
+    match api_status(e) {
+        Some(s) => warn!(
+            watch = name,
+            phase,
+            code = s.code,
+            reason = %s.reason,
+            // `message` is the event's own field in tracing: the API's message goes in `error`.
+            error = %s.message,
+            "watch failed"
+        ),
+        None => warn!(watch = name, phase, error = %e, "watch failed"),
+    }
+}
+
+/// Registers the watch `name` in `health` and keeps its state from the events of `stream`, a
+/// raw `watcher()` stream; place it before `.default_backoff()`.
+pub fn observe<S, K>(
+    stream: S,
+    health: WatchHealth,
+    name: &'static str,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    health.register(name);
+    stream.inspect(move |item| health.record(name, item))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        sync::{Arc, Mutex},
+    };
+
+    use futures::{stream, StreamExt};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::{core::Status, runtime::watcher::Event};
+
+    use super::*;
+
+    fn forbidden() -> watcher::Error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(
+            Status::failure("wasmapps.wasmkube.dev is forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        ))
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_then_failing_then_recovered() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let health = WatchHealth::default();
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(ConfigMap::default())),
+            Ok(Event::InitDone),
+            Err(forbidden()),
+            Ok(Event::Apply(ConfigMap::default())),
+        ];
+        let mut watch = Box::pin(observe(stream::iter(events), health.clone(), "apps"));
+        let problem = || health.statuses().first().and_then(|s| s.problem.clone());
+
+        assert_eq!(problem().as_deref(), Some("initial list not complete"));
+        watch.next().await; // Init
+        watch.next().await; // InitApply
+        assert!(problem().is_some(), "not healthy before the list completes");
+        watch.next().await; // InitDone
+        assert_eq!(problem(), None, "healthy once listed");
+        assert!(health.unhealthy().is_empty());
+
+        assert!(
+            matches!(watch.next().await, Some(Err(_))),
+            "errors pass through"
+        );
+        let unhealthy = health.unhealthy();
+        assert_eq!(unhealthy.len(), 1);
+        assert_eq!(unhealthy[0].name, "apps");
+        assert_eq!(unhealthy[0].errors, 1);
+        assert_eq!(
+            unhealthy[0].problem.as_deref(),
+            Some("failing: watch start Forbidden (403): wasmapps.wasmkube.dev is forbidden")
+        );
+        let logged = logs.text();
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(logged.contains("watch failed"), "{logged}");
+        assert!(logged.contains("watch=\"apps\""), "{logged}");
+        assert!(logged.contains("code=403"), "{logged}");
+        assert!(logged.contains("reason=Forbidden"), "{logged}");
+        assert!(
+            logged.contains("error=wasmapps.wasmkube.dev is forbidden"),
+            "{logged}"
+        );
+
+        watch.next().await; // Apply
+        assert_eq!(problem(), None, "a successful event recovers it");
+        assert_eq!(health.statuses()[0].errors, 1, "the count stays");
+    }
+
+    #[tokio::test]
+    async fn a_failed_list_needs_a_new_list_and_quiet_restarts_recover() {
+        let health = WatchHealth::with_quiet_recovery(Duration::ZERO);
+        let list_failed = watcher::Error::InitialListFailed(kube::Error::Api(
+            Status::failure("etcdserver: request timed out", "InternalError")
+                .with_code(500)
+                .boxed(),
+        ));
+        let events: Vec<Result<Event<ConfigMap>, _>> = vec![
+            Ok(Event::Init),
+            Err(list_failed),
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Err(forbidden()),
+        ];
+        let mut watch = Box::pin(observe(stream::iter(events), health.clone(), "nodes"));
+        watch.next().await;
+        watch.next().await;
+        // Quiet for longer than the (zero) window, but the list never completed.
+        assert_eq!(
+            health.statuses()[0].problem.as_deref(),
+            Some("not listed; last error: list InternalError (500): etcdserver: request timed out")
+        );
+        watch.next().await;
+        watch.next().await;
+        assert!(health.unhealthy().is_empty());
+        // A failed watch restart with nothing after it: recovered once quiet.
+        watch.next().await;
+        assert!(health.unhealthy().is_empty());
+        assert_eq!(health.statuses()[0].errors, 2);
+    }
+
+    #[test]
+    fn errors_without_an_api_status_are_described() {
+        let e = watcher::Error::NoResourceVersion;
+        assert!(api_status(&e).is_none());
+        assert!(describe(&e).contains("resourceVersion"), "{}", describe(&e));
+    }
+}
