@@ -18,6 +18,10 @@ k8s_log=$CARGO_TARGET_DIR/k8s-build.log
 mkdir -p "$CARGO_TARGET_DIR"
 tests/cluster/build.sh >"$k8s_log" 2>&1 &
 k8s_build=$!
+# containerd 2.x for the installer's live tests, from its Go module (cached in /var/tmp).
+ctd2_log=$CARGO_TARGET_DIR/containerd2-build.log
+scripts/containerd2.sh >"$ctd2_log" 2>&1 &
+ctd2_build=$!
 
 phase "cargo fmt --check"
 cargo fmt --all -- --check
@@ -25,6 +29,13 @@ phase "cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 phase "images (static binaries, OCI archives)"
 scripts/images.sh
+phase "containerd 2.x (scripts/containerd2.sh)"
+if ! wait "$ctd2_build"; then
+    cat "$ctd2_log" >&2
+    echo "scripts/containerd2.sh failed" >&2
+    exit 1
+fi
+tail -n 2 "$ctd2_log"
 phase "cargo test"
 cargo test --release --workspace --locked --exclude wasmkube-e2e -- --test-threads="${TEST_THREADS:-4}"
 phase "manifests: kubernetes-validate --strict (1.30, 1.37) and the WasmApp schema"

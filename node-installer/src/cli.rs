@@ -112,7 +112,7 @@ pub struct Options {
     pub runtime_path: String,
     /// Host directory on containerd's PATH for a symlink to the shim (containerd 1.6 ignores
     /// `runtime_path` for pod sandboxes and looks the shim up by name); empty: no link.
-    #[arg(long, global = true, default_value = "/usr/local/bin")]
+    #[arg(long, global = true, default_value = "/usr/local/bin", value_parser = path_or_empty)]
     pub path_link: PathBuf,
     /// Seconds to wait for containerd to come back after a restart.
     #[arg(long, global = true, default_value_t = 60)]
@@ -128,6 +128,20 @@ pub struct Options {
     /// Do not ask containerd anything (for dry runs against a directory that has no daemon).
     #[arg(long, global = true)]
     pub skip_verify: bool,
+    /// containerd's version when containerd is not asked (--skip-verify, or not reachable before
+    /// the run): decides whether the PATH link is needed (1.6) and the schema of a new config.
+    #[arg(long, global = true)]
+    pub containerd_version: Option<String>,
+    /// Seconds to wait for another installer run on this node to finish (host-side lock
+    /// `/run/wasmkube/installer.lock`).
+    #[arg(long, global = true, default_value_t = 120)]
+    pub lock_timeout: u64,
+}
+
+/// A path where the empty string is allowed (clap's `PathBuf` parser refuses it), for
+/// `--path-link ''`.
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 impl Options {
@@ -158,6 +172,21 @@ impl Options {
             check_image: None,
             check_module: CHECK_MODULE.to_string(),
             skip_verify: true,
+            containerd_version: None,
+            lock_timeout: 120,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_path_link_means_none() {
+        let cli = Cli::try_parse_from(["x", "install", "--path-link", ""]).expect("parses");
+        assert!(cli.options.path_link.as_os_str().is_empty());
+        let cli = Cli::try_parse_from(["x", "install"]).expect("parses");
+        assert_eq!(cli.options.path_link, PathBuf::from("/usr/local/bin"));
     }
 }

@@ -33,8 +33,12 @@ pub const MARKER: &str = "# managed by wasmkube-node-installer";
 pub enum Schema {
     /// `version = 2`: containerd 1.x (and 2.x, which migrates it).
     V2,
-    /// `version = 3`: containerd 2.x.
+    /// `version = 3`: containerd 2.0–2.2.
     V3,
+    /// `version = 4`: containerd 2.3+ (`containerd config default` of 2.4 writes it). The CRI
+    /// runtimes live where version 3 has them; version 4 only moved plugins we do not touch
+    /// (the shim manager's `sched_core`, the cgroups task monitor).
+    V4,
 }
 
 impl Schema {
@@ -43,6 +47,7 @@ impl Schema {
         match self {
             Schema::V2 => 2,
             Schema::V3 => 3,
+            Schema::V4 => 4,
         }
     }
 
@@ -50,7 +55,7 @@ impl Schema {
     pub fn runtimes_path(self) -> [&'static str; 4] {
         match self {
             Schema::V2 => ["plugins", V2_PLUGIN, "containerd", "runtimes"],
-            Schema::V3 => ["plugins", V3_PLUGIN, "containerd", "runtimes"],
+            Schema::V3 | Schema::V4 => ["plugins", V3_PLUGIN, "containerd", "runtimes"],
         }
     }
 
@@ -63,7 +68,9 @@ impl Schema {
     fn canonical_prefix(self) -> &'static str {
         match self {
             Schema::V2 => "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.",
-            Schema::V3 => "plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.",
+            Schema::V3 | Schema::V4 => {
+                "plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes."
+            }
         }
     }
 
@@ -120,7 +127,7 @@ pub enum PatchError {
          or run `containerd config migrate` (2.x) first; refusing to patch"
     )]
     SchemaV1 { reason: String },
-    #[error("config declares `version = {0}`; only schema versions 2 and 3 are understood")]
+    #[error("config declares `version = {0}`; only schema versions 2, 3 and 4 are understood")]
     UnsupportedVersion(String),
     #[error("`{path}` is {found}, not a table; refusing to patch")]
     NotATable { path: String, found: &'static str },
@@ -200,6 +207,7 @@ fn schema_of(doc: &Table) -> Result<Option<Schema>, PatchError> {
             }),
             Some(2) => Ok(Some(Schema::V2)),
             Some(3) => Ok(Some(Schema::V3)),
+            Some(4) => Ok(Some(Schema::V4)),
             _ => Err(PatchError::UnsupportedVersion(item.as_value().map_or_else(
                 || "a table".into(),
                 |v| v.to_string().trim().to_string(),
@@ -1019,7 +1027,7 @@ mod tests {
             "SchemaV1"
         );
         assert_eq!(
-            install("version = 4\n", SHIM, Schema::V2)
+            install("version = 5\n", SHIM, Schema::V2)
                 .expect_err("must fail")
                 .reason(),
             "UnsupportedVersion"

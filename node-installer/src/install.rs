@@ -1,16 +1,14 @@
 //! `install`: copy the shim, patch the config, restart containerd, verify, report — and roll
 //! back when containerd does not come back serving the handler.
-use std::path::Path;
 use std::time::Instant;
 
-use crate::atomic_write::{self, backup_once, write_atomic};
+use crate::atomic_write::{backup_once, write_atomic};
 use crate::cli::Options;
 use crate::node::{unified_diff, Node};
 use crate::report::{Failure, Report, State};
 use crate::restart::{self, RestartPlan};
-use crate::shim_install::{
-    install_shim, link_shim, remove_shim, sha256_file, shim_version, unlink_shim,
-};
+use crate::rollback::{missing_dirs, rollback, ConfigUndo, ShimUndo, Undo};
+use crate::shim_install::{install_shim, link_shim, sha256_file, shim_version};
 use crate::verify;
 use crate::wasm_check;
 
@@ -47,7 +45,20 @@ fn run(o: &Options, r: &mut Report) {
         verify::probe(&node.socket).ok()
     };
     r.containerd_version = before.as_ref().map(|s| s.version.clone());
-    let major = before.as_ref().and_then(verify::CriState::major);
+    // What containerd said, else what we were told (`--containerd-version`).
+    let version = r
+        .containerd_version
+        .clone()
+        .or_else(|| o.containerd_version.clone());
+    let major = version
+        .as_deref()
+        .and_then(verify::major_minor)
+        .map(|(major, _)| major);
+    // Only containerd 1.6 needs the shim on its PATH: leave `--path-link` alone otherwise.
+    let link = node
+        .shim_link
+        .as_ref()
+        .filter(|_| verify::needs_path_link(version.as_deref()));
     let current = match node.read_config() {
         Ok(c) => c,
         Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
@@ -67,7 +78,7 @@ fn run(o: &Options, r: &mut Report) {
             .is_some_and(|a| sha256_file(&node.shim_dest).ok() == Some(a));
         r.state = State::DryRun;
         r.message = format!(
-            "dry run: config {}; shim {} at {}; nothing changed",
+            "dry run: config {}; shim {} at {}; {}; nothing changed",
             if config_changed {
                 "would change (diff above)"
             } else {
@@ -78,44 +89,56 @@ fn run(o: &Options, r: &mut Report) {
             } else {
                 "would be installed"
             },
-            node.shim_dest.display()
+            node.shim_dest.display(),
+            match link {
+                Some(l) => format!("PATH link {} wanted", l.display()),
+                None => "no PATH link needed".to_string(),
+            }
         );
         return;
     }
 
     let t = Instant::now();
-    let shim_existed = node.shim_dest.exists();
+    let mut undo = Undo::default();
+    for file in [Some(&node.shim_dest), link, Some(&node.config_file)]
+        .into_iter()
+        .flatten()
+    {
+        for dir in file.parent().map(missing_dirs).unwrap_or_default() {
+            if !undo.dirs_created.contains(&dir) {
+                undo.dirs_created.push(dir);
+            }
+        }
+    }
     let shim = match install_shim(&shim_src, &node.shim_dest) {
         Ok(s) => s,
-        Err(e) => return r.fail(Failure::NothingChanged, "ShimCopy", e.to_string()),
+        Err(e) => return abandon(r, &node, &undo, "ShimCopy", e.to_string()),
     };
-    let linked = match &node.shim_link {
-        None => false,
-        Some(link) => match link_shim(link, &node.runtime_path) {
-            Ok(created) => created,
-            Err(e) => {
-                undo_shim_fn(&node, shim_existed);
-                return r.fail(Failure::NothingChanged, "ShimLink", e.to_string());
-            }
-        },
-    };
+    if shim.changed {
+        r.changes.push("shim-installed");
+        undo.shim = match &shim.previous {
+            Some(prev) => ShimUndo::RestorePrevious(prev.clone()),
+            None => ShimUndo::RemoveNew,
+        };
+    }
     r.shim_sha256 = Some(shim.sha256.clone());
+    if let Some(link) = link {
+        match link_shim(link, &node.runtime_path) {
+            Ok(true) => {
+                r.changes.push("link-created");
+                undo.link_created = Some(link.clone());
+            }
+            Ok(false) => {}
+            Err(e) => return abandon(r, &node, &undo, "ShimLink", e.to_string()),
+        }
+    }
     r.time("copy", t);
-    // Undo for a failure before containerd was restarted: the shim we added.
-    let undo_shim = |r: &mut Report| {
-        undo_shim_fn(&node, shim_existed);
-        r.shim_sha256 = None;
-    };
 
     let t = Instant::now();
-    let mut backup_taken = false;
     if config_changed {
         match backup_once(&node.config_file, current.as_deref().map(str::as_bytes)) {
-            Ok(taken) => backup_taken = taken,
-            Err(e) => {
-                undo_shim(r);
-                return r.fail(Failure::NothingChanged, "Backup", e.to_string());
-            }
+            Ok(taken) => undo.backup_taken = taken,
+            Err(e) => return abandon(r, &node, &undo, "Backup", e.to_string()),
         }
         if let Err(e) = write_atomic(
             &node.config_file,
@@ -123,35 +146,35 @@ fn run(o: &Options, r: &mut Report) {
             0o644,
             node.validator(true),
         ) {
-            undo_shim(r);
-            if backup_taken {
-                let _ = atomic_write::drop_backup(&node.config_file);
-            }
-            return r.fail(Failure::NothingChanged, "WriteConfig", e.to_string());
+            return abandon(r, &node, &undo, "WriteConfig", e.to_string());
         }
+        r.changes.push("config-written");
+        undo.config = Some(ConfigUndo {
+            previous: current.clone(),
+            written: Some(desired.clone()),
+        });
     }
     r.time("patch", t);
 
     let loaded = before.as_ref().is_some_and(|s| node.serves_handler(s));
     let need_restart = config_changed || (!o.skip_verify && !loaded);
-    let changed_anything = config_changed || shim.changed || linked;
+    let changed_anything = !r.changes.is_empty();
     if !need_restart {
         r.verified = loaded;
         if loaded {
             if let Err(e) = wasm_check(o, &node, r) {
-                let (failure, what) = if changed_anything {
-                    // The shim was replaced in place and the old one is not kept.
-                    (
-                        Failure::RollbackFailed,
-                        "; the updated shim stays in place and the previous one is not kept: \
-                         the node needs attention",
-                    )
-                } else {
-                    (Failure::NothingChanged, "")
-                };
-                return r.fail(failure, e.reason(), format!("{e}{what}"));
+                // Only the shim (or the link) changed: put them back, no restart needed.
+                return rollback(
+                    r,
+                    &node,
+                    &RestartPlan::None,
+                    &undo,
+                    e.reason(),
+                    e.to_string(),
+                );
             }
         }
+        undo.commit();
         r.state = if changed_anything {
             State::Installed
         } else {
@@ -167,6 +190,7 @@ fn run(o: &Options, r: &mut Report) {
         return;
     }
     if plan == RestartPlan::None {
+        undo.commit();
         r.state = State::Installed;
         r.message = "installed; containerd was not restarted (--restart none), so the wasmkube \
                      handler is active only after its next restart"
@@ -178,19 +202,12 @@ fn run(o: &Options, r: &mut Report) {
     let restarted = plan.run();
     r.time("restart", t);
     if let Err(e) = restarted {
-        return rollback(
-            r,
-            &node,
-            &plan,
-            current.as_deref(),
-            backup_taken,
-            "RestartFailed",
-            e.to_string(),
-            || undo_shim_fn(&node, shim_existed),
-        );
+        return rollback(r, &node, &plan, &undo, "RestartFailed", e.to_string());
     }
     r.restarted = true;
+    r.changes.push("containerd-restarted");
     if o.skip_verify {
+        undo.commit();
         r.message = "installed and containerd restarted (not verified: --skip-verify)".into();
         return;
     }
@@ -208,6 +225,7 @@ fn run(o: &Options, r: &mut Report) {
         });
     match verified {
         Ok(s) => {
+            undo.commit();
             r.containerd_version = Some(s.version);
             r.verified = true;
             r.state = State::Installed;
@@ -216,15 +234,22 @@ fn run(o: &Options, r: &mut Report) {
                 node.runtime_path
             );
         }
-        Err((reason, message)) => rollback(
-            r,
-            &node,
-            &plan,
-            current.as_deref(),
-            backup_taken,
+        Err((reason, message)) => rollback(r, &node, &plan, &undo, reason, message),
+    }
+}
+
+/// A failure before containerd was restarted: put back the files this run changed.
+fn abandon(r: &mut Report, node: &Node, undo: &Undo, reason: &str, cause: String) {
+    match undo.undo_files(node) {
+        Ok(done) => {
+            r.changes.extend(done);
+            r.shim_sha256 = None;
+            r.fail(Failure::NothingChanged, reason, cause);
+        }
+        Err(e) => r.fail(
+            Failure::RollbackFailed,
             reason,
-            message,
-            || undo_shim_fn(&node, shim_existed),
+            format!("{cause}; ROLLBACK FAILED: {e}"),
         ),
     }
 }
@@ -254,72 +279,4 @@ fn wasm_check(o: &Options, node: &Node, r: &mut Report) -> Result<(), wasm_check
         Err(e) => r.wasm_check = Some(format!("failed: {e}")),
     }
     outcome.map(|_| ())
-}
-
-fn undo_shim_fn(node: &Node, existed: bool) {
-    if !existed {
-        if let Some(link) = &node.shim_link {
-            let _ = unlink_shim(link, &node.runtime_path);
-        }
-        let _ = remove_shim(&node.shim_dest);
-    }
-}
-
-/// Puts the previous config back, restarts again, and records how that went.
-#[allow(clippy::too_many_arguments)]
-fn rollback(
-    r: &mut Report,
-    node: &Node,
-    plan: &RestartPlan,
-    previous: Option<&str>,
-    backup_taken: bool,
-    reason: &str,
-    cause: String,
-    undo_shim: impl FnOnce(),
-) {
-    let restored = restore(&node.config_file, previous).and_then(|()| {
-        plan.run().map_err(|e| e.to_string())?;
-        verify::wait_for(
-            &node.socket,
-            node.timeout,
-            "containerd after rollback",
-            |_| true,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    });
-    match restored {
-        Ok(()) => {
-            undo_shim();
-            if backup_taken {
-                let _ = atomic_write::drop_backup(&node.config_file);
-            }
-            r.shim_sha256 = None;
-            r.fail(
-                Failure::RolledBack,
-                reason,
-                format!("{cause}; rolled back to the previous config and restarted containerd"),
-            );
-        }
-        Err(e) => r.fail(
-            Failure::RollbackFailed,
-            reason,
-            format!(
-                "{cause}; ROLLBACK FAILED: {e}; the original config is kept at {}",
-                atomic_write::backup_path(&node.config_file).display()
-            ),
-        ),
-    }
-}
-
-/// Writes `previous` back to `path` (or removes it when there was none).
-pub(crate) fn restore(path: &Path, previous: Option<&str>) -> Result<(), String> {
-    match previous {
-        Some(text) => {
-            write_atomic(path, text.as_bytes(), 0o644, |_| Ok(())).map_err(|e| e.to_string())
-        }
-        None => atomic_write::remove(path)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-    }
 }

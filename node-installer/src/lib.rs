@@ -7,12 +7,14 @@ pub mod atomic_write;
 pub mod cli;
 pub mod config_patch;
 pub mod flavour;
+pub mod host_lock;
 pub mod idle;
 pub mod install;
 pub mod k3s_template;
 pub mod node;
 pub mod report;
 pub mod restart;
+pub mod rollback;
 pub mod shim_install;
 pub mod status;
 pub mod uninstall;
@@ -22,11 +24,38 @@ pub mod wasm_check;
 pub use cli::{Cli, Command, Options, Verb};
 pub use report::{Report, State};
 
-/// Runs one verb.
+/// Runs one verb, holding the node's installer lock (see [`host_lock`]) for all of it, so the
+/// config is read, changed and (if need be) rolled back by one run at a time.
 pub fn run(verb: Verb, options: &Options) -> Report {
-    match verb {
+    let t = std::time::Instant::now();
+    let name = match verb {
+        Verb::Install => "install",
+        Verb::Uninstall => "uninstall",
+        Verb::Status => "status",
+    };
+    let wait = std::time::Duration::from_secs(options.lock_timeout);
+    let lock = match host_lock::HostLock::acquire(&options.host_root, name, wait) {
+        Ok(l) => Some(l),
+        // A run that writes nothing may go on where the lock file cannot be made (a read-only
+        // host root): it has nothing to serialise against another reader.
+        Err(host_lock::LockError::Io { .. }) if verb == Verb::Status || options.dry_run => None,
+        Err(e) => {
+            let mut r = Report::new(State::Failed);
+            r.fail(report::Failure::NothingChanged, e.reason(), e.to_string());
+            r.time("lock", t);
+            r.time("total", t);
+            return r;
+        }
+    };
+    let waited = t.elapsed();
+    let mut r = match verb {
         Verb::Install => install::install(options),
         Verb::Uninstall => uninstall::uninstall(options),
         Verb::Status => status::status(options),
-    }
+    };
+    drop(lock);
+    let waited = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    r.timings.insert("lock", waited);
+    *r.timings.entry("total").or_insert(0) += waited;
+    r
 }

@@ -67,6 +67,8 @@ pub struct Node {
     /// containerd's CRI socket, as reachable from here.
     pub socket: PathBuf,
     pub timeout: Duration,
+    /// `--skip-verify`: containerd is never asked (not even after a rollback).
+    pub skip_verify: bool,
 }
 
 impl Node {
@@ -90,6 +92,7 @@ impl Node {
                 .then(|| on_host(&o.host_root, &o.path_link.join(SHIM_NAME))),
             socket,
             timeout: Duration::from_secs(o.timeout),
+            skip_verify: o.skip_verify,
         }
     }
 

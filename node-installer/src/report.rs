@@ -38,6 +38,9 @@ pub enum Failure {
     RolledBack,
     /// Changed, failed, and the rollback failed too: the node needs a human (exit 4).
     RollbackFailed,
+    /// Changed, failed, and someone else edited the config meanwhile: their edit is kept, so the
+    /// config was not rolled back and the node needs a human (exit 4).
+    RollbackConflict,
 }
 
 /// The JSON result.
@@ -63,6 +66,9 @@ pub struct Report {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// What this run did to the node, in order (`config-restored`, `shim-removed`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<&'static str>,
     /// Milliseconds per step: `detect`, `copy`, `patch`, `restart`, `verify`, `total`.
     pub timings: BTreeMap<&'static str, u64>,
 }
@@ -82,6 +88,7 @@ impl Report {
             message: String::new(),
             reason: None,
             failure: None,
+            changes: Vec::new(),
             timings: BTreeMap::new(),
         }
     }
@@ -98,7 +105,7 @@ impl Report {
     pub fn exit_code(&self) -> i32 {
         match (self.state, self.failure) {
             (State::Failed, Some(Failure::RolledBack)) => 3,
-            (State::Failed, Some(Failure::RollbackFailed)) => 4,
+            (State::Failed, Some(Failure::RollbackFailed | Failure::RollbackConflict)) => 4,
             (State::Failed, _) => 1,
             _ => 0,
         }
@@ -127,6 +134,23 @@ impl Report {
     /// Writes the JSON to `path` (best effort: the stdout copy always happens).
     pub fn write_result_file(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, self.to_json())
+    }
+
+    /// Prints the JSON on stdout, writes it to `result_file` (not for a dry run) and returns the
+    /// exit code. A result file that cannot be written is logged to stderr and never changes
+    /// the exit code: the code says what happened to the node, and the stdout copy is there.
+    pub fn publish(&self, result_file: &Path) -> i32 {
+        println!("{}", self.to_json());
+        if self.state != State::DryRun {
+            if let Err(e) = self.write_result_file(result_file) {
+                eprintln!(
+                    "wasmkube-node-installer: cannot write the result to {}: {e} (the exit code \
+                     and the JSON on stdout still stand)",
+                    result_file.display()
+                );
+            }
+        }
+        self.exit_code()
     }
 
     pub fn time(&mut self, step: &'static str, since: std::time::Instant) {
@@ -164,5 +188,27 @@ mod tests {
         assert!(json.len() < MAX_RESULT_BYTES, "{}", json.len());
         assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
         assert_eq!(r.exit_code(), 3);
+    }
+
+    #[test]
+    fn an_unwritable_result_file_keeps_the_exit_code() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nowhere = dir.path().join("no/such/dir/result.json");
+        for (failure, code) in [
+            (Failure::NothingChanged, 1),
+            (Failure::RolledBack, 3),
+            (Failure::RollbackFailed, 4),
+            (Failure::RollbackConflict, 4),
+        ] {
+            let mut r = Report::new(State::Installed);
+            r.fail(failure, "X", "y");
+            assert_eq!(r.publish(&nowhere), code, "{failure:?}");
+        }
+        assert_eq!(Report::new(State::Installed).publish(&nowhere), 0);
+        let ok = dir.path().join("result.json");
+        assert_eq!(Report::new(State::Uninstalled).publish(&ok), 0);
+        assert!(std::fs::read_to_string(&ok)
+            .expect("written")
+            .contains("uninstalled"));
     }
 }

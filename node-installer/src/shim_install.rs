@@ -2,7 +2,8 @@
 //!
 //! Copy to a temp file beside the target while hashing, fsync, re-read and compare the sha256
 //! with the source, chmod 0755, rename, fsync the directory. When the target already has the
-//! source's sha256 nothing is written.
+//! source's sha256 nothing is written. A shim that is replaced is kept (hard link, else a copy)
+//! at [`previous_path`] until the run succeeds, so a rollback puts it back byte for byte.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -57,6 +58,52 @@ pub struct Installed {
     pub sha256: String,
     /// Whether the file was (re)written.
     pub changed: bool,
+    /// The shim this run replaced, kept at [`previous_path`] for a rollback.
+    pub previous: Option<PathBuf>,
+}
+
+/// Where a replaced shim is kept during a run: `.containerd-shim-wasmkube-v1.wasmkube-prev`
+/// beside it.
+pub fn previous_path(dest: &Path) -> PathBuf {
+    dest.with_file_name(format!(".{SHIM_NAME}.wasmkube-prev"))
+}
+
+/// Keeps what is at `dest` (file or link) at [`previous_path`]: a hard link to the same inode,
+/// which the rename of the new shim leaves untouched; a copy where hard links are refused.
+fn keep_previous(dest: &Path) -> Result<Option<PathBuf>, ShimError> {
+    if fs::symlink_metadata(dest).is_err() {
+        return Ok(None);
+    }
+    let prev = previous_path(dest);
+    match fs::remove_file(&prev) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove stale", &prev)(e)),
+    }
+    if fs::hard_link(dest, &prev).is_err() {
+        fs::copy(dest, &prev).map_err(io_err("keep a copy of the previous shim at", &prev))?;
+    }
+    Ok(Some(prev))
+}
+
+/// Puts the shim kept by [`install_shim`] back at `dest` (rollback).
+pub fn restore_previous(prev: &Path, dest: &Path) -> Result<(), ShimError> {
+    fs::rename(prev, dest).map_err(io_err("put back the previous shim from", prev))?;
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    sync_dir(dir).map_err(|e| ShimError::Io {
+        op: "fsync",
+        path: dir.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+/// Forgets the shim kept by [`install_shim`] (the run succeeded).
+pub fn drop_previous(prev: &Path) -> Result<(), ShimError> {
+    match fs::remove_file(prev) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", prev)(e)),
+    }
 }
 
 /// sha256 of a file, hex.
@@ -92,6 +139,7 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
                         path: dest.to_path_buf(),
                         sha256: want,
                         changed: false,
+                        previous: None,
                     });
                 }
             }
@@ -100,6 +148,7 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
     let dir = dest.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
     let tmp = dest.with_file_name(format!(".{SHIM_NAME}.wasmkube-tmp-{}", std::process::id()));
+    let mut previous = None;
     let result = (|| {
         {
             let mut from = File::open(src).map_err(io_err("open", src))?;
@@ -131,6 +180,7 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
                 got,
             });
         }
+        previous = keep_previous(dest)?;
         fs::rename(&tmp, dest).map_err(io_err("rename into place", dest))?;
         sync_dir(dir).map_err(|e| ShimError::Io {
             op: "fsync",
@@ -140,12 +190,16 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+        if let Some(prev) = &previous {
+            let _ = drop_previous(prev);
+        }
     }
     result?;
     Ok(Installed {
         path: dest.to_path_buf(),
         sha256: want,
         changed: true,
+        previous,
     })
 }
 
@@ -245,9 +299,21 @@ mod tests {
         );
         let b = install_shim(&src, &dest).expect("again");
         assert!(!b.changed);
+        assert_eq!(b.previous, None);
+        let old = fs::read(&dest).expect("read");
         fs::write(&src, b"#!/bin/sh\necho Version: 10.0.0\n").expect("write");
-        assert!(install_shim(&src, &dest).expect("upgrade").changed);
+        let up = install_shim(&src, &dest).expect("upgrade");
+        assert!(up.changed);
         assert_eq!(shim_version(&dest).as_deref(), Some("10.0.0"));
+        // The replaced shim is kept byte for byte, and goes back on rollback.
+        let prev = up.previous.expect("previous kept");
+        assert_eq!(fs::read(&prev).expect("prev"), old);
+        restore_previous(&prev, &dest).expect("restore");
+        assert_eq!(fs::read(&dest).expect("read"), old);
+        assert!(!prev.exists());
+        let up = install_shim(&src, &dest).expect("upgrade again");
+        drop_previous(&up.previous.expect("kept")).expect("drop");
+        assert!(!previous_path(&dest).exists());
         let link = dir.path().join("host/usr/local/bin").join(SHIM_NAME);
         let target = dest.display().to_string();
         assert!(link_shim(&link, &target).expect("link"));

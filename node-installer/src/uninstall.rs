@@ -3,12 +3,12 @@
 //! backup.
 use std::time::Instant;
 
-use crate::atomic_write::{self, read_backup, write_atomic};
+use crate::atomic_write::{self, read_backup, write_atomic, Backup};
 use crate::cli::Options;
-use crate::install::restore;
 use crate::node::{unified_diff, Node};
 use crate::report::{Failure, Report, State};
 use crate::restart::{self, RestartPlan};
+use crate::rollback::{describe, rollback, ConfigUndo, Undo};
 use crate::shim_install::{remove_shim, shim_version, unlink_shim};
 use crate::verify;
 
@@ -99,8 +99,24 @@ fn run(o: &Options, r: &mut Report) {
         if let Err(e) = written {
             return r.fail(Failure::NothingChanged, "WriteConfig", e);
         }
+        let original = match &backup {
+            Some(Backup::Bytes(b)) => Some(b.as_slice()),
+            Some(Backup::Absent) | None => None,
+        };
+        r.changes.push(match &desired {
+            None => "config-removed",
+            Some(text) if original == Some(text.as_bytes()) => "config-restored",
+            Some(_) => "runtime-removed",
+        });
     }
     r.time("patch", t);
+    let undo = Undo {
+        config: config_changed.then(|| ConfigUndo {
+            previous: current.clone(),
+            written: desired.clone(),
+        }),
+        ..Undo::default()
+    };
 
     let still_served = before.as_ref().is_some_and(|s| s.handler.is_some());
     let need_restart = config_changed || still_served;
@@ -109,16 +125,10 @@ fn run(o: &Options, r: &mut Report) {
         let restarted = plan.run();
         r.time("restart", t);
         if let Err(e) = restarted {
-            return rollback(
-                r,
-                &node,
-                &plan,
-                current.as_deref(),
-                "RestartFailed",
-                e.to_string(),
-            );
+            return rollback(r, &node, &plan, &undo, "RestartFailed", e.to_string());
         }
         r.restarted = true;
+        r.changes.push("containerd-restarted");
         if !o.skip_verify {
             let t = Instant::now();
             let gone = verify::wait_for(
@@ -133,16 +143,7 @@ fn run(o: &Options, r: &mut Report) {
                     r.containerd_version = Some(s.version);
                     r.verified = true;
                 }
-                Err(e) => {
-                    return rollback(
-                        r,
-                        &node,
-                        &plan,
-                        current.as_deref(),
-                        e.reason(),
-                        e.to_string(),
-                    )
-                }
+                Err(e) => return rollback(r, &node, &plan, &undo, e.reason(), e.to_string()),
             }
         }
     } else if !o.skip_verify && !still_served && before.is_some() {
@@ -152,16 +153,25 @@ fn run(o: &Options, r: &mut Report) {
     // containerd no longer starts new wasmkube pods: the shim and the backup can go.
     let t = Instant::now();
     if let Some(link) = &node.shim_link {
-        if let Err(e) = unlink_shim(link, &node.runtime_path) {
-            return r.fail(
-                Failure::NothingChanged,
-                "RemoveShim",
-                format!("config reverted but {e}"),
-            );
+        match unlink_shim(link, &node.runtime_path) {
+            Ok(true) => r.changes.push("link-removed"),
+            Ok(false) => {}
+            Err(e) => {
+                return r.fail(
+                    Failure::NothingChanged,
+                    "RemoveShim",
+                    format!("config reverted but {e}"),
+                )
+            }
         }
     }
     let shim_removed = match remove_shim(&node.shim_dest) {
-        Ok(b) => b,
+        Ok(removed) => {
+            if removed {
+                r.changes.push("shim-removed");
+            }
+            removed
+        }
         Err(e) => {
             return r.fail(
                 Failure::NothingChanged,
@@ -177,44 +187,27 @@ fn run(o: &Options, r: &mut Report) {
             format!("uninstalled but {e}"),
         );
     }
+    if backup.is_some() {
+        r.changes.push("backup-dropped");
+    }
     r.time("copy", t);
     r.state = State::Uninstalled;
-    r.message = match (config_changed || shim_removed, r.restarted, plan == RestartPlan::None) {
-        (false, false, _) => "nothing of wasmkube was installed".into(),
-        (_, _, true) if need_restart => "uninstalled; containerd was not restarted (--restart none) and serves the handler until its next restart".into(),
-        _ => "uninstalled; containerd no longer serves the wasmkube handler".into(),
+    let outcome = match (
+        config_changed || shim_removed,
+        r.restarted,
+        plan == RestartPlan::None,
+    ) {
+        (false, false, _) => "nothing of wasmkube was installed",
+        (_, _, true) if need_restart => {
+            "containerd was not restarted (--restart none) and serves the handler until its \
+             next restart"
+        }
+        _ if o.skip_verify => "not verified (--skip-verify)",
+        _ => "containerd no longer serves the wasmkube handler",
     };
-}
-
-fn rollback(
-    r: &mut Report,
-    node: &Node,
-    plan: &RestartPlan,
-    previous: Option<&str>,
-    reason: &str,
-    cause: String,
-) {
-    let restored = restore(&node.config_file, previous).and_then(|()| {
-        plan.run().map_err(|e| e.to_string())?;
-        verify::wait_for(
-            &node.socket,
-            node.timeout,
-            "containerd after rollback",
-            |_| true,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-    });
-    match restored {
-        Ok(()) => r.fail(
-            Failure::RolledBack,
-            reason,
-            format!("{cause}; restored the config and restarted containerd"),
-        ),
-        Err(e) => r.fail(
-            Failure::RollbackFailed,
-            reason,
-            format!("{cause}; ROLLBACK FAILED: {e}"),
-        ),
-    }
+    r.message = if r.changes.is_empty() {
+        format!("uninstalled; {outcome}")
+    } else {
+        format!("uninstalled: {}; {outcome}", describe(&r.changes))
+    };
 }

@@ -34,12 +34,30 @@ pub struct CriState {
 impl CriState {
     /// The containerd major version (`1` from `v1.6.20~ds1`).
     pub fn major(&self) -> Option<u32> {
-        self.version
-            .trim_start_matches('v')
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
+        major_minor(&self.version).map(|(major, _)| major)
+    }
+}
+
+/// `(major, minor)` of a containerd version string (`v1.6.20~ds1`, `1.7.24`, `2.0.0-rc.1`).
+pub fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()
+        .unwrap_or("0")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+/// Whether this containerd needs the shim on its `PATH` as well as `runtime_path`: 1.6 (and
+/// older) ignore `runtime_path` when they start a pod sandbox; 1.7 and 2.x do not. An unknown
+/// version gets the link, so a pod never fails for the lack of it.
+pub fn needs_path_link(version: Option<&str>) -> bool {
+    match version.and_then(major_minor) {
+        Some((major, minor)) => major < 1 || (major == 1 && minor < 7),
+        None => true,
     }
 }
 
@@ -237,5 +255,23 @@ mod tests {
             handler: None,
         };
         assert_eq!(state.major(), Some(1));
+    }
+
+    #[test]
+    fn only_containerd_1_6_and_unknown_versions_need_the_path_link() {
+        for (v, needs) in [
+            (Some("v1.6.20~ds1"), true),
+            (Some("1.6.20~ds1-1+deb12u3"), true),
+            (Some("1.5.9"), true),
+            (Some("v1.7.24"), false),
+            (Some("1.7.0-rc.1"), false),
+            (Some("2.0.0"), false),
+            (Some("v2.1.3-k3s1"), false),
+            (Some("garbage"), true),
+            (None, true),
+        ] {
+            assert_eq!(needs_path_link(v), needs, "{v:?}");
+        }
+        assert_eq!(major_minor("v2.0.0-rc.1"), Some((2, 0)));
     }
 }

@@ -2,142 +2,19 @@
 //! containerd runs on `<host>/etc/containerd/config.toml`, and `--restart-cmd` is the harness's
 //! restart script (stop by pid file, start again with the same arguments). Needs root,
 //! containerd and runc; see `wasmkube_test_harness::skip_unless!`.
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "support/host.rs"]
+mod host;
+#[path = "support/live_host.rs"]
+mod live_host;
 
-use wasmkube_test_harness::containerd::default_config;
+use std::time::Duration;
+
+use host::{assert_same, snapshot_node};
+use live_host::{busybox_rootfs, Host, HELLO};
 use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
-use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::images::{pack, pause_archive};
 use wasmkube_test_harness::{
     missing_prerequisites, shim_binary, skip_unless, unique_id, Containerd,
 };
-
-const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
-const HELLO: &str = "docker.io/wasmkube/hello:installer";
-
-/// A host root with a containerd config and a containerd running on it.
-struct Host {
-    root: tempfile::TempDir,
-    ctd: Containerd,
-    original: Vec<u8>,
-}
-
-impl Host {
-    fn start() -> Host {
-        let root = tempfile::Builder::new()
-            .prefix("wk-host-")
-            .tempdir_in("/var/tmp")
-            .expect("host root");
-        let config = root.path().join("etc/containerd/config.toml");
-        std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
-        let text = default_config(root.path(), false);
-        std::fs::write(&config, &text).expect("config");
-        // containerd finds the shim by name on its PATH through the installer's link in
-        // `<host>/usr/local/bin` (containerd 1.6 ignores `runtime_path` for pod sandboxes).
-        let ctd = Containerd::builder()
-            .config_file(&config)
-            .path_dir(root.path().join("usr/local/bin"))
-            .start();
-        Host {
-            root,
-            ctd,
-            original: text.into_bytes(),
-        }
-    }
-
-    fn config(&self) -> PathBuf {
-        self.root.path().join("etc/containerd/config.toml")
-    }
-
-    fn shim_dest(&self) -> PathBuf {
-        self.root
-            .path()
-            .join("opt/wasmkube/bin/containerd-shim-wasmkube-v1")
-    }
-
-    fn result_file(&self) -> PathBuf {
-        self.root.path().join("termination-log")
-    }
-
-    /// Runs the installer binary; returns the exit code, the stdout JSON and the elapsed time.
-    fn installer(
-        &self,
-        verb: &str,
-        restart_cmd: &str,
-        extra: &[&str],
-    ) -> (i32, serde_json::Value, Duration) {
-        let start = Instant::now();
-        let out = Command::new(INSTALLER)
-            .arg(verb)
-            .arg("--host-root")
-            .arg(self.root.path())
-            .arg("--shim")
-            .arg(shim_binary())
-            .arg("--restart-cmd")
-            .arg(restart_cmd)
-            .arg("--containerd-address")
-            .arg(self.ctd.address())
-            .arg("--runtime-path")
-            .arg(self.shim_dest())
-            .arg("--result-file")
-            .arg(self.result_file())
-            .args(extra)
-            .output()
-            .expect("run installer");
-        let elapsed = start.elapsed();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "no JSON result ({e}): {stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        let file: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.result_file()).expect("result file"))
-                .expect("result file JSON");
-        assert_eq!(file, json, "result file and stdout differ");
-        (out.status.code().unwrap_or(-1), json, elapsed)
-    }
-
-    /// The images the wasm check needs, as a node has them: the sandbox image and one holding
-    /// the check module (in a cluster: the installer's own image). Returns the work dir.
-    fn import_check_images(&self) -> tempfile::TempDir {
-        let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-        self.ctd.import("k8s.io", pause).ok();
-        let work = tempfile::tempdir().expect("tmp");
-        let archive = work.path().join("hello.tar");
-        pack(&guest("hello"), HELLO, &archive);
-        self.ctd.import("k8s.io", &archive).ok();
-        work
-    }
-
-    fn restart_cmd(&self) -> String {
-        self.ctd.restart_script().display().to_string()
-    }
-
-    fn status_info(&self) -> String {
-        Cri::connect(&self.ctd.address())
-            .expect("CRI")
-            .status_info()
-            .expect("status")
-    }
-
-    /// Whether containerd's live CRI config has our runtime (the pause image is also named
-    /// `wasmkube.test/...`, so look for the runtime type).
-    fn serves_handler(&self) -> bool {
-        self.status_info().contains("io.containerd.wasmkube.v1")
-    }
-}
-
-/// A rootfs with static busybox, for a runc container.
-fn busybox_rootfs() -> tempfile::TempDir {
-    let busybox =
-        wasmkube_test_harness::which("busybox").expect("busybox (apt-get install busybox-static)");
-    wasmkube_test_harness::containerd::rootfs_with(&[("busybox", &busybox)])
-}
 
 fn task_pid(ctd: &Containerd, id: &str) -> Option<String> {
     ctd.ctr(&["tasks", "ls"])
@@ -293,10 +170,9 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
             .expect("mtime"),
         mtime
     );
-    assert!(
-        took < Duration::from_millis(200),
-        "re-install took {took:?}"
-    );
+    // How fast the re-run is belongs to bench/installer.sh (ratios, not a timed test): here
+    // only that it wrote nothing and restarted nothing.
+    let _ = took;
 
     // status
     let (code, r, _) = host.installer("status", &host.restart_cmd(), &[]);
@@ -332,9 +208,11 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
 fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
+    let before = snapshot_node(host.root.path());
     // "Restarts" without restarting: containerd keeps serving the old config, so the handler
     // never appears and verification must fail, roll back, and say so.
     let (code, r, _) = host.installer("install", "true", &["--timeout", "2"]);
+    assert_same(&before, &snapshot_node(host.root.path()));
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["state"], "failed");
     assert_eq!(r["failure"], "rolled-back");
@@ -418,4 +296,68 @@ fn a_config_containerd_rejects_is_rolled_back_and_containerd_comes_back() {
         "containerd not back"
     );
     assert!(!host.serves_handler());
+}
+
+/// An earlier shim (the real one with bytes appended, so it differs and still runs) installed
+/// with its PATH link, as a previous installer version left the node.
+fn install_older_shim(host: &Host) -> std::path::PathBuf {
+    let mut old = std::fs::read(shim_binary()).expect("shim");
+    old.extend_from_slice(b"\0older build");
+    let older = host.root.path().join("older-shim");
+    std::fs::write(&older, old).expect("write");
+    std::fs::set_permissions(&older, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    older
+}
+
+#[test]
+fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start();
+    let _work = host.import_check_images();
+    let older = install_older_shim(&host);
+    let older_arg = older.display().to_string();
+    let (code, r, _) = host.installer("install", &host.restart_cmd(), &["--shim", &older_arg]);
+    assert_eq!((code, r["state"].as_str()), (0, Some("installed")), "{r}");
+    assert!(host.serves_handler());
+    let before = snapshot_node(host.root.path());
+    let restarts = host.ctd.restart_count();
+
+    // The new shim fails the wasm check: the old one comes back, the link stays, no restart.
+    let (code, r, _) = host.installer(
+        "install",
+        &host.restart_cmd(),
+        &["--check-image", HELLO, "--check-module", "/missing.wasm"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["failure"], "rolled-back", "{r}");
+    assert_eq!(r["reason"], "WasmCheckFailed", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("put the previous shim back")),
+        "{r}"
+    );
+    assert_same(&before, &snapshot_node(host.root.path()));
+    assert_eq!(host.ctd.restart_count(), restarts);
+    assert!(host.serves_handler());
+
+    // A config change in the same upgrade (a new runtime path; the link left alone) that
+    // containerd never loads: config and shim go back.
+    let (code, r, _) = host.installer(
+        "install",
+        "true",
+        &[
+            "--timeout",
+            "2",
+            "--runtime-path",
+            "/opt/wasmkube/bin/elsewhere",
+            "--path-link",
+            "",
+        ],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["reason"], "VerifyTimeout", "{r}");
+    assert_same(&before, &snapshot_node(host.root.path()));
+    assert!(host.serves_handler());
 }

@@ -69,6 +69,58 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     )
 }
 
+/// containerd config in schema version 4 (what `containerd config default` of containerd 2.4
+/// writes) for a private daemon: the same runtimes, pause image
+/// and CNI as [`default_config`], in containerd 2.x's plugin layout.
+pub fn default_config_v4(dir: &Path, with_wasmkube: bool) -> String {
+    let cni = dir.join("cni");
+    let wasmkube = if with_wasmkube {
+        format!(
+            "\n    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{HANDLER}]\n      runtime_type = '{RUNTIME_TYPE}'\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"version = 4
+disabled_plugins = ['io.containerd.snapshotter.v1.aufs', 'io.containerd.snapshotter.v1.btrfs', 'io.containerd.snapshotter.v1.zfs', 'io.containerd.snapshotter.v1.devmapper', 'io.containerd.snapshotter.v1.blockfile', 'io.containerd.snapshotter.v1.erofs', 'io.containerd.tracing.processor.v1.otlp', 'io.containerd.internal.v1.tracing']
+
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '{PAUSE_IMAGE}'
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    # This VM refuses negative oom_score_adj; without this runc and the shim fail opaquely.
+    restrict_oom_score_adj = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes]
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+          runtime_type = 'io.containerd.runc.v2'
+{wasmkube}    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dir = '/usr/lib/cni'
+      conf_dir = '{cni}'
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+"#,
+        cni = cni.display()
+    )
+}
+
+/// The containerd 2.x build for the live tests: `WASMKUBE_CONTAINERD2_BIN` (a directory with
+/// `containerd` and `ctr`), else `/var/tmp/wasmkube-containerd2/v2.4.2/bin`
+/// (`scripts/containerd2.sh` builds it there from the Go module).
+pub fn containerd2_bin_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("WASMKUBE_CONTAINERD2_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/wasmkube-containerd2/v2.4.2/bin"));
+    dir.join("containerd").is_file().then_some(dir)
+}
+
 /// Options for [`Containerd::start`].
 #[derive(Default)]
 pub struct ContainerdBuilder {

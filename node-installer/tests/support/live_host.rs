@@ -1,0 +1,161 @@
+//! A temp host root with a live containerd on it, and the installer binary run against it:
+//! shared by the live installer tests.
+#![allow(dead_code)] // each test crate uses part of it
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wasmkube_test_harness::containerd::default_config;
+use wasmkube_test_harness::cri::Cri;
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::images::{pack, pause_archive};
+use wasmkube_test_harness::{shim_binary, Containerd};
+
+pub const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
+pub const HELLO: &str = "docker.io/wasmkube/hello:installer";
+
+/// A host root with a containerd config and a containerd running on it.
+pub struct Host {
+    pub root: tempfile::TempDir,
+    pub ctd: Containerd,
+    pub original: Vec<u8>,
+}
+
+impl Host {
+    /// Debian's containerd (1.6) on a schema-2 config.
+    pub fn start() -> Host {
+        Host::start_with(default_config, None, |_| {})
+    }
+
+    /// containerd 2.x from `bin` on a schema-4 config; `prepare` runs on the host root before
+    /// containerd starts.
+    pub fn start_containerd2(bin: PathBuf, prepare: impl FnOnce(&std::path::Path)) -> Host {
+        Host::start_with(
+            wasmkube_test_harness::containerd::default_config_v4,
+            Some(bin),
+            prepare,
+        )
+    }
+
+    fn start_with(
+        config_text: fn(&std::path::Path, bool) -> String,
+        bin: Option<PathBuf>,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Host {
+        let root = tempfile::Builder::new()
+            .prefix("wk-host-")
+            .tempdir_in("/var/tmp")
+            .expect("host root");
+        let config = root.path().join("etc/containerd/config.toml");
+        std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
+        let text = config_text(root.path(), false);
+        std::fs::write(&config, &text).expect("config");
+        prepare(root.path());
+        // containerd finds the shim by name on its PATH through the installer's link in
+        // `<host>/usr/local/bin` (containerd 1.6 ignores `runtime_path` for pod sandboxes).
+        let mut builder = Containerd::builder().config_file(&config);
+        if let Some(bin) = bin {
+            builder = builder.path_dir(bin);
+        }
+        let ctd = builder.path_dir(root.path().join("usr/local/bin")).start();
+        Host {
+            root,
+            ctd,
+            original: text.into_bytes(),
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.path().join("etc/containerd/config.toml")
+    }
+
+    pub fn shim_dest(&self) -> PathBuf {
+        self.root
+            .path()
+            .join("opt/wasmkube/bin/containerd-shim-wasmkube-v1")
+    }
+
+    pub fn result_file(&self) -> PathBuf {
+        self.root.path().join("termination-log")
+    }
+
+    /// Runs the installer binary; returns the exit code, the stdout JSON and the elapsed time.
+    /// `--shim` and `--runtime-path` in `extra` replace the defaults (the built shim, installed
+    /// under the host root).
+    pub fn installer(
+        &self,
+        verb: &str,
+        restart_cmd: &str,
+        extra: &[&str],
+    ) -> (i32, serde_json::Value, Duration) {
+        let start = Instant::now();
+        let mut cmd = Command::new(INSTALLER);
+        cmd.arg(verb)
+            .arg("--host-root")
+            .arg(self.root.path())
+            .arg("--restart-cmd")
+            .arg(restart_cmd)
+            .arg("--containerd-address")
+            .arg(self.ctd.address())
+            .arg("--result-file")
+            .arg(self.result_file());
+        if !extra.contains(&"--shim") {
+            cmd.arg("--shim").arg(shim_binary());
+        }
+        if !extra.contains(&"--runtime-path") {
+            cmd.arg("--runtime-path").arg(self.shim_dest());
+        }
+        let out = cmd.args(extra).output().expect("run installer");
+        let elapsed = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no JSON result ({e}): {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.result_file()).expect("result file"))
+                .expect("result file JSON");
+        assert_eq!(file, json, "result file and stdout differ");
+        (out.status.code().unwrap_or(-1), json, elapsed)
+    }
+
+    /// The images the wasm check needs, as a node has them: the sandbox image and one holding
+    /// the check module (in a cluster: the installer's own image). Returns the work dir.
+    pub fn import_check_images(&self) -> tempfile::TempDir {
+        let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+        self.ctd.import("k8s.io", pause).ok();
+        let work = tempfile::tempdir().expect("tmp");
+        let archive = work.path().join("hello.tar");
+        pack(&guest("hello"), HELLO, &archive);
+        self.ctd.import("k8s.io", &archive).ok();
+        work
+    }
+
+    pub fn restart_cmd(&self) -> String {
+        self.ctd.restart_script().display().to_string()
+    }
+
+    pub fn status_info(&self) -> String {
+        Cri::connect(&self.ctd.address())
+            .expect("CRI")
+            .status_info()
+            .expect("status")
+    }
+
+    /// Whether containerd's live CRI config has our runtime (the pause image is also named
+    /// `wasmkube.test/...`, so look for the runtime type).
+    pub fn serves_handler(&self) -> bool {
+        self.status_info().contains("io.containerd.wasmkube.v1")
+    }
+}
+
+/// A rootfs with static busybox, for a runc container.
+pub fn busybox_rootfs() -> tempfile::TempDir {
+    let busybox =
+        wasmkube_test_harness::which("busybox").expect("busybox (apt-get install busybox-static)");
+    wasmkube_test_harness::containerd::rootfs_with(&[("busybox", &busybox)])
+}
