@@ -41,6 +41,12 @@ pub enum ShimError {
     NoEntry { what: String, func: String },
     #[error("cannot serve wasi:http on {addr}: {detail}")]
     Listen { addr: String, detail: String },
+    #[error("invalid {var}={value:?}: {detail}")]
+    Config {
+        var: String,
+        value: String,
+        detail: String,
+    },
     #[error("wasm trap: {0}")]
     Trap(String),
     #[error(
@@ -67,6 +73,7 @@ impl ShimError {
             | ShimError::UnsupportedComponent { .. }
             | ShimError::NoEntry { .. }
             | ShimError::Listen { .. }
+            | ShimError::Config { .. }
             | ShimError::Setup(_) => EXIT_CANNOT_RUN,
             ShimError::Trap(_) | ShimError::Runtime(_) => EXIT_TRAP,
             ShimError::MemoryLimit { .. } => EXIT_MEMORY_LIMIT,

@@ -1,29 +1,46 @@
 //! Serves a `wasi:http/proxy` component over HTTP/1.1 on the pod's port: one pre-instantiated
 //! component, a fresh instance (pooling allocator) per request, graceful stop on SIGTERM.
+//!
+//! Limits (see [`crate::limits`]): a per-request deadline enforced by epoch interruption (504),
+//! a concurrency cap (503 at once, never queued), a header read timeout (slow clients are
+//! disconnected) and a body size limit (413). A thread outside the async runtime ticks the
+//! engine's epoch every [`EPOCH_TICK`]; at each tick a running guest yields to the executor, so
+//! guests that never return cannot starve the accept loop, other requests or the stop signal.
+//! A client that disconnects before its response drops the request's task and with it the
+//! guest's store.
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use wasmtime::component::Component;
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::error::ShimError;
+use crate::limits::HttpLimits;
 use crate::state::{GuestConfig, P2State, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
 use crate::stop::StopSignal;
 
 /// How long in-flight requests may take to finish after a stop request.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the engine's epoch advances: running guests yield and check their deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Names of the component's exports.
 pub fn exports(engine: &Engine, component: &Component) -> Vec<String> {
@@ -41,9 +58,57 @@ pub fn is_http_proxy(engine: &Engine, component: &Component) -> bool {
         .any(|e| e.starts_with("wasi:http/incoming-handler@"))
 }
 
+/// Why a request got no response from the guest.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("request deadline of {0:?} exceeded")]
+    Deadline(Duration),
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("{0:#}")]
+    Guest(wasmtime::Error),
+}
+
+/// The trap raised in a guest that ran past its deadline (or was stopped after the drain).
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline exceeded")]
+struct DeadlineExceeded;
+
 struct Server {
     pre: ProxyPre<P2State>,
     cfg: GuestConfig,
+    limits: HttpLimits,
+    /// One permit per request in flight, held until its guest task ends.
+    slots: Arc<Semaphore>,
+    /// Set when the drain after a stop request timed out: every guest traps at its next tick.
+    abort_all: Arc<AtomicBool>,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own OS thread (so a busy async
+/// runtime cannot hold deadlines back) until dropped.
+struct EpochTicker(Arc<AtomicBool>);
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, ShimError> {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::Builder::new()
+            .name("wasmkube-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(ShimError::setup)?;
+        Ok(EpochTicker(done))
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Serves until a stop request; returns the exit code (0 after a graceful drain).
@@ -62,6 +127,7 @@ pub async fn serve(
         detail,
     };
     let addr: SocketAddr = addr_text.parse().map_err(|e| listen_err(format!("{e}")))?;
+    let limits = HttpLimits::from_config(cfg)?;
 
     let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(ShimError::setup)?;
@@ -74,14 +140,23 @@ pub async fn serve(
     let server = Arc::new(Server {
         pre,
         cfg: cfg.clone(),
+        limits,
+        slots: Arc::new(Semaphore::new(limits.max_concurrent)),
+        abort_all: Arc::new(AtomicBool::new(false)),
     });
 
     let listener = crate::listen::bind(addr)
         .and_then(TcpListener::from_std)
         .map_err(|e| listen_err(e.to_string()))?;
     let bound = listener.local_addr().unwrap_or(addr);
+    let _ticker = EpochTicker::start(engine.clone())?;
     eprintln!("wasmkube: serving wasi:http on http://{bound}");
+    tracing::info!("wasi:http limits: {limits:?}");
 
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let stopped = stop.clone().wait();
     tokio::pin!(stopped);
@@ -97,7 +172,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let server = server.clone();
-                let conn = http1::Builder::new().keep_alive(true).serve_connection(
+                let conn = http.serve_connection(
                     TokioIo::new(stream),
                     hyper::service::service_fn(move |req| {
                         let server = server.clone();
@@ -115,32 +190,65 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    // Every request ends by its deadline, so the drain takes at most that long (or the cap).
+    let drain = DRAIN_TIMEOUT.min(limits.request_timeout + Duration::from_secs(1));
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        eprintln!(
-            "wasmkube: in-flight requests still running after {DRAIN_TIMEOUT:?}; stopping them"
-        );
-        engine.increment_epoch();
+        eprintln!("wasmkube: in-flight requests still running after {drain:?}; stopping them");
+        server.abort_all.store(true, Ordering::SeqCst);
     }
     Ok(0)
 }
 
+/// A response with a short plain-text body.
+fn plain(status: StatusCode, text: &'static str) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
 impl Server {
     async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+        if req.body().size_hint().lower() > self.limits.max_body {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            let mut resp = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight\n",
+            );
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+            return resp;
+        };
         let method = req.method().clone();
         let uri = req.uri().clone();
-        match self.call(req).await {
+        match self.call(req, permit).await {
             Ok(resp) => resp,
             Err(e) => {
-                eprintln!("wasmkube: {method} {uri} failed: {e:#}");
-                let body = Full::new(Bytes::from_static(b"internal server error\n"))
-                    .map_err(|never: Infallible| match never {})
-                    .boxed_unsync();
-                let mut resp = hyper::Response::new(body);
-                *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-                resp
+                eprintln!("wasmkube: {method} {uri} failed: {e}");
+                match e {
+                    RequestError::Deadline(_) => {
+                        plain(StatusCode::GATEWAY_TIMEOUT, "request deadline exceeded\n")
+                    }
+                    RequestError::BodyTooLarge(_) => {
+                        plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                    }
+                    RequestError::Guest(_) => {
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
+                    }
+                }
             }
         }
     }
@@ -148,41 +256,156 @@ impl Server {
     async fn call(
         &self,
         req: hyper::Request<Incoming>,
-    ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        permit: OwnedSemaphorePermit,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, RequestError> {
+        let timeout = self.limits.request_timeout;
+        let deadline = Instant::now() + timeout;
         let mut store = Store::new(self.pre.engine(), P2State::new(&self.cfg));
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
+        let abort_all = self.abort_all.clone();
+        store.epoch_deadline_callback(move |_| {
+            if abort_all.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(DeadlineExceeded));
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        let too_large = Arc::new(AtomicBool::new(false));
+        let max_body = self.limits.max_body;
+        let req = req.map(|body| LimitedBody {
+            inner: body,
+            seen: 0,
+            limit: max_body,
+            exceeded: too_large.clone(),
+        });
+        let classify = |e: wasmtime::Error| {
+            if e.downcast_ref::<DeadlineExceeded>().is_some() {
+                RequestError::Deadline(timeout)
+            } else if too_large.load(Ordering::Relaxed) {
+                RequestError::BodyTooLarge(max_body)
+            } else {
+                RequestError::Guest(e)
+            }
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, req)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(RequestError::Guest)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(RequestError::Guest)?;
         let pre = self.pre.clone();
-        // The guest may keep streaming the body after sending headers: run it as its own task.
+        // The guest may keep streaming the body after sending headers: run it as its own task,
+        // holding the request's slot until it ends (its deadline bounds it).
         let task = tokio::task::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            let result = proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await;
+            let _permit = permit;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            // The epoch callback stops guests that compute; this stops guests blocked in a
+            // host call (a sleep, a read) that never reach a tick.
+            let result = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(r) => r,
+                Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+            };
             match (result, store.data().limiter.refused()) {
+                (Err(e), _) if e.downcast_ref::<DeadlineExceeded>().is_some() => Err(e),
                 (Err(_), Some(limit)) => Err(wasmtime::Error::msg(limit.to_string())),
                 (r, _) => r,
             }
         });
-        match receiver.await {
+        // Until the response head exists, a client that goes away (hyper drops this future)
+        // takes the guest with it.
+        let guard = AbortOnDrop(Some(task.abort_handle()));
+        let result = match receiver.await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(code)) => Err(wasmtime::Error::msg(format!(
+            Ok(Err(code)) => Err(classify(wasmtime::Error::msg(format!(
                 "guest returned error code {code:?}"
-            ))),
+            )))),
             Err(_) => match task.await {
-                Ok(Ok(())) => Err(wasmtime::Error::msg(
+                Ok(Ok(())) => Err(RequestError::Guest(wasmtime::Error::msg(
                     "guest never called response-outparam::set",
-                )),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(wasmtime::Error::msg(format!("request task failed: {e}"))),
+                ))),
+                Ok(Err(e)) => Err(classify(e)),
+                Err(e) => Err(RequestError::Guest(wasmtime::Error::msg(format!(
+                    "request task failed: {e}"
+                )))),
             },
+        };
+        guard.disarm();
+        result
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
+    }
+}
+
+/// A request body that fails once more than `limit` bytes arrived (a chunked body has no
+/// length to check up front) and records that it did.
+struct LimitedBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.seen = self.seen.saturating_add(data.len() as u64);
+            if self.seen > self.limit {
+                self.exceeded.store(true, Ordering::Relaxed);
+                let limit = self.limit;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(limit),
+                ))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

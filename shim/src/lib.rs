@@ -5,7 +5,8 @@
 //! [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
 //! [`memory`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into
 //! store limits, WASI preopens and epoch interruption; [`privileges`] gives the guest process
-//! the capabilities an exec would have left it; [`listen`] binds the wasi:http socket.
+//! the capabilities an exec would have left it; [`listen`] binds the wasi:http socket
+//! and [`limits`] reads its request limits.
 
 pub mod cache;
 pub mod command;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod http;
+pub mod limits;
 pub mod listen;
 pub mod memory;
 pub mod preopens;

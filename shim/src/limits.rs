@@ -1,0 +1,184 @@
+//! Limits of the wasi:http server, read from the container's environment.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WASMKUBE_HTTP_REQUEST_TIMEOUT` | `30s` | per-request deadline (guest run time, epoch-enforced); past it the client gets 504 |
+//! | `WASMKUBE_HTTP_MAX_CONCURRENT` | `64` | requests served at once; more get 503 at once (at most [`MAX_INSTANCES`]) |
+//! | `WASMKUBE_HTTP_HEADER_TIMEOUT` | `10s` | time a client has to send the request head; then the connection is closed |
+//! | `WASMKUBE_HTTP_MAX_BODY` | `16Mi` | largest request body; bigger bodies get 413 |
+//!
+//! Durations are `<n>s`, `<n>ms` or a bare number of seconds; sizes are bytes with an optional
+//! `Ki`/`Mi`/`Gi` (or `K`/`M`/`G`, also powers of 1024) suffix.
+use std::time::Duration;
+
+use crate::engine::MAX_INSTANCES;
+use crate::error::ShimError;
+use crate::state::GuestConfig;
+
+pub const REQUEST_TIMEOUT_ENV: &str = "WASMKUBE_HTTP_REQUEST_TIMEOUT";
+pub const MAX_CONCURRENT_ENV: &str = "WASMKUBE_HTTP_MAX_CONCURRENT";
+pub const HEADER_TIMEOUT_ENV: &str = "WASMKUBE_HTTP_HEADER_TIMEOUT";
+pub const MAX_BODY_ENV: &str = "WASMKUBE_HTTP_MAX_BODY";
+
+/// The wasi:http server's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// How long one request may run the guest.
+    pub request_timeout: Duration,
+    /// Requests in flight at once.
+    pub max_concurrent: usize,
+    /// How long a client may take to send the request head.
+    pub header_timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_body: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 64,
+            header_timeout: Duration::from_secs(10),
+            max_body: 16 << 20,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The defaults, overridden by the container's environment; a malformed value is an error
+    /// (a limit silently ignored would be worse than a container that does not start).
+    pub fn from_config(cfg: &GuestConfig) -> Result<Self, ShimError> {
+        Self::from_lookup(|k| cfg.env(k))
+    }
+
+    /// As [`HttpLimits::from_config`], with `env` for the lookup.
+    pub fn from_lookup<'a>(env: impl Fn(&str) -> Option<&'a str>) -> Result<Self, ShimError> {
+        let mut limits = HttpLimits::default();
+        let bad = |var: &str, value: &str, detail: &str| ShimError::Config {
+            var: var.to_string(),
+            value: value.to_string(),
+            detail: detail.to_string(),
+        };
+        if let Some(v) = env(REQUEST_TIMEOUT_ENV) {
+            limits.request_timeout =
+                parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    bad(
+                        REQUEST_TIMEOUT_ENV,
+                        v,
+                        "expected a duration such as 30s or 500ms",
+                    )
+                })?;
+        }
+        if let Some(v) = env(HEADER_TIMEOUT_ENV) {
+            limits.header_timeout =
+                parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    bad(
+                        HEADER_TIMEOUT_ENV,
+                        v,
+                        "expected a duration such as 10s or 500ms",
+                    )
+                })?;
+        }
+        if let Some(v) = env(MAX_CONCURRENT_ENV) {
+            limits.max_concurrent = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_INSTANCES as usize).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        MAX_CONCURRENT_ENV,
+                        v,
+                        &format!("expected a whole number from 1 to {MAX_INSTANCES}"),
+                    )
+                })?;
+        }
+        if let Some(v) = env(MAX_BODY_ENV) {
+            limits.max_body = parse_size(v)
+                .ok_or_else(|| bad(MAX_BODY_ENV, v, "expected bytes such as 1048576 or 16Mi"))?;
+        }
+        Ok(limits)
+    }
+}
+
+/// `30s`, `500ms` or `30` (seconds).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.trim().parse::<u64>().ok().map(Duration::from_millis);
+    }
+    let secs = t.strip_suffix('s').unwrap_or(t).trim();
+    secs.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// `1048576`, `512Ki`, `16Mi`, `1Gi` (`K`, `M`, `G` too, also powers of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" => 0,
+        "K" | "Ki" => 10,
+        "M" | "Mi" => 20,
+        "G" | "Gi" => 30,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("16Mi"), Some(16 << 20));
+        assert_eq!(parse_size("2K"), Some(2048));
+        assert_eq!(parse_size("1Gi"), Some(1 << 30));
+        assert_eq!(parse_size("1.5Mi"), None);
+        assert_eq!(parse_size("Mi"), None);
+        assert_eq!(parse_size("99999999999999999999Gi"), None);
+    }
+
+    #[test]
+    fn env_overrides_defaults_and_bad_values_name_the_variable() {
+        let none = HttpLimits::from_lookup(|_| None).expect("defaults");
+        assert_eq!(none, HttpLimits::default());
+        let set = HttpLimits::from_lookup(|k| match k {
+            REQUEST_TIMEOUT_ENV => Some("2s"),
+            MAX_CONCURRENT_ENV => Some("4"),
+            HEADER_TIMEOUT_ENV => Some("1500ms"),
+            MAX_BODY_ENV => Some("1Ki"),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(
+            set,
+            HttpLimits {
+                request_timeout: Duration::from_secs(2),
+                max_concurrent: 4,
+                header_timeout: Duration::from_millis(1500),
+                max_body: 1024,
+            }
+        );
+        for (var, value) in [
+            (REQUEST_TIMEOUT_ENV, "0"),
+            (MAX_CONCURRENT_ENV, "0"),
+            (MAX_CONCURRENT_ENV, "100000"),
+            (HEADER_TIMEOUT_ENV, "soon"),
+            (MAX_BODY_ENV, "lots"),
+        ] {
+            let err = HttpLimits::from_lookup(|k| (k == var).then_some(value))
+                .expect_err("must be refused");
+            let msg = err.to_string();
+            assert!(msg.contains(var) && msg.contains(value), "{msg}");
+            assert_eq!(err.exit_code(), crate::error::EXIT_CANNOT_RUN);
+        }
+    }
+}

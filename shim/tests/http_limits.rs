@@ -1,0 +1,304 @@
+//! The wasi:http server's limits under a real containerd (`ctr run`, host network): request
+//! deadline, concurrency cap, header read timeout, body size limit, cancellation on client
+//! disconnect, and a stop that looping guests cannot hold up. Uses the `http-limits` test guest:
+//! `/loop` spins forever, `/body` reads the body. Needs root, containerd and runc.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
+
+/// The `http-limits` guest, built next to the harness's guests (this suite is its only user,
+/// so it is not in the harness's list).
+fn limits_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // `.../guests/wasm32-wasip2/release/http_hello.wasm`: the same target dir.
+            let hello = guest("http_hello");
+            let release = hello.parent().expect("release dir");
+            let target_dir = release
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("guest target dir");
+            let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(wasmkube_test_harness::guests::repo_root().join("tests/guests"))
+                .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
+                .args(["-p", "http-limits"])
+                .env("CARGO_TARGET_DIR", target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .output()
+                .expect("run cargo");
+            assert!(
+                out.status.success(),
+                "building http-limits failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            release.join("http_limits.wasm")
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Sends `raw` and reads until the server closes; `None` if the server cannot be reached.
+fn exchange(port: u16, raw: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    // The server may answer (413) and close before reading all of a body: ignore write errors.
+    let _ = s.write_all(raw);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    Some(String::from_utf8_lossy(&resp).into_owned())
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The status code of a response (0 when there is none).
+fn status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts http-limits with `env` on a free port; returns the port and the `ctr run` child once
+/// the server answers.
+fn start_server(ctd: &Containerd, id: &str, env: &[&str]) -> (u16, Child, tempfile::TempDir) {
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("http.wasm", &limits_guest())]);
+    let port = free_port();
+    let mut run = CtrRun::rootfs(id, root.path(), &["/http.wasm"])
+        .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
+    for kv in env {
+        run = run.env(kv);
+    }
+    run.net_host = true;
+    let child = ctd.spawn_run(&run);
+    let start = Instant::now();
+    while get(port, "/ready").map(|r| status(&r)) != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "server never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (port, child, root)
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// `n` `/loop` requests on their own threads; each yields its status and how long it took.
+fn loops(port: u16, n: usize) -> Vec<std::thread::JoinHandle<(u16, Duration)>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let resp = get(port, "/loop").unwrap_or_default();
+                (status(&resp), t.elapsed())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn looping_guests_hit_the_deadline_and_block_neither_other_requests_nor_sigterm() {
+    skip_unless!(missing_prerequisites());
+    let ctd = Containerd::builder().shim(SHIM).start();
+    let id = unique_id("hlim");
+    let (port, mut child, _root) = start_server(
+        &ctd,
+        &id,
+        &[
+            "WASMKUBE_HTTP_REQUEST_TIMEOUT=2s",
+            "WASMKUBE_HTTP_MAX_CONCURRENT=5",
+        ],
+    );
+
+    // Four spinning guests: more than the runtime's worker threads on a small node.
+    let looping = loops(port, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let resp = get(port, "/healthy").expect("healthy request");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "healthy request took {:?}",
+        t.elapsed()
+    );
+
+    // A fifth fills the cap: the next request is refused at once, not queued.
+    let fifth = loops(port, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let resp = get(port, "/over-the-cap").expect("answer");
+    assert_eq!(status(&resp), 503, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 1"),
+        "{resp}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "503 took {:?}",
+        t.elapsed()
+    );
+
+    for handle in looping.into_iter().chain(fifth) {
+        let (code, took) = handle.join().expect("loop thread");
+        assert_eq!(code, 504, "a request past its deadline gets 504");
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+            "deadline 2s, answered after {took:?}"
+        );
+    }
+    let resp = get(port, "/after").expect("still serving");
+    assert_eq!(status(&resp), 200, "{resp}");
+
+    // SIGTERM with spinning guests in flight: the listener closes at once, and the container
+    // exits once the in-flight requests hit their deadline.
+    let looping = loops(port, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    ctd.ctr(&["tasks", "kill", &id]).ok();
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "listener still open 1s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_after = t.elapsed();
+    let exit = wait_child(&mut child, Duration::from_secs(10)).expect("server did not stop");
+    let stopped_after = t.elapsed();
+    assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
+    assert!(
+        stopped_after < Duration::from_secs(4),
+        "stop took {stopped_after:?} (deadline 2s)"
+    );
+    for handle in looping {
+        let (code, _) = handle.join().expect("loop thread");
+        assert!(matches!(code, 504 | 0), "in-flight loop ended with {code}");
+    }
+    eprintln!(
+        "listener closed {closed_after:?} and container exited {stopped_after:?} after SIGTERM"
+    );
+}
+
+#[test]
+fn slow_headers_big_bodies_and_gone_clients_are_handled() {
+    skip_unless!(missing_prerequisites());
+    let ctd = Containerd::builder().shim(SHIM).start();
+    let id = unique_id("hlim");
+    let (port, mut child, _root) = start_server(
+        &ctd,
+        &id,
+        &[
+            "WASMKUBE_HTTP_HEADER_TIMEOUT=1s",
+            "WASMKUBE_HTTP_MAX_BODY=1Ki",
+            "WASMKUBE_HTTP_MAX_CONCURRENT=1",
+        ],
+    );
+
+    // Slowloris: half a request head, then nothing. The server hangs up after ~1s.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest);
+    let took = t.elapsed();
+    assert!(
+        closed.is_ok() || took < Duration::from_secs(8),
+        "connection not closed: {closed:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "header timeout 1s, closed after {took:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains(" 200 "),
+        "no answer to half a head"
+    );
+
+    // Bodies: a declared length over the limit, a chunked body that grows past it, one within.
+    let big = vec![b'x'; 2048];
+    let mut declared = b"POST /body HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2048\r\n\r\n".to_vec();
+    declared.extend_from_slice(&big);
+    let resp = exchange(port, &declared).expect("answer");
+    assert_eq!(status(&resp), 413, "{resp}");
+    let mut chunked = b"POST /body HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"258\r\n");
+        chunked.extend_from_slice(&big[..600]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let resp = exchange(port, &chunked).expect("answer");
+    assert_eq!(status(&resp), 413, "{resp}");
+    let mut small = b"POST /body HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 100\r\n\r\n".to_vec();
+    small.extend_from_slice(&big[..100]);
+    let resp = exchange(port, &small).expect("answer");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert!(resp.contains("body 100 bytes\n"), "{resp}");
+
+    // A client that leaves takes its guest with it: the one slot is free again long before the
+    // 30 s default deadline.
+    let mut gone = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    gone.write_all(b"GET /loop HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    let resp = get(port, "/busy").expect("answer");
+    assert_eq!(
+        status(&resp),
+        503,
+        "the looping guest holds the only slot: {resp}"
+    );
+    drop(gone);
+    let t = Instant::now();
+    loop {
+        let resp = get(port, "/freed").expect("answer");
+        if status(&resp) == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "slot still taken {:?} after the client left: {resp}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("slot freed {:?} after the client disconnected", t.elapsed());
+
+    ctd.ctr(&["tasks", "kill", &id]).ok();
+    let exit = wait_child(&mut child, Duration::from_secs(10)).expect("server did not stop");
+    assert_eq!(exit.code(), Some(0));
+}
