@@ -4,47 +4,13 @@
 //! `/loop` spins forever, `/body` reads the body. Needs root, containerd and runc.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::sync::OnceLock;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
-
-/// The `http-limits` guest, built next to the harness's guests (this suite is its only user,
-/// so it is not in the harness's list).
-fn limits_guest() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // `.../guests/wasm32-wasip2/release/http_hello.wasm`: the same target dir.
-            let hello = guest("http_hello");
-            let release = hello.parent().expect("release dir");
-            let target_dir = release
-                .parent()
-                .and_then(|p| p.parent())
-                .expect("guest target dir");
-            let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(wasmkube_test_harness::guests::repo_root().join("tests/guests"))
-                .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
-                .args(["-p", "http-limits"])
-                .env("CARGO_TARGET_DIR", target_dir)
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .output()
-                .expect("run cargo");
-            assert!(
-                out.status.success(),
-                "building http-limits failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            release.join("http_limits.wasm")
-        })
-        .clone()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,7 +49,8 @@ fn status(resp: &str) -> u16 {
 /// Starts http-limits with `env` on a free port; returns the port and the `ctr run` child once
 /// the server answers.
 fn start_server(ctd: &Containerd, id: &str, env: &[&str]) -> (u16, Child, tempfile::TempDir) {
-    let root = wasmkube_test_harness::containerd::rootfs_with(&[("http.wasm", &limits_guest())]);
+    let root =
+        wasmkube_test_harness::containerd::rootfs_with(&[("http.wasm", &guest("http_limits"))]);
     let port = free_port();
     let mut run = CtrRun::rootfs(id, root.path(), &["/http.wasm"])
         .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));

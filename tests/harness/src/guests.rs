@@ -26,7 +26,10 @@ fn build_all() -> &'static Result<PathBuf, String> {
                 "wasm32-wasip1",
                 &["hello", "trap", "busyloop", "memhog", "fileio"][..],
             ),
-            ("wasm32-wasip2", &["http-hello", "cli-component"][..]),
+            (
+                "wasm32-wasip2",
+                &["http-hello", "http-limits", "cli-component"][..],
+            ),
         ] {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.current_dir(repo_root().join("tests/guests"))
@@ -51,13 +54,14 @@ fn build_all() -> &'static Result<PathBuf, String> {
 }
 
 /// Path of a built guest: `hello`, `trap`, `busyloop`, `memhog`, `fileio` (preview1 modules),
-/// `http_hello`, `cli-component` (preview2 components).
+/// `http_hello`, `http_limits` (test-only: `/loop` spins, `/body` counts), `cli-component`
+/// (preview2 components).
 pub fn guest(name: &str) -> PathBuf {
     let dir = match build_all() {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let target = if matches!(name, "http_hello" | "cli-component") {
+    let target = if matches!(name, "http_hello" | "http_limits" | "cli-component") {
         "wasm32-wasip2"
     } else {
         "wasm32-wasip1"
