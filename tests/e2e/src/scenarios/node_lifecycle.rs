@@ -147,11 +147,25 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
                 states.borrow_mut().push(label.clone());
             }
             Ok(match label.as_deref() {
+                // A pod whose containers have stopped (the kubelet sets a terminal phase
+                // before the object goes) no longer runs on the runtime.
                 Some("removing") | None => Poll::Done(
                     drain_pods_on_node(c)
                         .await?
                         .iter()
-                        .map(|p| p.name_any())
+                        .filter(|p| {
+                            !matches!(
+                                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                                Some("Succeeded" | "Failed")
+                            )
+                        })
+                        .map(|p| {
+                            format!(
+                                "{} ({:?})",
+                                p.name_any(),
+                                p.status.as_ref().and_then(|s| s.phase.as_deref())
+                            )
+                        })
                         .collect::<Vec<_>>(),
                 ),
                 other => Poll::NotYet(format!("label {other:?}")),
@@ -168,7 +182,7 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
     ensure!(saw_taint, "the node was never tainted {REMOVING_TAINT}");
     ensure!(
         pod_at_removing.is_empty(),
-        "the uninstall started while wasm pods were still on the node: {pod_at_removing:?}"
+        "the uninstall started while wasm pods still ran on the node: {pod_at_removing:?}"
     );
     node::wait_clean(c, Duration::from_secs(240)).await?;
     assert_runtime_gone(c)?;
