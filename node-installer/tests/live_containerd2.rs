@@ -2,20 +2,15 @@
 //! `scripts/containerd2.sh`): a schema-4 config patched in place, containerd restarted, a wasm
 //! pod through CRI, a re-run that changes nothing, and an uninstall that gives back the original
 //! bytes. The same flow as `live_containerd.rs` runs on Debian's containerd 1.6.
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "support/live_host.rs"]
+mod live_host;
 
-use wasmkube_test_harness::containerd::{containerd2_bin_dir, default_config_v4};
+use std::time::Duration;
+
+use live_host::{Host, HELLO};
+use wasmkube_test_harness::containerd::containerd2_bin_dir;
 use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
-use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::images::{pack, pause_archive};
-use wasmkube_test_harness::{
-    missing_prerequisites, shim_binary, skip_unless, unique_id, Containerd,
-};
-
-const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
-const HELLO: &str = "docker.io/wasmkube/hello:installer2";
+use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id};
 
 fn missing() -> Option<String> {
     let mut missing: Vec<String> = missing_prerequisites().into_iter().collect();
@@ -29,100 +24,17 @@ fn missing() -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
-struct Host {
-    root: tempfile::TempDir,
-    ctd: Containerd,
-    original: Vec<u8>,
-}
-
-impl Host {
-    fn start(bin: PathBuf) -> Host {
-        let root = tempfile::Builder::new()
-            .prefix("wk-host2-")
-            .tempdir_in("/var/tmp")
-            .expect("host root");
-        let config = root.path().join("etc/containerd/config.toml");
-        std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
-        let text = default_config_v4(root.path(), false);
-        std::fs::write(&config, &text).expect("config");
-        // containerd 2.x first on the daemon's PATH (and so in its restart script).
-        let ctd = Containerd::builder()
-            .config_file(&config)
-            .path_dir(bin)
-            .path_dir(root.path().join("usr/local/bin"))
-            .start();
-        Host {
-            root,
-            ctd,
-            original: text.into_bytes(),
-        }
-    }
-
-    fn config(&self) -> PathBuf {
-        self.root.path().join("etc/containerd/config.toml")
-    }
-
-    fn shim_dest(&self) -> PathBuf {
-        self.root
-            .path()
-            .join("opt/wasmkube/bin/containerd-shim-wasmkube-v1")
-    }
-
-    fn installer(&self, verb: &str, extra: &[&str]) -> (i32, serde_json::Value, Duration) {
-        let start = Instant::now();
-        let out = Command::new(INSTALLER)
-            .arg(verb)
-            .arg("--host-root")
-            .arg(self.root.path())
-            .arg("--shim")
-            .arg(shim_binary())
-            .arg("--restart-cmd")
-            .arg(self.ctd.restart_script())
-            .arg("--containerd-address")
-            .arg(self.ctd.address())
-            .arg("--runtime-path")
-            .arg(self.shim_dest())
-            .args(extra)
-            .output()
-            .expect("run installer");
-        let elapsed = start.elapsed();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "no JSON result ({e}): {stdout}\n{}\ncontainerd log:\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    self.ctd.log_tail()
-                )
-            });
-        (out.status.code().unwrap_or(-1), json, elapsed)
-    }
-
-    fn serves_handler(&self) -> bool {
-        Cri::connect(&self.ctd.address())
-            .expect("CRI")
-            .status_info()
-            .expect("status")
-            .contains("io.containerd.wasmkube.v1")
-    }
-}
-
 #[test]
 fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     skip_unless!(missing());
     let bin = containerd2_bin_dir().expect("checked above");
-    let host = Host::start(bin);
+    let host = Host::start_containerd2(bin, |_| {});
     assert!(!host.serves_handler(), "handler present before install");
-
-    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    host.ctd.import("k8s.io", pause).ok();
-    let work = tempfile::tempdir().expect("tmp");
-    let archive = work.path().join("hello.tar");
-    pack(&guest("hello"), HELLO, &archive);
-    host.ctd.import("k8s.io", &archive).ok();
+    let work = host.import_check_images();
 
     let (code, r, took) = host.installer(
         "install",
+        &host.restart_cmd(),
         &["--check-image", HELLO, "--check-module", "/hello.wasm"],
     );
     eprintln!("containerd 2.x install took {took:?}: {r}");
@@ -187,7 +99,7 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     cri.remove_pod(&pod_id).expect("RemovePodSandbox");
 
     // Re-run: nothing written, no restart.
-    let (code, r, took) = host.installer("install", &[]);
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
     eprintln!("containerd 2.x re-install took {took:?}: {r}");
     assert_eq!((code, r["state"].as_str()), (0, Some("unchanged")), "{r}");
     assert_eq!(
@@ -201,7 +113,7 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     );
 
     // Uninstall: the original bytes, the handler gone, no shim left.
-    let (code, r, _) = host.installer("uninstall", &[]);
+    let (code, r, _) = host.installer("uninstall", &host.restart_cmd(), &[]);
     assert_eq!((code, r["state"].as_str()), (0, Some("uninstalled")), "{r}");
     assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
     assert!(

@@ -7,15 +7,7 @@ use crate::Cluster;
 
 /// The note of an Event with `reason` about the object named `regarding`, if one was recorded.
 pub async fn find(c: &Cluster, reason: &str, regarding: &str) -> Result<Option<String>> {
-    let events: Api<Event> = Api::all(c.client.clone());
-    let list = events
-        .list(&ListParams::default().fields(&format!("reason={reason}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding))
-        .map(|e| e.note.unwrap_or_default()))
+    find_with(c, reason, regarding, "").await
 }
 
 /// The note of an Event with `reason` about `regarding` whose note contains `text`.
