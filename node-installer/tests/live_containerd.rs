@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use host::{assert_same, snapshot_node};
 use live_host::{busybox_rootfs, Host, HELLO};
-use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
+use wasmkube_test_harness::cri::Cri;
 use wasmkube_test_harness::{
     missing_prerequisites, shim_binary, skip_unless, unique_id, Containerd,
 };
@@ -115,36 +115,7 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     );
 
     // A CRI pod with runtime_handler wasmkube runs the hello guest.
-    let mut cri = Cri::connect(&host.ctd.address()).expect("CRI");
-    let pod = PodSpec {
-        name: unique_id("installed"),
-        handler: "wasmkube".into(),
-        host_network: true,
-        log_dir: work.path().join("logs"),
-    };
-    let pod_id = cri
-        .run_pod(&pod)
-        .expect("RunPodSandbox with runtime_handler wasmkube");
-    let spec = ContainerSpec {
-        name: "hello".into(),
-        image: HELLO.into(),
-        ..Default::default()
-    };
-    let id = cri
-        .create_container(&pod_id, &pod, &spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    assert_eq!(
-        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
-        0
-    );
-    let log: String = read_log(&pod.log_dir.join("hello.log"))
-        .into_iter()
-        .map(|(_, m)| m + "\n")
-        .collect();
-    assert!(log.contains("hello from wasm"), "{log}");
-    cri.remove_container(&id).expect("RemoveContainer");
-    cri.remove_pod(&pod_id).expect("RemovePodSandbox");
+    host.run_hello_pod(&work.path().join("logs"), "installed");
 
     // Second install: nothing written, no restart, fast.
     let mtime = std::fs::metadata(host.config())

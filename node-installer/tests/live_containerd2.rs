@@ -5,12 +5,9 @@
 #[path = "support/live_host.rs"]
 mod live_host;
 
-use std::time::Duration;
-
 use live_host::{Host, HELLO};
 use wasmkube_test_harness::containerd::containerd2_bin_dir;
-use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
-use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id};
+use wasmkube_test_harness::{missing_prerequisites, skip_unless};
 
 fn missing() -> Option<String> {
     let mut missing: Vec<String> = missing_prerequisites().into_iter().collect();
@@ -69,34 +66,7 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     );
 
     // A CRI pod with runtime_handler wasmkube runs the hello guest on containerd 2.x.
-    let mut cri = Cri::connect(&host.ctd.address()).expect("CRI");
-    let pod = PodSpec {
-        name: unique_id("c2"),
-        handler: "wasmkube".into(),
-        host_network: true,
-        log_dir: work.path().join("logs"),
-    };
-    let pod_id = cri.run_pod(&pod).expect("RunPodSandbox (wasmkube)");
-    let spec = ContainerSpec {
-        name: "hello".into(),
-        image: HELLO.into(),
-        ..Default::default()
-    };
-    let id = cri
-        .create_container(&pod_id, &pod, &spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    assert_eq!(
-        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
-        0
-    );
-    let log: String = read_log(&pod.log_dir.join("hello.log"))
-        .into_iter()
-        .map(|(_, m)| m + "\n")
-        .collect();
-    assert!(log.contains("hello from wasm"), "{log}");
-    cri.remove_container(&id).expect("RemoveContainer");
-    cri.remove_pod(&pod_id).expect("RemovePodSandbox");
+    host.run_hello_pod(&work.path().join("logs"), "c2");
 
     // Re-run: nothing written, no restart.
     let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);

@@ -7,10 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::default_config;
-use wasmkube_test_harness::cri::Cri;
+use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::images::{pack, pause_archive};
-use wasmkube_test_harness::{shim_binary, Containerd};
+use wasmkube_test_harness::{shim_binary, unique_id, Containerd};
 
 pub const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
 pub const HELLO: &str = "docker.io/wasmkube/hello:installer";
@@ -133,6 +133,41 @@ impl Host {
         pack(&guest("hello"), HELLO, &archive);
         self.ctd.import("k8s.io", &archive).ok();
         work
+    }
+
+    /// Runs the hello guest ([`HELLO`]) as a CRI pod with `runtime_handler: wasmkube`, checks
+    /// that it exits 0 and logs its greeting, then removes the pod.
+    pub fn run_hello_pod(&self, log_dir: &std::path::Path, name: &str) {
+        let mut cri = Cri::connect(&self.ctd.address()).expect("CRI");
+        let pod = PodSpec {
+            name: unique_id(name),
+            handler: "wasmkube".into(),
+            host_network: true,
+            log_dir: log_dir.to_path_buf(),
+        };
+        let pod_id = cri
+            .run_pod(&pod)
+            .expect("RunPodSandbox with runtime_handler wasmkube");
+        let spec = ContainerSpec {
+            name: "hello".into(),
+            image: HELLO.into(),
+            ..Default::default()
+        };
+        let id = cri
+            .create_container(&pod_id, &pod, &spec)
+            .expect("CreateContainer");
+        cri.start_container(&id).expect("StartContainer");
+        assert_eq!(
+            cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
+            0
+        );
+        let log: String = read_log(&pod.log_dir.join("hello.log"))
+            .into_iter()
+            .map(|(_, m)| m + "\n")
+            .collect();
+        assert!(log.contains("hello from wasm"), "{log}");
+        cri.remove_container(&id).expect("RemoveContainer");
+        cri.remove_pod(&pod_id).expect("RemovePodSandbox");
     }
 
     pub fn restart_cmd(&self) -> String {
