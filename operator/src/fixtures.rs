@@ -116,9 +116,16 @@ impl Step {
         })
     }
 
-    /// Checks the JSON body.
+    /// Checks the JSON body, after any check the step already makes (an event's reason and
+    /// type, a delete's propagation): a further check adds to those, never replaces them.
     pub fn body(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
-        self.check = Some(Box::new(check));
+        self.check = Some(match self.check.take() {
+            Some(first) => Box::new(move |b: &Value| {
+                first(b);
+                check(b);
+            }),
+            None => Box::new(check),
+        });
         self
     }
 
@@ -178,7 +185,7 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())

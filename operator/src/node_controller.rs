@@ -65,7 +65,7 @@ pub struct Context {
     pub installer: InstallerConfig,
     /// States we wrote that the watch may not show yet.
     pub overlay: Overlay,
-    /// Serialises rollout decisions: two nodes never take the last slot together.
+    /// Serialises taking a rollout slot: see [`reconcile`].
     pub rollout_lock: tokio::sync::Mutex<()>,
     /// Wakes the queued nodes when a slot frees.
     pub slot_released: mpsc::UnboundedSender<()>,
@@ -129,6 +129,25 @@ async fn publish(ctx: &Context, node: &PartialObjectMeta<Node>, ev: NodeEvent) {
 }
 
 /// One reconciliation of one Node.
+///
+/// # The rollout lock
+///
+/// Only a reconcile that may take a rollout slot holds [`Context::rollout_lock`], and only from
+/// the admission decision ([`admit`] over the node cache with the [`Overlay`] laid on it) until
+/// the label/annotation write that takes the slot is done and recorded in the overlay. Two
+/// opt-ins therefore never both take the last slot: the second decides after the first's write
+/// is in the overlay, even while the watch cache still shows the old label. (A node opted in
+/// again while draining or removing also takes its taint off in between: that read and patch of
+/// its own Node are the only other calls made under the lock.) A write that takes a slot without
+/// an admission (a `ready` node whose installer now fails) takes the lock around the write alone.
+///
+/// Everything else runs unlocked, so nodes do not queue behind one another's API calls: the
+/// installer-run lookups, the drain's pod list and evictions, writes that keep or give up a
+/// slot (an install result, `draining`, `removing`), and Events. Those never make a slot
+/// busier, so an admission deciding beside them errs only towards waiting. A queued node that
+/// decided just before a slot was freed is not stranded: its own label change, or the
+/// slot-released signal that follows the freeing write, reconciles it again (with
+/// `QUEUE_POLL` as the fallback).
 pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = node
@@ -141,7 +160,6 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         .wait_until_ready()
         .await
         .map_err(|_| Error::Cache("the node cache closed before its first list"))?;
-    let _rollout = ctx.rollout_lock.lock().await;
     let current = NodeRuntime::of(&node);
     let now = Timestamp::now();
     let state = current.state.as_deref();
@@ -174,7 +192,10 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         recheck = run.recheck;
         seen.uninstall = run.outcome;
     }
+    // An opted-in node without a slot asks for one: decide and write under the lock.
+    let mut rollout = None;
     if opted && !matches!(state, Some(PENDING | READY | FAILED)) {
+        rollout = Some(ctx.rollout_lock.lock().await);
         seen.slot_free = slot_free(&ctx, &node);
     }
     let mut drain_blocked = Vec::new();
@@ -195,6 +216,9 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
     }
     if next != current {
         info!(node = %name, from = ?current.state, to = ?next.state, "node runtime state");
+        if rollout.is_none() && !holds_slot(state) && holds_slot(next.state.as_deref()) {
+            rollout = Some(ctx.rollout_lock.lock().await);
+        }
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         nodes
             .patch(
@@ -208,6 +232,7 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
             let _ = ctx.slot_released.unbounded_send(());
         }
     }
+    drop(rollout);
     if let Some(ev) = ev {
         let timed_out = ev.reason == reasons::INSTALL_FAILED;
         publish(&ctx, &node, ev).await;

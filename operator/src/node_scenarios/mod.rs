@@ -15,6 +15,7 @@ use kube::{
     api::ObjectMeta,
     core::PartialObjectMeta,
     runtime::{controller::Action, events::Reporter, reflector, watcher},
+    Client,
 };
 use serde_json::json;
 
@@ -30,11 +31,19 @@ use crate::{
     pod_index::PodIndex,
 };
 
+mod concurrent;
 mod opt_out;
 mod rollout;
 mod runs;
+mod steps;
+
+use steps::*;
 
 const NODE: &str = "/api/v1/nodes/worker-1";
+/// The opt-in annotation (or label).
+const WASM_NODE: (&str, &str) = ("wasmkube.dev/wasm-node", "true");
+/// The installed version `INSTALLED` reports.
+const SHIM: &str = "0.1.0@sha256:9f86d081";
 const INSTALLED: &str = r#"{"state":"installed","flavour":"kind","configPath":"/etc/containerd/config.toml","containerdVersion":"2.1.1","shimVersion":"0.1.0","shimSha256":"9f86d081","restarted":true,"message":"installed; containerd restarted; handler wasmkube verified"}"#;
 
 fn node(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> PartialObjectMeta<Node> {
@@ -112,6 +121,29 @@ fn named(
     n
 }
 
+/// An opted-in node with no runtime state yet.
+fn opted_in() -> PartialObjectMeta<Node> {
+    node(&[], &[WASM_NODE])
+}
+
+/// An opted-in node `pending` since `since` (no `runtime-since` annotation for `None`).
+fn pending(since: Option<&str>) -> PartialObjectMeta<Node> {
+    let mut annotations = vec![WASM_NODE];
+    annotations.extend(since.map(|s| (RUNTIME_SINCE_ANNOTATION, s)));
+    node(&[("wasmkube.dev/runtime", "pending")], &annotations)
+}
+
+/// An installer pod of worker-1 that reported a successful install.
+fn installed_pod() -> Pod {
+    pod(
+        "inst-a",
+        "worker-1",
+        InstallerAction::Install,
+        Some((0, INSTALLED)),
+        false,
+    )
+}
+
 /// The scenario's world: the node under test, the other nodes, the installer pods.
 struct World {
     node: PartialObjectMeta<Node>,
@@ -149,36 +181,7 @@ async fn run(node: PartialObjectMeta<Node>, pods: Vec<Pod>, steps: Vec<Step>) ->
 
 async fn run_in(world: World, steps: Vec<Step>) -> Action {
     let (client, verifier) = mock_client();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.to_string(),
-            instance: None,
-        },
-    );
-    let index = PodIndex::default();
-    for p in world.pods {
-        index.apply(&watcher::Event::Apply(p));
-    }
-    let (nodes, mut writer) = reflector::store::<PartialObjectMeta<Node>>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for n in world.others.iter().chain([&world.node]) {
-        writer.apply_watcher_event(&watcher::Event::InitApply(n.clone()));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    let (slot_released, _slots) = futures::channel::mpsc::unbounded();
-    let ctx = Arc::new(Context {
-        client,
-        recorder,
-        metrics: Metrics::default(),
-        backoff: Default::default(),
-        installer_pods: index,
-        nodes,
-        installer: world.config,
-        overlay: Default::default(),
-        rollout_lock: tokio::sync::Mutex::new(()),
-        slot_released,
-    });
+    let ctx = context(client, &world);
     let task = verifier.run(steps);
     let action = reconcile(Arc::new(world.node), ctx.clone())
         .await
@@ -188,163 +191,64 @@ async fn run_in(world: World, steps: Vec<Step>) -> Action {
     action
 }
 
-/// RFC 3339 `secs` seconds ago.
-fn ago(secs: i64) -> String {
-    Timestamp::from_second(Timestamp::now().as_second() - secs)
-        .expect("ts")
-        .to_string()
-}
-
-/// What the apply must say about `runtime-since`.
-#[derive(Clone, Copy)]
-enum Since {
-    /// A new run: a fresh timestamp.
-    New,
-    /// Unchanged from this value.
-    Kept(&'static str),
-    /// Not written.
-    Absent,
-}
-
-/// The apply of the node's metadata, asserting exactly our labels and annotations (the
-/// `runtime-since` annotation as `since` says).
-fn apply_node(labels: serde_json::Value, annotations: serde_json::Value) -> Step {
-    apply_node_since(labels, annotations, Since::Absent)
-}
-
-fn apply_node_since(
-    labels: serde_json::Value,
-    annotations: serde_json::Value,
-    since: Since,
-) -> Step {
-    Step::apply(NODE)
-        .body(move |b| {
-            assert_eq!(b["apiVersion"], "v1");
-            assert_eq!(b["kind"], "Node");
-            assert_eq!(b["metadata"]["name"], "worker-1");
-            assert_eq!(
-                b["metadata"].get("labels").cloned().unwrap_or(json!(null)),
-                labels,
-                "labels in {b}"
-            );
-            let mut got = b["metadata"]
-                .get("annotations")
-                .cloned()
-                .unwrap_or(json!({}));
-            let written = got
-                .as_object_mut()
-                .and_then(|m| m.remove(RUNTIME_SINCE_ANNOTATION));
-            match since {
-                Since::New => {
-                    let t: Timestamp = written
-                        .as_ref()
-                        .and_then(|v| v.as_str())
-                        .expect("runtime-since written")
-                        .parse()
-                        .expect("RFC 3339");
-                    let age = Timestamp::now().as_second() - t.as_second();
-                    assert!((0..5).contains(&age), "runtime-since {t} is not now");
-                }
-                Since::Kept(v) => assert_eq!(written, Some(json!(v)), "runtime-since in {b}"),
-                Since::Absent => assert_eq!(written, None, "runtime-since in {b}"),
-            }
-            let want = if annotations.is_null() {
-                json!({})
-            } else {
-                annotations
-            };
-            assert_eq!(got, want, "annotations in {b}");
-        })
-        .reply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}}))
-}
-
-/// The GET of the full node before a taint change, answering with `taints`.
-fn get_node(taints: serde_json::Value) -> Step {
-    Step::get(NODE).reply(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "worker-1", "resourceVersion": "42"},
-        "spec": {"taints": taints}
-    }))
-}
-
-/// The taint change, with the read's resourceVersion as precondition.
-fn patch_taints(want: serde_json::Value) -> Step {
-    Step::merge_patch(NODE)
-        .body(move |b| {
-            assert_eq!(
-                b["metadata"]["resourceVersion"], "42",
-                "precondition in {b}"
-            );
-            assert_eq!(b["spec"]["taints"], want, "taints in {b}");
-        })
-        .reply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "worker-1"}}))
-}
-
-const REMOVAL_TAINT: &str = "wasmkube.dev/runtime-removing";
-
-fn removal_taint() -> serde_json::Value {
-    json!({"key": REMOVAL_TAINT, "value": "true", "effect": "NoSchedule"})
-}
-
-fn dedicated_taint() -> serde_json::Value {
-    json!({"key": "dedicated", "value": "wasm", "effect": "NoSchedule"})
-}
-
-fn node_event(type_: &'static str, reason: &'static str) -> Step {
-    // Events about cluster-scoped objects go to the default namespace.
-    Step::event("default", type_, reason).body(|b| {
-        assert_eq!(b["regarding"]["kind"], "Node");
-        assert_eq!(b["regarding"]["name"], "worker-1");
+/// The reconciler's context over `world` (its nodes listed, its pods indexed), on `client`.
+fn context(client: Client, world: &World) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: None,
+        },
+    );
+    let index = PodIndex::default();
+    for p in &world.pods {
+        index.apply(&watcher::Event::Apply(p.clone()));
+    }
+    let (nodes, mut writer) = reflector::store::<PartialObjectMeta<Node>>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for n in world.others.iter().chain([&world.node]) {
+        writer.apply_watcher_event(&watcher::Event::InitApply(n.clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    // Nobody listens for freed slots here: a send just fails.
+    let (slot_released, _) = futures::channel::mpsc::unbounded();
+    Arc::new(Context {
+        client,
+        recorder,
+        metrics: Metrics::default(),
+        backoff: Default::default(),
+        installer_pods: index,
+        nodes,
+        installer: world.config.clone(),
+        overlay: Default::default(),
+        rollout_lock: tokio::sync::Mutex::new(()),
+        slot_released,
     })
+}
+
+/// RFC 3339 `secs` seconds ago (`'static`, for [`Since::Kept`]).
+fn ago(secs: i64) -> &'static str {
+    let t = Timestamp::from_second(Timestamp::now().as_second() - secs).expect("ts");
+    Box::leak(t.to_string().into_boxed_str())
 }
 
 #[tokio::test]
 async fn opt_in_by_annotation_marks_pending() {
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "pending"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::PROVISIONING),
-    ];
-    let action = run(
-        node(&[], &[("wasmkube.dev/wasm-node", "true")]),
-        vec![],
-        steps,
-    )
-    .await;
+    let action = run(opted_in(), vec![], pending_steps()).await;
     assert_eq!(action, Action::await_change());
 }
 
 #[tokio::test]
 async fn opt_in_by_label_marks_pending() {
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "pending"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::PROVISIONING),
-    ];
-    run(
-        node(&[("wasmkube.dev/wasm-node", "true")], &[]),
-        vec![],
-        steps,
-    )
-    .await;
+    run(node(&[WASM_NODE], &[]), vec![], pending_steps()).await;
 }
 
 #[tokio::test]
 async fn pending_waits_for_a_running_installer() {
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[("wasmkube.dev/wasm-node", "true")],
-    );
     let mut running = pod("inst-a", "worker-1", InstallerAction::Install, None, false);
     running.metadata.creation_timestamp = Some(Time(Timestamp::now()));
     // No write yet, but a timer: nothing else would wake us if the installer hangs.
-    let action = run(n, vec![running], vec![]).await;
+    let action = run(pending(None), vec![running], vec![]).await;
     assert_ne!(action, Action::await_change());
     let debug = format!("{action:?}");
     assert!(debug.contains("requeue_after: Some("), "{debug}");
@@ -352,10 +256,6 @@ async fn pending_waits_for_a_running_installer() {
 
 #[tokio::test]
 async fn an_installer_silent_past_the_timeout_fails_the_node() {
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[("wasmkube.dev/wasm-node", "true")],
-    );
     // Created long ago (the fixture's 2023 timestamp), never reported.
     let pods = vec![pod(
         "inst-a",
@@ -373,23 +273,13 @@ async fn an_installer_silent_past_the_timeout_fails_the_node() {
         // kubelet does not retry a hung init container: a fresh pod from the DaemonSet does.
         Step::delete("/api/v1/namespaces/wasmkube-system/pods/inst-a"),
     ];
-    run(n, pods, steps).await;
+    run(pending(None), pods, steps).await;
 }
 
 #[tokio::test]
 async fn installer_success_in_termination_message_marks_ready() {
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[("wasmkube.dev/wasm-node", "true")],
-    );
     let pods = vec![
-        pod(
-            "inst-a",
-            "worker-1",
-            InstallerAction::Install,
-            Some((0, INSTALLED)),
-            false,
-        ),
+        installed_pod(),
         // Another node's result does not count.
         pod(
             "inst-b",
@@ -399,27 +289,11 @@ async fn installer_success_in_termination_message_marks_ready() {
             false,
         ),
     ];
-    let steps = vec![
-        apply_node(
-            json!({"wasmkube.dev/runtime": "ready"}),
-            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
-        ),
-        node_event("Normal", reasons::READY).body(|b| {
-            assert_eq!(
-                b["note"],
-                "wasm runtime installed: shim 0.1.0@sha256:9f86d081"
-            )
-        }),
-    ];
-    run(n, pods, steps).await;
+    run(pending(None), pods, ready_steps(Since::Absent)).await;
 }
 
 #[tokio::test]
 async fn installer_failure_marks_failed_with_reason_and_warning() {
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[("wasmkube.dev/wasm-node", "true")],
-    );
     let msg = r#"{"state":"failed","flavour":"containerd","configPath":"/etc/containerd/config.toml","message":"config.toml: version 1 schema is not supported; upgrade containerd to 1.6+"}"#;
     let pods = vec![pod(
         "inst-a",
@@ -435,74 +309,54 @@ async fn installer_failure_marks_failed_with_reason_and_warning() {
         ),
         node_event("Warning", reasons::INSTALL_FAILED),
     ];
-    run(n, pods, steps).await;
+    run(pending(None), pods, steps).await;
 }
 
 #[tokio::test]
 async fn ready_node_with_same_result_sends_nothing() {
     let n = node(
         &[("wasmkube.dev/runtime", "ready")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            ("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081"),
-        ],
+        &[WASM_NODE, ("wasmkube.dev/shim-version", SHIM)],
     );
-    let pods = vec![pod(
-        "inst-a",
-        "worker-1",
-        InstallerAction::Install,
-        Some((0, INSTALLED)),
-        false,
-    )];
-    run(n, pods, vec![]).await;
+    run(n, vec![installed_pod()], vec![]).await;
 }
 
 #[tokio::test]
 async fn opt_out_taints_then_drains_keeping_the_version() {
     let n = node(
         &[("wasmkube.dev/runtime", "ready")],
-        &[("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081")],
+        &[("wasmkube.dev/shim-version", SHIM)],
     );
-    let pods = vec![pod(
-        "inst-a",
-        "worker-1",
-        InstallerAction::Install,
-        Some((0, INSTALLED)),
-        false,
-    )];
-    let steps = vec![
+    let steps = steps([
         // The taint first, beside the node's own taints, under a resourceVersion precondition.
-        get_node(json!([dedicated_taint()])),
-        patch_taints(json!([dedicated_taint(), removal_taint()])),
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "draining"}),
-            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
-            Since::New,
+        retaint(
+            json!([dedicated_taint()]),
+            json!([dedicated_taint(), removal_taint()]),
         ),
-        node_event("Normal", reasons::DRAINING),
-    ];
-    let action = run(n, pods, steps).await;
+        enters(
+            "draining",
+            json!({"wasmkube.dev/shim-version": SHIM}),
+            reasons::DRAINING,
+        ),
+    ]);
+    let action = run(n, vec![installed_pod()], steps).await;
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
 }
 
 #[tokio::test]
 async fn removing_waits_while_only_the_old_install_pod_terminates() {
     let n = node(&[("wasmkube.dev/runtime", "removing")], &[]);
-    let pods = vec![pod(
-        "inst-a",
-        "worker-1",
-        InstallerAction::Install,
-        Some((0, INSTALLED)),
-        true,
-    )];
-    run(n, pods, vec![]).await;
+    let mut old = installed_pod();
+    old.metadata.deletion_timestamp =
+        Some(Time(Timestamp::from_second(1_700_000_100).expect("ts")));
+    run(n, vec![old], vec![]).await;
 }
 
 #[tokio::test]
 async fn uninstall_result_cleans_the_node() {
     let n = node(
         &[("wasmkube.dev/runtime", "removing")],
-        &[("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081")],
+        &[("wasmkube.dev/shim-version", SHIM)],
     );
     let pods = vec![pod(
         "uninst-a",
@@ -516,12 +370,13 @@ async fn uninstall_result_cleans_the_node() {
     )];
     // The taint comes off; applying no labels or annotations drops every field our manager
     // owned.
-    let steps = vec![
-        get_node(json!([removal_taint(), dedicated_taint()])),
-        patch_taints(json!([dedicated_taint()])),
-        apply_node(json!(null), json!(null)),
-        node_event("Normal", reasons::REMOVED),
-    ];
+    let steps = steps([
+        retaint(
+            json!([removal_taint(), dedicated_taint()]),
+            json!([dedicated_taint()]),
+        ),
+        removed_steps(),
+    ]);
     run(n, pods, steps).await;
 }
 

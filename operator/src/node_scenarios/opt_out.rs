@@ -2,10 +2,13 @@
 
 use super::*;
 
+/// A draining node looks again this often.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn draining(shim: bool) -> PartialObjectMeta<Node> {
     let mut annotations = vec![(RUNTIME_SINCE_ANNOTATION, "2026-11-25T10:00:00Z")];
     if shim {
-        annotations.push(("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081"));
+        annotations.push(("wasmkube.dev/shim-version", SHIM));
     }
     node(&[("wasmkube.dev/runtime", "draining")], &annotations)
 }
@@ -49,13 +52,13 @@ async fn draining_evicts_only_the_live_wasm_pods() {
         eviction().reply(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
     ];
     let action = run(draining(true), vec![], steps).await;
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+    assert_eq!(action, Action::requeue(DRAIN_POLL));
 }
 
 #[tokio::test]
 async fn a_terminating_wasm_pod_is_waited_for_not_evicted_again() {
     let action = run(draining(true), vec![], vec![pods_on_node(true)]).await;
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+    assert_eq!(action, Action::requeue(DRAIN_POLL));
 }
 
 #[tokio::test]
@@ -74,7 +77,7 @@ async fn a_disruption_budget_refusal_is_reported_and_retried() {
         }),
     ];
     let action = run(draining(true), vec![], steps).await;
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+    assert_eq!(action, Action::requeue(DRAIN_POLL));
 }
 
 #[tokio::test]
@@ -92,15 +95,14 @@ async fn the_wait_policy_never_evicts() {
 
 #[tokio::test]
 async fn a_drained_node_moves_to_removing() {
-    let steps = vec![
-        no_pods_on_node(),
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "removing"}),
-            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
-            Since::New,
+    let steps = steps([
+        vec![no_pods_on_node()],
+        enters(
+            "removing",
+            json!({"wasmkube.dev/shim-version": SHIM}),
+            reasons::REMOVING,
         ),
-        node_event("Normal", reasons::REMOVING),
-    ];
+    ]);
     run(draining(true), vec![], steps).await;
 }
 
@@ -109,8 +111,8 @@ async fn re_opt_in_while_removing_untaints_and_installs_again() {
     let n = node(
         &[("wasmkube.dev/runtime", "removing")],
         &[
-            ("wasmkube.dev/wasm-node", "true"),
-            ("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081"),
+            WASM_NODE,
+            ("wasmkube.dev/shim-version", SHIM),
             (RUNTIME_SINCE_ANNOTATION, "2026-11-25T10:00:00Z"),
         ],
     );
@@ -122,16 +124,14 @@ async fn re_opt_in_while_removing_untaints_and_installs_again() {
         Some((0, r#"{"state":"uninstalled"}"#)),
         false,
     )];
-    let steps = vec![
-        get_node(json!([removal_taint()])),
-        patch_taints(json!([])),
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "pending"}),
-            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
-            Since::New,
+    let steps = steps([
+        retaint(json!([removal_taint()]), json!([])),
+        enters(
+            "pending",
+            json!({"wasmkube.dev/shim-version": SHIM}),
+            reasons::PROVISIONING,
         ),
-        node_event("Normal", reasons::PROVISIONING),
-    ];
+    ]);
     run(n, pods, steps).await;
 }
 
@@ -141,9 +141,5 @@ async fn opting_out_a_queued_node_that_never_installed_just_cleans_it() {
         &[("wasmkube.dev/runtime", "queued")],
         &[(RUNTIME_SINCE_ANNOTATION, "2026-11-25T10:00:00Z")],
     );
-    let steps = vec![
-        apply_node(json!(null), json!(null)),
-        node_event("Normal", reasons::REMOVED),
-    ];
-    run(n, vec![], steps).await;
+    run(n, vec![], removed_steps()).await;
 }

@@ -5,70 +5,40 @@ use super::*;
 const K3S_SERVER_LABEL: (&str, &str) = ("node-role.kubernetes.io/control-plane", "true");
 const K3S_ANNOTATION: (&str, &str) = ("k3s.io/node-args", "[\"server\"]");
 
+/// An opted-in node queued since `since`.
+fn queued(since: &str) -> PartialObjectMeta<Node> {
+    node(
+        &[("wasmkube.dev/runtime", "queued")],
+        &[WASM_NODE, (RUNTIME_SINCE_ANNOTATION, since)],
+    )
+}
+
 #[tokio::test]
 async fn opt_in_queues_while_another_node_installs() {
-    let me = node(&[], &[("wasmkube.dev/wasm-node", "true")]);
+    let me = opted_in();
     let busy = named("worker-2", &[("wasmkube.dev/runtime", "pending")], &[]);
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "queued"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::QUEUED),
-    ];
-    let action = run_in(World::new(me).others(vec![busy]), steps).await;
+    let action = run_in(World::new(me).others(vec![busy]), queued_steps()).await;
     // Slot releases wake it; a slow timer covers a missed one.
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(30)));
 }
 
 #[tokio::test]
 async fn a_failed_node_keeps_its_slot() {
-    let me = node(&[], &[("wasmkube.dev/wasm-node", "true")]);
+    let me = opted_in();
     let failed = named("worker-2", &[("wasmkube.dev/runtime", "failed")], &[]);
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "queued"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::QUEUED),
-    ];
-    run_in(World::new(me).others(vec![failed]), steps).await;
+    run_in(World::new(me).others(vec![failed]), queued_steps()).await;
 }
 
 #[tokio::test]
 async fn queued_node_starts_when_the_slot_frees() {
-    let since = ago(60);
-    let since: &'static str = Box::leak(since.into_boxed_str());
-    let me = node(
-        &[("wasmkube.dev/runtime", "queued")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, since),
-        ],
-    );
+    let me = queued(ago(60));
     let done = named("worker-2", &[("wasmkube.dev/runtime", "ready")], &[]);
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "pending"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::PROVISIONING),
-    ];
-    run_in(World::new(me).others(vec![done]), steps).await;
+    run_in(World::new(me).others(vec![done]), pending_steps()).await;
 }
 
 #[tokio::test]
 async fn queued_node_stays_behind_an_earlier_one() {
-    let me = node(
-        &[("wasmkube.dev/runtime", "queued")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, "2026-11-25T10:00:05Z"),
-        ],
-    );
+    let me = queued("2026-11-25T10:00:05Z");
     let earlier = named(
         "worker-9",
         &[("wasmkube.dev/runtime", "queued")],
@@ -80,29 +50,19 @@ async fn queued_node_stays_behind_an_earlier_one() {
 
 #[tokio::test]
 async fn more_slots_admit_more_nodes() {
-    let me = node(&[], &[("wasmkube.dev/wasm-node", "true")]);
+    let me = opted_in();
     let busy = named("worker-2", &[("wasmkube.dev/runtime", "pending")], &[]);
     let config = InstallerConfig {
         max_concurrent_installs: 2,
         ..InstallerConfig::default()
     };
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "pending"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::PROVISIONING),
-    ];
-    run_in(World::new(me).others(vec![busy]).config(config), steps).await;
+    let world = World::new(me).others(vec![busy]).config(config);
+    run_in(world, pending_steps()).await;
 }
 
 #[tokio::test]
 async fn two_k3s_servers_never_install_together() {
-    let me = node(
-        &[K3S_SERVER_LABEL],
-        &[("wasmkube.dev/wasm-node", "true"), K3S_ANNOTATION],
-    );
+    let me = node(&[K3S_SERVER_LABEL], &[WASM_NODE, K3S_ANNOTATION]);
     let other_server = named(
         "server-2",
         &[K3S_SERVER_LABEL, ("wasmkube.dev/runtime", "pending")],
@@ -112,17 +72,6 @@ async fn two_k3s_servers_never_install_together() {
         max_concurrent_installs: 10,
         ..InstallerConfig::default()
     };
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "queued"}),
-            json!(null),
-            Since::New,
-        ),
-        node_event("Normal", reasons::QUEUED),
-    ];
-    run_in(
-        World::new(me).others(vec![other_server]).config(config),
-        steps,
-    )
-    .await;
+    let world = World::new(me).others(vec![other_server]).config(config);
+    run_in(world, queued_steps()).await;
 }

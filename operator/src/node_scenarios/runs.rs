@@ -2,22 +2,10 @@
 
 use super::*;
 
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
-
 #[tokio::test]
 async fn a_result_from_before_the_run_is_never_used() {
     // The node re-entered pending ten seconds ago; the only install pod is from 2023 and
     // reports a failure (a terminating pod the cache still shows, say).
-    let since = leak(ago(10));
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, since),
-        ],
-    );
     let stale = pod(
         "inst-old",
         "worker-1",
@@ -25,7 +13,7 @@ async fn a_result_from_before_the_run_is_never_used() {
         Some((1, r#"{"state":"failed","message":"stale"}"#)),
         false,
     );
-    let action = run(n, vec![stale], vec![]).await;
+    let action = run(pending(Some(ago(10))), vec![stale], vec![]).await;
     // Waiting for the new pod, with a timer for the case it never comes.
     assert!(
         format!("{action:?}").contains("requeue_after: Some("),
@@ -36,29 +24,8 @@ async fn a_result_from_before_the_run_is_never_used() {
 #[tokio::test]
 async fn a_result_of_the_current_run_is_used() {
     let since = "2023-11-14T22:13:00Z"; // just before the fixture pods' creation
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, since),
-        ],
-    );
-    let pods = vec![pod(
-        "inst-a",
-        "worker-1",
-        InstallerAction::Install,
-        Some((0, INSTALLED)),
-        false,
-    )];
-    let steps = vec![
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "ready"}),
-            json!({"wasmkube.dev/shim-version": "0.1.0@sha256:9f86d081"}),
-            Since::Kept(since),
-        ),
-        node_event("Normal", reasons::READY),
-    ];
-    run(n, pods, steps).await;
+    let steps = ready_steps(Since::Kept(since));
+    run(pending(Some(since)), vec![installed_pod()], steps).await;
 }
 
 const FORBIDDEN: &str = "Error creating: pods \"wasmkube-node-installer-x7k2p\" is forbidden: \
@@ -88,14 +55,7 @@ fn failed_create_events() -> Step {
 
 #[tokio::test]
 async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_reason() {
-    let since = leak(ago(60));
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, since),
-        ],
-    );
+    let since = ago(60);
     let reason = format!(
         "InstallerPodMissing: no install pod appeared on the node within 45 s; \
          DaemonSet wasmkube-node-installer: {FORBIDDEN}"
@@ -112,16 +72,16 @@ async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_re
             assert!(note.contains("PodSecurity"), "{note}");
         }),
     ];
-    run(n, vec![], steps).await;
+    run(pending(Some(since)), vec![], steps).await;
 }
 
 #[tokio::test]
 async fn a_missing_pod_is_reported_once_per_run() {
-    let since = leak(ago(120));
+    let since = ago(120);
     let n = node(
         &[("wasmkube.dev/runtime", "failed")],
         &[
-            ("wasmkube.dev/wasm-node", "true"),
+            WASM_NODE,
             (RUNTIME_SINCE_ANNOTATION, since),
             (
                 "wasmkube.dev/runtime-reason",
@@ -135,15 +95,7 @@ async fn a_missing_pod_is_reported_once_per_run() {
 
 #[tokio::test]
 async fn a_pod_still_expected_sets_a_timer() {
-    let since = leak(ago(5));
-    let n = node(
-        &[("wasmkube.dev/runtime", "pending")],
-        &[
-            ("wasmkube.dev/wasm-node", "true"),
-            (RUNTIME_SINCE_ANNOTATION, since),
-        ],
-    );
-    let action = run(n, vec![], vec![]).await;
+    let action = run(pending(Some(ago(5))), vec![], vec![]).await;
     let debug = format!("{action:?}");
     // 45 s after the run began, minus the 5 s gone, plus a second.
     assert!(
@@ -155,13 +107,12 @@ async fn a_pod_still_expected_sets_a_timer() {
 #[tokio::test]
 async fn a_ready_node_whose_pod_is_being_replaced_is_not_failed() {
     // An installer upgrade: the DaemonSet deleted the old pod and has not made the new one.
-    let since = leak(ago(3600));
     let n = node(
         &[("wasmkube.dev/runtime", "ready")],
         &[
-            ("wasmkube.dev/wasm-node", "true"),
-            ("wasmkube.dev/shim-version", "0.1.0@sha256:9f86d081"),
-            (RUNTIME_SINCE_ANNOTATION, since),
+            WASM_NODE,
+            ("wasmkube.dev/shim-version", SHIM),
+            (RUNTIME_SINCE_ANNOTATION, ago(3600)),
         ],
     );
     let action = run(n, vec![], vec![]).await;
@@ -170,7 +121,7 @@ async fn a_ready_node_whose_pod_is_being_replaced_is_not_failed() {
 
 #[tokio::test]
 async fn an_uninstall_pod_that_never_appears_is_reported() {
-    let since = leak(ago(60));
+    let since = ago(60);
     let n = node(
         &[("wasmkube.dev/runtime", "removing")],
         &[(RUNTIME_SINCE_ANNOTATION, since)],

@@ -61,15 +61,74 @@ async fn wait_ready_replicas(c: &Cluster, n: usize, timeout: Duration) -> Result
     .await
 }
 
+/// Waits until the example app in `ns` is Ready for its current generation (a Pod Security
+/// refusal of its pods is what a timeout then reports: [`within`] retries errors), then GETs
+/// `path` through its Service's ClusterIP from the node. Asserts the answer echoes `path` and that the WasmApp's env reached the app;
+/// returns the answer.
+async fn serve_and_get(c: &Cluster, ns: &str, path: &str) -> Result<String> {
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), ns);
+    within(
+        &format!("{APP} to be Ready in {ns}"),
+        Duration::from_secs(180),
+        || async {
+            let refused = failed_creates(c, ns).await?;
+            if let Some(why) = refused.iter().find(|n| n.contains("PodSecurity")) {
+                bail!("Pod Security admission refused the app's pods: {why}");
+            }
+            let app = apps.get(APP).await?;
+            let status = app.status.unwrap_or_default();
+            let current = status.observed_generation >= app.metadata.generation;
+            Ok(if current && status.is_true("Ready") {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!(
+                    "{:?} (observed generation {:?} of {:?}); pod creation failures: {refused:?}",
+                    status.condition("Ready"),
+                    status.observed_generation,
+                    app.metadata.generation
+                ))
+            })
+        },
+    )
+    .await?;
+    print!("{}", c.kubectl(&["get", "wapp", APP, "-n", ns])?);
+
+    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
+    let ip = services
+        .get(APP)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let body = within(
+        &format!("an answer through the Service's ClusterIP in {ns}"),
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                match c.http_get_from_node(&format!("http://{ip}:80{path}")) {
+                    Ok(body) => Poll::Done(body),
+                    Err(e) => Poll::NotYet(format!("{e:#}")),
+                },
+            )
+        },
+    )
+    .await?;
+    println!("  GET http://{ip}{path} -> {}", body.trim());
+    ensure!(
+        body.trim() == format!("hello from wasi:http, path={path}"),
+        "unexpected body {body:?}"
+    );
+    let env = c.http_get_from_node(&format!("http://{ip}:80/env"))?;
+    ensure!(
+        env.trim() == "hello from wasm",
+        "the WasmApp's env did not reach the app: {env:?}"
+    );
+    Ok(body)
+}
+
 pub async fn serves_through_service(c: &Cluster) -> Result<()> {
     c.kubectl(&["apply", "-f", EXAMPLE])?;
-    c.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("wapp/{APP}"),
-        "--timeout=180s",
-    ])?;
-    print!("{}", c.kubectl(&["get", "wapp", APP])?);
+    serve_and_get(c, NS, "/e2e?x=1").await?;
     for pod in ready_pods(c).await? {
         let spec = pod.spec.context("pod spec")?;
         ensure!(
@@ -83,36 +142,6 @@ pub async fn serves_through_service(c: &Cluster) -> Result<()> {
             spec.node_name
         );
     }
-    let services: Api<Service> = Api::namespaced(c.client.clone(), NS);
-    let ip = services
-        .get(APP)
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the Service has no ClusterIP")?;
-    let body = within(
-        "an answer through the Service's ClusterIP",
-        Duration::from_secs(30),
-        || async {
-            Ok(
-                match c.http_get_from_node(&format!("http://{ip}:80/e2e?x=1")) {
-                    Ok(body) => Poll::Done(body),
-                    Err(e) => Poll::NotYet(format!("{e:#}")),
-                },
-            )
-        },
-    )
-    .await?;
-    println!("  GET http://{ip}/e2e?x=1 -> {}", body.trim());
-    ensure!(
-        body.trim() == "hello from wasi:http, path=/e2e?x=1",
-        "unexpected body {body:?}"
-    );
-    let env = c.http_get_from_node(&format!("http://{ip}:80/env"))?;
-    ensure!(
-        env.trim() == "hello from wasm",
-        "the WasmApp's env did not reach the app: {env:?}"
-    );
     Ok(())
 }
 
@@ -397,28 +426,7 @@ pub async fn serves_under_restricted_pod_security(c: &Cluster) -> Result<()> {
     std::fs::write(&file, manifest)?;
     c.kubectl(&["apply", "-f", &file.to_string_lossy()])?;
 
-    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), ns);
-    within(
-        "the app to be Ready in the restricted namespace",
-        Duration::from_secs(180),
-        || async {
-            let refused = failed_creates(c, ns).await?;
-            if let Some(why) = refused.iter().find(|n| n.contains("PodSecurity")) {
-                bail!("Pod Security admission refused the app's pods: {why}");
-            }
-            let status = apps.get(APP).await?.status.unwrap_or_default();
-            Ok(if status.is_true("Ready") {
-                Poll::Done(())
-            } else {
-                Poll::NotYet(format!(
-                    "{:?}; pod creation failures: {refused:?}",
-                    status.condition("Ready")
-                ))
-            })
-        },
-    )
-    .await?;
-    print!("{}", c.kubectl(&["get", "wapp", APP, "-n", ns])?);
+    serve_and_get(c, ns, "/restricted").await?;
 
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
     let running = pods
@@ -448,34 +456,6 @@ pub async fn serves_under_restricted_pod_security(c: &Cluster) -> Result<()> {
         let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
         ensure!(phase == "Running", "pod {name} is {phase}");
     }
-
-    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
-    let ip = services
-        .get(APP)
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the Service has no ClusterIP")?;
-    let body = within(
-        "an answer through the restricted app's Service",
-        Duration::from_secs(30),
-        || async {
-            Ok(
-                match c.http_get_from_node(&format!("http://{ip}:80/restricted")) {
-                    Ok(body) => Poll::Done(body),
-                    Err(e) => Poll::NotYet(format!("{e:#}")),
-                },
-            )
-        },
-    )
-    .await?;
-    println!("  GET http://{ip}/restricted -> {}", body.trim());
-    ensure!(
-        body.trim() == "hello from wasi:http, path=/restricted",
-        "unexpected body {body:?}"
-    );
-    let env = c.http_get_from_node(&format!("http://{ip}:80/env"))?;
-    ensure!(env.trim() == "hello from wasm", "env {env:?}");
 
     c.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"])?;
     Ok(())
