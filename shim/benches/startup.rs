@@ -5,16 +5,19 @@
 //! (b) a ~1 MB real-world module (graphviz, C) from its second start, vs runc + busybox;
 //! (c) first vs second start of a large module (Yosys, 69 MB): the compiled-module cache;
 //! (d) memory of one idle wasi:http instance (shim + container processes);
-//! (e) HTTP requests/s through the shim vs `wasmtime serve`, same component, same `wrk` load.
+//! (e) HTTP requests/s through the shim vs `wasmtime serve`, same component, same `wrk` load;
+//! (f) memory of the first instance of a 20 MB module on a node (cold cache: compiled by the
+//!     compile broker) vs the next one (warm): the compiler's memory must not stay with it.
 //!
 //! Environment: `BENCH_N` (default 10), `BENCH_BIG_N` (default 3), `BENCH_ASSETS` (dir with
-//! graphviz.wasm, yosys.wasm, wasmtime), `BENCH_ONLY` (comma list of a,b,c,d,e).
+//! graphviz.wasm, yosys.wasm, wasmtime), `BENCH_ONLY` (comma list of a,b,c,d,e,f).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::rootfs_with;
 use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::wasm_gen::big_module;
 use wasmkube_test_harness::{missing_prerequisites, unique_id, Containerd, CtrRun};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
@@ -71,7 +74,7 @@ fn main() {
         eprintln!("SKIP shim benchmarks: missing {missing}");
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f".into());
     let wants = |k: &str| only.split(',').any(|o| o.trim() == k);
     let n = env_usize("BENCH_N", 10);
     let big_n = env_usize("BENCH_BIG_N", 3);
@@ -284,12 +287,69 @@ fn main() {
         );
     }
 
+    if wants("f") {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wasm = dir.path().join("big.wasm");
+        std::fs::write(&wasm, big_module(20 << 20, true)).expect("write");
+        let root = rootfs_with(&[("big.wasm", &wasm)]);
+        clear_cache(&ctd);
+        let instance = |label: &str| -> (u64, u64) {
+            let id = unique_id(label);
+            let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/big.wasm"]));
+            ctd.wait_task_running(&id, Duration::from_secs(60))
+                .expect("running");
+            let t = Instant::now();
+            while cache_entries(&ctd) == 0 && t.elapsed() < Duration::from_secs(300) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Past loading and instantiation: the guest spins.
+            std::thread::sleep(Duration::from_secs(2));
+            let (mut pss, mut hwm) = (0, 0);
+            for (pid, role) in shim_tree(&id) {
+                if role == "container process" {
+                    let (h, _, p, _) = mem_of(pid);
+                    pss += p;
+                    hwm += h;
+                }
+            }
+            ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+            let _ = child.wait();
+            (pss, hwm)
+        };
+        let (first_pss, first_hwm) = instance("cold");
+        let (warm_pss, warm_hwm) = instance("warm");
+        table.row(
+            "(f) 20 MB module, container process PSS: first instance (cold) vs next (warm)",
+            &format!("{:.1} MB", mb(first_pss)),
+            &format!("{:.1} MB", mb(warm_pss)),
+            first_pss as f64 / warm_pss.max(1) as f64,
+            "<= 2.00x",
+        );
+        table.row(
+            "(f') same, peak RSS of the container process",
+            &format!("{:.1} MB", mb(first_hwm)),
+            &format!("{:.1} MB", mb(warm_hwm)),
+            first_hwm as f64 / warm_hwm.max(1) as f64,
+            "<= 2.00x",
+        );
+    }
+
     println!();
     println!("| benchmark | wasmkube | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     for [a, b, c, d, e] in &table.0 {
         println!("| {a} | {b} | {c} | {d} | {e} |");
     }
+}
+
+fn cache_entries(ctd: &Containerd) -> usize {
+    std::fs::read_dir(ctd.cache_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn mb(kb: u64) -> f64 {
@@ -370,18 +430,27 @@ fn shim_tree(id: &str) -> Vec<(u32, String)> {
         return Vec::new();
     };
     let mut out = vec![(shim.0, "shim daemon".to_string())];
+    let mut zygote_seen = false;
     let mut frontier = vec![shim.0];
     while let Some(p) = frontier.pop() {
         for (pid, ppid, _) in &procs {
             if *ppid == p {
-                out.push((
-                    *pid,
-                    if out.len() == 1 {
-                        "shim child (zygote)".into()
-                    } else {
-                        "container process".into()
-                    },
-                ));
+                let cmd = &procs
+                    .iter()
+                    .find(|q| q.0 == *pid)
+                    .map(|q| q.2.as_str())
+                    .unwrap_or("");
+                let role = if cmd.contains("--wasmkube-compile-broker") {
+                    "compile broker"
+                } else if cmd.contains("--wasmkube-compile-worker") {
+                    "compile worker"
+                } else if !zygote_seen {
+                    zygote_seen = true;
+                    "shim child (zygote)"
+                } else {
+                    "container process"
+                };
+                out.push((*pid, role.to_string()));
                 frontier.push(*pid);
             }
         }

@@ -1,30 +1,97 @@
-//! Compiled-module cache: Wasmtime artefacts on the host, keyed by module digest and engine
-//! fingerprint, reached through a directory descriptor (see [`crate::host`]).
+//! Compiled-module cache: Wasmtime artefacts on the host, keyed by module digest, allocation and
+//! engine fingerprint. Only the compile broker's workers open it ([`crate::broker`]): they run
+//! with the shim's host privileges, outside every container, so no tenant process can write an
+//! entry or even name the directory.
 //!
-//! Entry layout: `WKC1` magic, sha256 of the payload (32 bytes), payload (a serialized Wasmtime
-//! module or component). A truncated, corrupt or foreign entry fails the checksum and is
-//! removed; a stale one (other Wasmtime, other CPU features) is rejected by Wasmtime's own
-//! compatibility check and rebuilt.
+//! Trust model (what stands between a file on disk and the unsafe `deserialize`):
+//! - **The directory** is the worker's own (root on a node), mode 0700. An existing directory
+//!   with another owner or any group/other bit is refused with a message, and the cache is off.
+//! - **Each entry** must be a regular file owned by that user with no group/other bit, checked on
+//!   the opened descriptor (no race with a rename).
+//! - **Each entry is authenticated**: `WKC2` magic, then HMAC-SHA256 under a node-local key over
+//!   the entry's name and payload, then the payload. The key is `key` in the directory: 32 random
+//!   bytes, mode 0600, created once with `O_EXCL`. An entry not made with this node's key (a
+//!   planted one with a valid checksum, one renamed to another module's name, one from a copied
+//!   disk) fails the MAC, is removed and rebuilt.
+//! - Writes go to a unique temp file (`O_CREAT|O_EXCL`), are fsynced and renamed into place, so
+//!   concurrent cold starts never clobber each other's half-written files.
+//! - **Size bound**: a hit refreshes the entry's mtime; after a store, the least recently used
+//!   entries are removed until the directory holds at most the bound.
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use hmac::{Hmac, Mac};
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 4] = b"WKC1";
-const HEADER_LEN: usize = MAGIC.len() + 32;
+/// Environment variable (containerd's, inherited by the shim) naming the cache directory.
+/// Empty or `off` disables the cache.
+pub const CACHE_DIR_ENV: &str = "WASMKUBE_CACHE_DIR";
+/// Default cache directory on a node (the node installer's uninstall removes it).
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmkube/cache";
+/// Environment variable bounding the cache's size (bytes, or `Ki`/`Mi`/`Gi`).
+pub const CACHE_MAX_ENV: &str = "WASMKUBE_CACHE_MAX_BYTES";
+/// Default size bound.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-/// Errors writing a cache entry. Reads never fail: a bad entry is a miss.
+const MAGIC: &[u8; 4] = b"WKC2";
+const MAC_LEN: usize = 32;
+const HEADER_LEN: usize = MAGIC.len() + MAC_LEN;
+const KEY_FILE: &str = "key";
+const KEY_LEN: usize = 32;
+const ENTRY_SUFFIX: &str = ".cwasm";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why the cache cannot be used, or an entry not written. Reads never fail: a bad entry is a miss.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    #[error("compiled-module cache {path} refused: {detail}")]
+    Refused { path: PathBuf, detail: String },
+    #[error("compiled-module cache {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot write cache entry {name}: {source}")]
     Write {
         name: String,
         source: std::io::Error,
     },
+    #[error("invalid {CACHE_MAX_ENV}={0:?}: expected bytes or a Ki/Mi/Gi size")]
+    MaxBytes(String),
+}
+
+/// Where the cache lives and how big it may grow, from the shim's environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl CacheConfig {
+    /// `None` when the cache is off.
+    pub fn from_env() -> Result<Option<Self>, CacheError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, CacheError> {
+        let dir = match env(CACHE_DIR_ENV) {
+            Some(v) if v.is_empty() || v == "off" => return Ok(None),
+            Some(v) => PathBuf::from(v),
+            None => PathBuf::from(DEFAULT_CACHE_DIR),
+        };
+        let max_bytes = match env(CACHE_MAX_ENV) {
+            None => DEFAULT_MAX_BYTES,
+            Some(v) => crate::limits::parse_size(&v).ok_or(CacheError::MaxBytes(v))?,
+        };
+        Ok(Some(CacheConfig { dir, max_bytes }))
+    }
 }
 
 /// What an artefact was compiled from.
@@ -39,8 +106,10 @@ pub enum ArtifactKind {
 pub struct CacheKey(String);
 
 impl CacheKey {
-    /// Key for `wasm` compiled by an engine whose compatibility fingerprint is `engine`.
-    pub fn new(kind: ArtifactKind, wasm: &[u8], engine: impl Hash) -> Self {
+    /// Key for `wasm` compiled by an engine whose compatibility fingerprint is `engine`, for the
+    /// allocation strategy named `allocation` (pooled and on-demand artefacts have distinct
+    /// keys, so one never evicts the other).
+    pub fn new(kind: ArtifactKind, allocation: &str, wasm: &[u8], engine: impl Hash) -> Self {
         let digest = hex::encode(Sha256::digest(wasm));
         let mut h = DefaultHasher::new();
         engine.hash(&mut h);
@@ -49,7 +118,10 @@ impl CacheKey {
             ArtifactKind::Module => "module",
             ArtifactKind::Component => "component",
         };
-        CacheKey(format!("{kind}-{digest}-{:016x}.cwasm", h.finish()))
+        CacheKey(format!(
+            "{kind}-{allocation}-{digest}-{:016x}{ENTRY_SUFFIX}",
+            h.finish()
+        ))
     }
 
     pub fn file_name(&self) -> &str {
@@ -57,157 +129,307 @@ impl CacheKey {
     }
 }
 
-/// Whether this process may use the cache directory `dir`: read, write and search it with its
-/// effective ids and capabilities (a non-root container process may not: the directory is
-/// root's, mode 0700).
-pub fn usable(dir: BorrowedFd<'_>) -> bool {
-    use rustix::fs::{Access, AtFlags};
-    rustix::fs::accessat(
-        dir,
-        ".",
-        Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK,
-        AtFlags::EACCESS,
-    )
-    .is_ok()
+/// An open, trusted cache directory and its node key.
+pub struct ArtifactCache {
+    path: PathBuf,
+    dir: OwnedFd,
+    key: [u8; KEY_LEN],
+    max_bytes: u64,
 }
 
-/// The cache directory.
-#[derive(Clone, Copy)]
-pub struct ArtifactCache<'a> {
-    dir: BorrowedFd<'a>,
-}
-
-impl<'a> ArtifactCache<'a> {
-    pub fn new(dir: BorrowedFd<'a>) -> Self {
-        ArtifactCache { dir }
+impl ArtifactCache {
+    /// Creates (mode 0700) or opens the directory, refusing one that is not private to this
+    /// process's user, and loads or creates the node key.
+    pub fn open(config: &CacheConfig) -> Result<Self, CacheError> {
+        let path = config.dir.clone();
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |source: std::io::Error| CacheError::Io { path, what, source }
+        };
+        match std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))) {
+            Ok(()) => {}
+            Err(e) => return Err(io("cannot create its parent")(e)),
+        }
+        match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io("cannot create it")(e.into())),
+        }
+        let dir = rustix::fs::open(
+            &path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| io("cannot open it (a symlink is refused)")(e.into()))?;
+        let stat = rustix::fs::fstat(&dir).map_err(|e| io("cannot stat it")(e.into()))?;
+        private_to_me(&stat).map_err(|detail| CacheError::Refused {
+            path: path.clone(),
+            detail: format!(
+                "the directory {detail}; fix it with `chown root:root {p} && chmod 0700 {p}` or \
+                 remove it",
+                p = path.display()
+            ),
+        })?;
+        let key = node_key(&dir).map_err(|detail| CacheError::Refused {
+            path: path.clone(),
+            detail,
+        })?;
+        Ok(ArtifactCache {
+            path,
+            dir,
+            key,
+            max_bytes: config.max_bytes,
+        })
     }
 
-    /// The verified payload of an entry, or `None` (missing or corrupt; corrupt ones are removed).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The authenticated payload of an entry, or `None` (missing, untrusted or corrupt; those
+    /// are removed). A hit marks the entry recently used.
     pub fn load(&self, key: &CacheKey) -> Option<Vec<u8>> {
         let fd = rustix::fs::openat(
-            self.dir,
+            &self.dir,
             key.file_name(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )
         .ok()?;
-        let mut bytes = Vec::new();
-        if File::from(fd).read_to_end(&mut bytes).is_err() {
+        let trusted = rustix::fs::fstat(&fd)
+            .map_err(|e| e.to_string())
+            .and_then(|st| {
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    != rustix::fs::FileType::RegularFile
+                {
+                    return Err("not a regular file".to_string());
+                }
+                private_to_me(&st)
+            });
+        if let Err(why) = trusted {
+            tracing::warn!("discarding cache entry {}: {why}", key.file_name());
+            self.remove(key);
             return None;
         }
-        match verify(&bytes) {
-            Some(_) => {
-                bytes.drain(..HEADER_LEN);
-                Some(bytes)
-            }
-            None => {
-                tracing::warn!(
-                    "discarding corrupt compiled-module cache entry {}",
-                    key.file_name()
-                );
-                self.remove(key);
-                None
-            }
+        let mut bytes = Vec::new();
+        let mut file = File::from(fd);
+        if file.read_to_end(&mut bytes).is_err() {
+            return None;
         }
+        if !self.authentic(key, &bytes) {
+            tracing::warn!(
+                "discarding compiled-module cache entry {}: not authenticated by this node's key",
+                key.file_name()
+            );
+            self.remove(key);
+            return None;
+        }
+        // Recently used: the LRU order is the mtime order.
+        let _ = rustix::fs::futimens(&file, &now());
+        bytes.drain(..HEADER_LEN);
+        Some(bytes)
     }
 
-    /// Writes an entry atomically (temp file, fsync, rename).
+    /// Writes an entry: unique temp file (`O_EXCL`), fsync, rename; then evicts the least
+    /// recently used entries past the size bound.
     pub fn store(&self, key: &CacheKey, payload: &[u8]) -> Result<(), CacheError> {
         let name = key.file_name();
         let err = |source| CacheError::Write {
             name: name.to_string(),
             source,
         };
-        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let mut nonce = [0u8; 8];
+        random(&mut nonce).map_err(err)?;
+        let tmp = format!(".{name}.{}.{}.tmp", std::process::id(), hex::encode(nonce));
         let fd = rustix::fs::openat(
-            self.dir,
+            &self.dir,
             tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| err(e.into()))?;
         let mut file = File::from(fd);
-        let written = file
-            .write_all(MAGIC)
-            .and_then(|()| file.write_all(&Sha256::digest(payload)))
+        let written = self
+            .mac(key, payload)
+            .and_then(|tag| file.write_all(MAGIC).map(|()| tag))
+            .and_then(|tag| file.write_all(&tag))
             .and_then(|()| file.write_all(payload))
             .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            let _ = rustix::fs::unlinkat(self.dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+        let renamed = written.and_then(|()| {
+            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name).map_err(Into::into)
+        });
+        if let Err(e) = renamed {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
             return Err(err(e));
         }
-        rustix::fs::renameat(self.dir, tmp.as_str(), self.dir, name).map_err(|e| err(e.into()))
+        self.evict(name);
+        Ok(())
     }
 
-    /// Removes an entry (a stale or unloadable one).
+    /// Removes an entry (an untrusted, stale or unloadable one).
     pub fn remove(&self, key: &CacheKey) {
-        let _ = rustix::fs::unlinkat(self.dir, key.file_name(), rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.dir, key.file_name(), AtFlags::empty());
+    }
+
+    /// Removes the least recently used entries (never `keep`) until the total fits the bound.
+    fn evict(&self, keep: &str) {
+        let mut entries = self.entries();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        entries.sort_by_key(|e| e.2);
+        for (name, size, _) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if name == keep {
+                continue;
+            }
+            if rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty()).is_ok() {
+                tracing::info!("evicted least recently used cache entry {name} ({size} bytes)");
+                total = total.saturating_sub(size);
+            }
+        }
+    }
+
+    /// `(name, size, mtime)` of every entry.
+    fn entries(&self) -> Vec<(String, u64, (i64, i64))> {
+        let Ok(dir) = rustix::fs::openat(
+            &self.dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Vec::new();
+        };
+        let Ok(iter) = rustix::fs::Dir::read_from(&dir) else {
+            return Vec::new();
+        };
+        iter.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str().ok()?.to_string();
+                if !name.ends_with(ENTRY_SUFFIX) || name.starts_with('.') {
+                    return None;
+                }
+                let st =
+                    rustix::fs::statat(&self.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                Some((name, size, (st.st_mtime, st.st_mtime_nsec as i64)))
+            })
+            .collect()
+    }
+
+    /// The MAC state over an entry's name, ready for its payload.
+    /// (HMAC accepts keys of every length, so this is always `Some`.)
+    fn keyed(&self, key: &CacheKey) -> Option<HmacSha256> {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key).ok()?;
+        mac.update(key.file_name().as_bytes());
+        mac.update(&[0]);
+        Some(mac)
+    }
+
+    fn mac(&self, key: &CacheKey, payload: &[u8]) -> std::io::Result<[u8; MAC_LEN]> {
+        let mut mac = self
+            .keyed(key)
+            .ok_or_else(|| std::io::Error::other("HMAC refused the node key"))?;
+        mac.update(payload);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    fn authentic(&self, key: &CacheKey, bytes: &[u8]) -> bool {
+        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return false;
+        }
+        let (tag, payload) = bytes[MAGIC.len()..].split_at(MAC_LEN);
+        let Some(mut mac) = self.keyed(key) else {
+            return false;
+        };
+        mac.update(payload);
+        mac.verify_slice(tag).is_ok()
     }
 }
 
-fn verify(bytes: &[u8]) -> Option<&[u8]> {
-    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
-        return None;
+/// `Ok` when `st` belongs to this process's effective user and has no group/other bit.
+fn private_to_me(st: &rustix::fs::Stat) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(format!("belongs to uid {}, not to uid {me}", st.st_uid));
     }
-    let (sum, payload) = bytes[MAGIC.len()..].split_at(32);
-    (Sha256::digest(payload).as_slice() == sum).then_some(payload)
+    if st.st_mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {:04o}; only its owner may have access (0700 for the directory, 0600 for files)",
+            st.st_mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the node key, creating it (random, 0600, `O_EXCL`) on first use.
+fn node_key(dir: &OwnedFd) -> Result<[u8; KEY_LEN], String> {
+    for _ in 0..3 {
+        match rustix::fs::openat(
+            dir,
+            KEY_FILE,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot stat the key: {e}"))?;
+                private_to_me(&st).map_err(|d| format!("the key file {d}"))?;
+                let mut key = [0u8; KEY_LEN];
+                let mut file = File::from(fd);
+                match file.read_exact(&mut key) {
+                    Ok(()) => return Ok(key),
+                    // Being written by a concurrent first start: retry.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+            Err(rustix::io::Errno::NOENT) => {
+                let mut key = [0u8; KEY_LEN];
+                random(&mut key).map_err(|e| format!("cannot make a key: {e}"))?;
+                match rustix::fs::openat(
+                    dir,
+                    KEY_FILE,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                ) {
+                    Ok(fd) => {
+                        let mut file = File::from(fd);
+                        file.write_all(&key)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|e| format!("cannot write the key: {e}"))?;
+                        return Ok(key);
+                    }
+                    Err(rustix::io::Errno::EXIST) => continue,
+                    Err(e) => return Err(format!("cannot create the key: {e}")),
+                }
+            }
+            Err(e) => return Err(format!("cannot open the key: {e}")),
+        }
+    }
+    Err("the key file is unreadable or keeps changing".into())
+}
+
+fn random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn now() -> Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::fd::AsFd;
-
-    use super::*;
-
-    fn dir() -> (tempfile::TempDir, File) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let f = File::open(tmp.path()).expect("open dir");
-        (tmp, f)
-    }
-
-    #[test]
-    fn round_trip_and_key_shape() {
-        let (tmp, d) = dir();
-        let cache = ArtifactCache::new(d.as_fd());
-        let key = CacheKey::new(ArtifactKind::Module, b"\0asm\x01\0\0\0", 42u64);
-        assert!(key.file_name().starts_with("module-"));
-        assert!(key.file_name().ends_with(".cwasm"));
-        assert_eq!(cache.load(&key), None);
-        cache.store(&key, b"compiled bytes").expect("store");
-        assert_eq!(cache.load(&key).as_deref(), Some(&b"compiled bytes"[..]));
-        // no temp files left behind
-        let names: Vec<_> = std::fs::read_dir(tmp.path())
-            .expect("readdir")
-            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
-            .collect();
-        assert_eq!(names, vec![key.file_name().to_string()]);
-    }
-
-    #[test]
-    fn key_depends_on_module_kind_and_engine() {
-        let a = CacheKey::new(ArtifactKind::Module, b"a", 1u64);
-        assert_ne!(a, CacheKey::new(ArtifactKind::Module, b"b", 1u64));
-        assert_ne!(a, CacheKey::new(ArtifactKind::Module, b"a", 2u64));
-        assert_ne!(a, CacheKey::new(ArtifactKind::Component, b"a", 1u64));
-        assert_eq!(a, CacheKey::new(ArtifactKind::Module, b"a", 1u64));
-    }
-
-    #[test]
-    fn corrupt_or_truncated_entries_are_misses_and_removed() {
-        let (tmp, d) = dir();
-        let cache = ArtifactCache::new(d.as_fd());
-        let key = CacheKey::new(ArtifactKind::Component, b"x", 7u64);
-        cache.store(&key, b"0123456789").expect("store");
-        let path = tmp.path().join(key.file_name());
-        let mut bytes = std::fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).expect("corrupt");
-        assert_eq!(cache.load(&key), None);
-        assert!(!path.exists(), "corrupt entry should be removed");
-
-        std::fs::write(&path, b"WKC1short").expect("truncate");
-        assert_eq!(cache.load(&key), None);
-        assert!(!path.exists());
-    }
-}
+#[path = "cache_tests.rs"]
+mod tests;

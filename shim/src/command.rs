@@ -1,11 +1,12 @@
-//! Runs a preview1 command module or a preview2 `wasi:cli/run` component to completion.
+//! Runs a preview1 command module or a preview2 `wasi:cli/run` component to completion, in one
+//! store whose memory budget is what the container's limit leaves after the compiled code.
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module, Store};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::I32Exit;
 
+use crate::budget::{code_size, GuestLimiter, MemoryBudget};
 use crate::error::ShimError;
-use crate::memory::GuestLimiter;
 use crate::state::{GuestConfig, P1State, P2State};
 
 /// Runs `func` (normally `_start`) of a preview1 module; returns the exit code.
@@ -24,9 +25,10 @@ pub async fn run_module(
             what: cfg.what.clone(),
             detail: format!("{e:#}"),
         })?;
+    let budget = MemoryBudget::for_program(cfg.memory_budget, code_size(module.image_range()));
     let state = P1State {
         wasi: cfg.wasi_builder().build_p1(),
-        limiter: GuestLimiter::new(cfg.memory_budget),
+        limiter: GuestLimiter::new(budget),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -60,7 +62,8 @@ pub async fn run_component(
         detail: format!("{e:#}"),
     };
     let pre = CommandPre::new(linker.instantiate_pre(component).map_err(link)?).map_err(link)?;
-    let mut store = Store::new(engine, P2State::new(cfg));
+    let budget = MemoryBudget::for_program(cfg.memory_budget, code_size(component.image_range()));
+    let mut store = Store::new(engine, P2State::new(cfg, GuestLimiter::new(budget)));
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     let command = match pre.instantiate_async(&mut store).await {

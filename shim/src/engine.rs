@@ -4,7 +4,7 @@ use containerd_shim_wasm::sandbox::context::WasmBinaryType;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
 
-use crate::cache::{ArtifactCache, ArtifactKind, CacheKey};
+use crate::cache::ArtifactKind;
 use crate::error::ShimError;
 
 /// Most concurrent instances of one wasi:http app (one per in-flight request).
@@ -48,29 +48,53 @@ pub fn new_engine(allocation: Allocation) -> Result<Engine, ShimError> {
     Engine::new(&config).map_err(ShimError::setup)
 }
 
-/// Picks the engine for `bytes` and loads it: components (possibly wasi:http, instantiated per
-/// request) on the pooling allocator, falling back to on-demand allocation when they exceed its
-/// limits; modules (run once) on demand.
-pub fn load_with_engine(
-    what: &str,
-    bytes: &[u8],
-    cache: Option<ArtifactCache<'_>>,
-) -> Result<(Engine, Program), ShimError> {
-    if kind_of(what, bytes)? == ArtifactKind::Component {
-        let pooled = new_engine(Allocation::Pooling)?;
-        match load(&pooled, what, bytes, cache) {
-            Ok(program) => return Ok((pooled, program)),
-            Err(e) => tracing::info!(
-                "{what} does not fit the pooling allocator ({e}); using on-demand allocation"
-            ),
+impl Allocation {
+    /// Both strategies, in the order a component tries them.
+    pub const ALL: [Allocation; 2] = [Allocation::Pooling, Allocation::OnDemand];
+
+    /// The name used in cache keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocation::OnDemand => "ondemand",
+            Allocation::Pooling => "pooled",
         }
     }
-    let engine = new_engine(Allocation::OnDemand)?;
-    let program = load(&engine, what, bytes, cache)?;
-    Ok((engine, program))
 }
 
-fn kind_of(what: &str, bytes: &[u8]) -> Result<ArtifactKind, ShimError> {
+/// The allocation strategies to try for a program of `kind`, best first: components (possibly
+/// wasi:http, instantiated per request) on the pooling allocator, falling back to on-demand
+/// allocation when they exceed its limits; modules (run once) on demand.
+pub fn allocations_for(kind: ArtifactKind) -> &'static [Allocation] {
+    match kind {
+        ArtifactKind::Component => &Allocation::ALL,
+        ArtifactKind::Module => &Allocation::ALL[1..],
+    }
+}
+
+/// Compiles `bytes` in this process, with no cache: the fallback when the compile broker is
+/// unavailable, and what tests use.
+pub fn load_in_process(what: &str, bytes: &[u8]) -> Result<(Engine, Program), ShimError> {
+    let kind = kind_of(what, bytes)?;
+    let mut last = None;
+    for &allocation in allocations_for(kind) {
+        let engine = new_engine(allocation)?;
+        match compile(&engine, kind, what, bytes) {
+            Ok(program) => return Ok((engine, program)),
+            Err(e) => {
+                tracing::info!(
+                    "{what} does not load with {} allocation: {e}",
+                    allocation.name()
+                );
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ShimError::setup("no allocation strategy")))
+}
+
+/// What `bytes` is: a module or a component; precompiled artefacts and non-wasm are refused
+/// here, before anything is compiled.
+pub fn kind_of(what: &str, bytes: &[u8]) -> Result<ArtifactKind, ShimError> {
     if Engine::detect_precompiled(bytes).is_some() {
         return Err(ShimError::Precompiled {
             what: what.to_string(),
@@ -79,7 +103,8 @@ fn kind_of(what: &str, bytes: &[u8]) -> Result<ArtifactKind, ShimError> {
     match WasmBinaryType::from_bytes(bytes) {
         Some(WasmBinaryType::Module) => Ok(ArtifactKind::Module),
         Some(WasmBinaryType::Component) => Ok(ArtifactKind::Component),
-        // The text format: wasmtime compiles `.wat` modules directly.
+        // The text format: wasmtime compiles `.wat` modules and components directly.
+        None if bytes.trim_ascii_start().starts_with(b"(component") => Ok(ArtifactKind::Component),
         None if bytes.trim_ascii_start().starts_with(b"(") => Ok(ArtifactKind::Module),
         None if bytes.starts_with(b"\0asm") => Err(ShimError::Invalid {
             what: what.to_string(),
@@ -92,65 +117,63 @@ fn kind_of(what: &str, bytes: &[u8]) -> Result<ArtifactKind, ShimError> {
     }
 }
 
-/// Compiles `bytes`, or loads the compiled artefact from `cache`.
-pub fn load(
+/// Compiles `bytes` for `engine` (which also checks it fits the engine's allocator).
+pub fn compile(
     engine: &Engine,
+    kind: ArtifactKind,
     what: &str,
     bytes: &[u8],
-    cache: Option<ArtifactCache<'_>>,
 ) -> Result<Program, ShimError> {
-    let kind = kind_of(what, bytes)?;
-    let key = CacheKey::new(kind, bytes, engine.precompile_compatibility_hash());
-    if let Some(cache) = cache {
-        if let Some(payload) = cache.load(&key) {
-            match deserialize(engine, kind, &payload) {
-                Ok(program) => {
-                    tracing::debug!("loaded {what} from the compiled-module cache");
-                    return Ok(program);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "stale compiled-module cache entry for {what}, recompiling: {e}"
-                    );
-                    cache.remove(&key);
-                }
-            }
-        }
-    }
     let invalid = |e: wasmtime::Error| ShimError::Invalid {
         what: what.to_string(),
         detail: format!("{e:#}"),
     };
-    let (program, serialized) = match kind {
-        ArtifactKind::Module => {
-            let m = Module::new(engine, bytes).map_err(invalid)?;
-            let s = cache.and_then(|_| m.serialize().ok());
-            (Program::Module(m), s)
-        }
+    Ok(match kind {
+        ArtifactKind::Module => Program::Module(Module::new(engine, bytes).map_err(invalid)?),
         ArtifactKind::Component => {
-            let c = Component::new(engine, bytes).map_err(invalid)?;
-            let s = cache.and_then(|_| c.serialize().ok());
-            (Program::Component(c), s)
+            Program::Component(Component::new(engine, bytes).map_err(invalid)?)
         }
-    };
-    if let (Some(cache), Some(serialized)) = (cache, serialized) {
-        if let Err(e) = cache.store(&key, &serialized) {
-            tracing::warn!("{e}");
-        }
-    }
-    Ok(program)
+    })
 }
 
+impl Program {
+    /// The serialized artefact (what the cache stores and the broker hands out).
+    pub fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Program::Module(m) => m.serialize(),
+            Program::Component(c) => c.serialize(),
+        }
+    }
+
+    /// Bytes of compiled code this program maps.
+    pub fn code_size(&self) -> usize {
+        let range = match self {
+            Program::Module(m) => m.image_range(),
+            Program::Component(c) => c.image_range(),
+        };
+        range.end.addr().saturating_sub(range.start.addr())
+    }
+}
+
+/// Loads an artefact the compile broker produced.
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, kind: ArtifactKind, payload: &[u8]) -> wasmtime::Result<Program> {
-    // SAFETY: the payload was produced by `serialize` on this host (the cache directory is
-    // root-owned and 0700), passed its sha256 check on load, and its key names this engine's
-    // compatibility hash; wasmtime re-validates the header against the engine as well.
+pub fn deserialize(
+    engine: &Engine,
+    kind: ArtifactKind,
+    artefact: &[u8],
+) -> wasmtime::Result<Program> {
+    // SAFETY: wasmtime requires that the bytes come from `serialize` by a compatible engine and
+    // were not tampered with. They come from the compile broker over a socket pair only this
+    // process and the broker's worker hold: the worker (host privileges, outside every
+    // container) either compiled them from the module just sent, or read them from the cache
+    // after checking the entry's owner and mode and its HMAC under the node key, which no
+    // container can read (see `cache`). The broker runs this same binary, so the engine
+    // configuration matches; wasmtime re-checks the header against this engine as well.
     unsafe {
         match kind {
-            ArtifactKind::Module => Module::deserialize(engine, payload).map(Program::Module),
+            ArtifactKind::Module => Module::deserialize(engine, artefact).map(Program::Module),
             ArtifactKind::Component => {
-                Component::deserialize(engine, payload).map(Program::Component)
+                Component::deserialize(engine, artefact).map(Program::Component)
             }
         }
     }
@@ -158,8 +181,6 @@ fn deserialize(engine: &Engine, kind: ArtifactKind, payload: &[u8]) -> wasmtime:
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
     use super::*;
 
     const HELLO_WAT: &str = r#"(module (func (export "_start")))"#;
@@ -192,13 +213,12 @@ mod tests {
 
     #[test]
     fn text_and_binary_forms_compile() {
-        let engine = new_engine(Allocation::OnDemand).expect("engine");
         assert!(matches!(
-            load(&engine, "t.wat", HELLO_WAT.as_bytes(), None),
+            load_in_process("t.wat", HELLO_WAT.as_bytes()).map(|(_, p)| p),
             Ok(Program::Module(_))
         ));
         assert!(matches!(
-            load(&engine, "t.wasm", &wat_module(), None),
+            load_in_process("t.wasm", &wat_module()).map(|(_, p)| p),
             Ok(Program::Module(_))
         ));
     }
@@ -207,46 +227,17 @@ mod tests {
     fn truncated_module_names_the_cause() {
         let engine = new_engine(Allocation::OnDemand).expect("engine");
         let wasm = wat_module();
-        let err = load(&engine, "/t.wasm", &wasm[..wasm.len() - 3], None)
-            .err()
-            .expect("must fail");
+        let err = compile(
+            &engine,
+            ArtifactKind::Module,
+            "/t.wasm",
+            &wasm[..wasm.len() - 3],
+        )
+        .err()
+        .expect("must fail");
         let msg = err.to_string();
         assert!(msg.starts_with("invalid WebAssembly in /t.wasm"), "{msg}");
         assert_eq!(err.exit_code(), crate::error::EXIT_CANNOT_RUN);
-    }
-
-    #[test]
-    fn second_load_comes_from_the_cache_and_corruption_is_survived() {
-        let engine = new_engine(Allocation::OnDemand).expect("engine");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let fd = std::fs::File::open(dir.path()).expect("open");
-        let cache = ArtifactCache::new(fd.as_fd());
-        let wasm = wat_module();
-        assert!(matches!(
-            load(&engine, "m", &wasm, Some(cache)),
-            Ok(Program::Module(_))
-        ));
-        let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("readdir").collect();
-        assert_eq!(entries.len(), 1, "one cache entry after the first load");
-        assert!(matches!(
-            load(&engine, "m", &wasm, Some(cache)),
-            Ok(Program::Module(_))
-        ));
-        // Overwrite the entry with a valid-checksum but non-wasmtime payload: stale, rebuilt.
-        let key = CacheKey::new(
-            ArtifactKind::Module,
-            &wasm,
-            engine.precompile_compatibility_hash(),
-        );
-        cache.store(&key, b"not an artefact").expect("store");
-        assert!(matches!(
-            load(&engine, "m", &wasm, Some(cache)),
-            Ok(Program::Module(_))
-        ));
-        assert!(
-            cache.load(&key).is_some_and(|p| p != b"not an artefact"),
-            "entry rebuilt"
-        );
     }
 
     #[test]
@@ -255,15 +246,20 @@ mod tests {
         let oversized = r#"(module (table 300000 funcref) (func (export "_start")))"#;
         let pooled = new_engine(Allocation::Pooling).expect("engine");
         assert!(
-            load(&pooled, "t.wat", oversized.as_bytes(), None).is_err(),
+            compile(&pooled, ArtifactKind::Module, "t.wat", oversized.as_bytes()).is_err(),
             "beyond the pool's table limit"
         );
         assert!(
-            load(&pooled, "t.wat", cpython_sized.as_bytes(), None).is_ok(),
+            compile(
+                &pooled,
+                ArtifactKind::Module,
+                "t.wat",
+                cpython_sized.as_bytes()
+            )
+            .is_ok(),
             "CPython-sized tables fit the pool"
         );
-        let (engine, program) =
-            load_with_engine("t.wat", oversized.as_bytes(), None).expect("on demand");
+        let (engine, program) = load_in_process("t.wat", oversized.as_bytes()).expect("on demand");
         assert!(matches!(program, Program::Module(_)));
         drop(engine);
     }

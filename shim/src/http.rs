@@ -8,6 +8,13 @@
 //! guests that never return cannot starve the accept loop, other requests or the stop signal.
 //! A client that disconnects before its response drops the request's task and with it the
 //! guest's store.
+//!
+//! Memory: all request stores draw from one [`MemoryBudget`] (the container's memory limit less
+//! the compiled code), so concurrent requests together stay under the limit instead of each
+//! having all of it. A request whose growth the budget refuses gets 503 with `retry-after: 1`
+//! while other requests hold the memory, or 500 when it alone needs more than the limit allows;
+//! either way the body and the log line name the memory limit, and the server keeps serving.
+//! A store gives its memory back when it is dropped, on every path a request can end by.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,6 +39,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::budget::{code_size, GuestLimiter, MemoryBudget, MemoryRefusal};
 use crate::error::ShimError;
 use crate::limits::HttpLimits;
 use crate::state::{GuestConfig, P2State, DEFAULT_HTTP_ADDR, HTTP_ADDR_ENV};
@@ -65,6 +73,8 @@ enum RequestError {
     Deadline(Duration),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    #[error(transparent)]
+    Memory(MemoryRefusal),
     #[error("{0:#}")]
     Guest(wasmtime::Error),
 }
@@ -78,6 +88,8 @@ struct Server {
     pre: ProxyPre<P2State>,
     cfg: GuestConfig,
     limits: HttpLimits,
+    /// The wasm memory all request stores share (`None`: the container has no memory limit).
+    memory: Option<Arc<MemoryBudget>>,
     /// One permit per request in flight, held until its guest task ends.
     slots: Arc<Semaphore>,
     /// Set when the drain after a stop request timed out: every guest traps at its next tick.
@@ -137,10 +149,12 @@ pub async fn serve(
         detail: format!("{e:#}"),
     };
     let pre = ProxyPre::new(linker.instantiate_pre(component).map_err(link)?).map_err(link)?;
+    let memory = MemoryBudget::for_program(cfg.memory_budget, code_size(component.image_range()));
     let server = Arc::new(Server {
         pre,
         cfg: cfg.clone(),
         limits,
+        memory,
         slots: Arc::new(Semaphore::new(limits.max_concurrent)),
         abort_all: Arc::new(AtomicBool::new(false)),
     });
@@ -245,6 +259,21 @@ impl Server {
                     RequestError::BodyTooLarge(_) => {
                         plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
                     }
+                    RequestError::Memory(r) if r.exceeds_the_whole_budget() => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "request needs more wasm memory than the container's memory limit allows\n",
+                    ),
+                    RequestError::Memory(_) => {
+                        let mut resp = plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "container memory limit reached: memory in use by concurrent requests\n",
+                        );
+                        resp.headers_mut().insert(
+                            hyper::header::RETRY_AFTER,
+                            hyper::header::HeaderValue::from_static("1"),
+                        );
+                        resp
+                    }
                     RequestError::Guest(_) => {
                         plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
                     }
@@ -260,7 +289,10 @@ impl Server {
     ) -> Result<hyper::Response<HyperOutgoingBody>, RequestError> {
         let timeout = self.limits.request_timeout;
         let deadline = Instant::now() + timeout;
-        let mut store = Store::new(self.pre.engine(), P2State::new(&self.cfg));
+        // The limiter lives in the store: dropping the store, however the request ends, gives
+        // its memory back to the shared budget.
+        let limiter = GuestLimiter::new(self.memory.clone());
+        let mut store = Store::new(self.pre.engine(), P2State::new(&self.cfg, limiter));
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         let abort_all = self.abort_all.clone();
@@ -282,7 +314,9 @@ impl Server {
             exceeded: too_large.clone(),
         });
         let classify = |e: wasmtime::Error| {
-            if e.downcast_ref::<DeadlineExceeded>().is_some() {
+            if let Some(refusal) = e.downcast_ref::<MemoryRefusal>() {
+                RequestError::Memory(*refusal)
+            } else if e.downcast_ref::<DeadlineExceeded>().is_some() {
                 RequestError::Deadline(timeout)
             } else if too_large.load(Ordering::Relaxed) {
                 RequestError::BodyTooLarge(max_body)
@@ -319,9 +353,9 @@ impl Server {
                 Ok(r) => r,
                 Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
             };
-            match (result, store.data().limiter.refused()) {
+            match (result, store.data().limiter.refusal()) {
                 (Err(e), _) if e.downcast_ref::<DeadlineExceeded>().is_some() => Err(e),
-                (Err(_), Some(limit)) => Err(wasmtime::Error::msg(limit.to_string())),
+                (Err(_), Some(refusal)) => Err(wasmtime::Error::new(refusal)),
                 (r, _) => r,
             }
         });

@@ -1,18 +1,22 @@
 //! wasmkube's containerd shim: runs WASI preview1 modules, preview2 `wasi:cli/run` components and
 //! `wasi:http/proxy` components with Wasmtime, on runwasi's `containerd-shim-wasm` library.
 //!
-//! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime and loads code through
-//! [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
+//! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime; [`broker`] compiles
+//! code outside the container and keeps it in [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
 //! [`memory`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into
 //! store limits, WASI preopens and epoch interruption; [`privileges`] gives the guest process
 //! the capabilities an exec would have left it; [`listen`] binds the wasi:http socket
 //! and [`limits`] reads its request limits.
 
+pub mod broker;
+pub mod budget;
 pub mod cache;
+pub mod cgroup;
 pub mod command;
+pub mod cpu;
+pub mod descriptors;
 pub mod engine;
 pub mod error;
-pub mod host;
 pub mod http;
 pub mod limits;
 pub mod listen;

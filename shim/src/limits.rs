@@ -3,12 +3,19 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `WASMKUBE_HTTP_REQUEST_TIMEOUT` | `30s` | per-request deadline (guest run time, epoch-enforced); past it the client gets 504 |
-//! | `WASMKUBE_HTTP_MAX_CONCURRENT` | `64` | requests served at once; more get 503 at once (at most [`MAX_INSTANCES`]) |
+//! | `WASMKUBE_HTTP_MAX_CONCURRENT` | 16 per CPU of the container's limit, 4 to 1000 | requests served at once; more get 503 at once (at most [`MAX_INSTANCES`]) |
 //! | `WASMKUBE_HTTP_HEADER_TIMEOUT` | `10s` | time a client has to send the request head; then the connection is closed |
 //! | `WASMKUBE_HTTP_MAX_BODY` | `16Mi` | largest request body; bigger bodies get 413 |
 //!
 //! Durations are `<n>s`, `<n>ms` or a bare number of seconds; sizes are bytes with an optional
 //! `Ki`/`Mi`/`Gi` (or `K`/`M`/`G`, also powers of 1024) suffix.
+//!
+//! The default concurrency follows the container's CPU limit ([`crate::cpu::container_cpus`]:
+//! the cgroup quota, or the CPUs the process may run on when there is none), see
+//! [`default_max_concurrent`]: `ceil(16 × CPUs)`, at least [`MIN_DEFAULT_CONCURRENT`], at most
+//! [`MAX_INSTANCES`]. 0.5 CPU → 8, 2 CPUs → 32, 100m → 4, 64 CPUs → 1000. Requests mostly wait
+//! on I/O, so a few per CPU keep it busy; far more only queue up for the CPU past their deadline
+//! (each also holds an instance and a share of the memory budget).
 use std::time::Duration;
 
 use crate::engine::MAX_INSTANCES;
@@ -19,6 +26,25 @@ pub const REQUEST_TIMEOUT_ENV: &str = "WASMKUBE_HTTP_REQUEST_TIMEOUT";
 pub const MAX_CONCURRENT_ENV: &str = "WASMKUBE_HTTP_MAX_CONCURRENT";
 pub const HEADER_TIMEOUT_ENV: &str = "WASMKUBE_HTTP_HEADER_TIMEOUT";
 pub const MAX_BODY_ENV: &str = "WASMKUBE_HTTP_MAX_BODY";
+
+/// Default concurrency per CPU of the container's limit.
+pub const CONCURRENT_PER_CPU: f64 = 16.0;
+/// The default concurrency never goes below this, however small the CPU limit.
+pub const MIN_DEFAULT_CONCURRENT: usize = 4;
+
+/// The default for [`MAX_CONCURRENT_ENV`] under a limit of `cpus` CPUs: `ceil(16 × cpus)`,
+/// clamped to [`MIN_DEFAULT_CONCURRENT`]..=[`MAX_INSTANCES`].
+pub fn default_max_concurrent(cpus: f64) -> usize {
+    let max = MAX_INSTANCES as usize;
+    let n = (cpus * CONCURRENT_PER_CPU).ceil();
+    if n.is_nan() || n < MIN_DEFAULT_CONCURRENT as f64 {
+        MIN_DEFAULT_CONCURRENT
+    } else if n >= max as f64 {
+        max
+    } else {
+        n as usize
+    }
+}
 
 /// The wasi:http server's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,27 +59,35 @@ pub struct HttpLimits {
     pub max_body: u64,
 }
 
-impl Default for HttpLimits {
-    fn default() -> Self {
+impl HttpLimits {
+    /// The defaults for a container limited to `cpus` CPUs.
+    pub fn defaults(cpus: f64) -> Self {
         HttpLimits {
             request_timeout: Duration::from_secs(30),
-            max_concurrent: 64,
+            max_concurrent: default_max_concurrent(cpus),
             header_timeout: Duration::from_secs(10),
             max_body: 16 << 20,
         }
     }
-}
 
-impl HttpLimits {
-    /// The defaults, overridden by the container's environment; a malformed value is an error
-    /// (a limit silently ignored would be worse than a container that does not start).
+    /// The defaults for the container's CPU limit, overridden by its environment; a malformed
+    /// value is an error (a limit silently ignored would be worse than a container that does
+    /// not start).
     pub fn from_config(cfg: &GuestConfig) -> Result<Self, ShimError> {
-        Self::from_lookup(|k| cfg.env(k))
+        let cpus = crate::cpu::container_cpus();
+        tracing::info!(
+            "CPU limit {cpus} → default {MAX_CONCURRENT_ENV}={}",
+            default_max_concurrent(cpus)
+        );
+        Self::from_lookup(|k| cfg.env(k), cpus)
     }
 
-    /// As [`HttpLimits::from_config`], with `env` for the lookup.
-    pub fn from_lookup<'a>(env: impl Fn(&str) -> Option<&'a str>) -> Result<Self, ShimError> {
-        let mut limits = HttpLimits::default();
+    /// As [`HttpLimits::from_config`], with `env` for the lookup and a limit of `cpus` CPUs.
+    pub fn from_lookup<'a>(
+        env: impl Fn(&str) -> Option<&'a str>,
+        cpus: f64,
+    ) -> Result<Self, ShimError> {
+        let mut limits = HttpLimits::defaults(cpus);
         let bad = |var: &str, value: &str, detail: &str| ShimError::Config {
             var: var.to_string(),
             value: value.to_string(),
@@ -148,15 +182,19 @@ mod tests {
 
     #[test]
     fn env_overrides_defaults_and_bad_values_name_the_variable() {
-        let none = HttpLimits::from_lookup(|_| None).expect("defaults");
-        assert_eq!(none, HttpLimits::default());
-        let set = HttpLimits::from_lookup(|k| match k {
-            REQUEST_TIMEOUT_ENV => Some("2s"),
-            MAX_CONCURRENT_ENV => Some("4"),
-            HEADER_TIMEOUT_ENV => Some("1500ms"),
-            MAX_BODY_ENV => Some("1Ki"),
-            _ => None,
-        })
+        let none = HttpLimits::from_lookup(|_| None, 2.0).expect("defaults");
+        assert_eq!(none, HttpLimits::defaults(2.0));
+        assert_eq!(none.max_concurrent, 32, "16 per CPU");
+        let set = HttpLimits::from_lookup(
+            |k| match k {
+                REQUEST_TIMEOUT_ENV => Some("2s"),
+                MAX_CONCURRENT_ENV => Some("4"),
+                HEADER_TIMEOUT_ENV => Some("1500ms"),
+                MAX_BODY_ENV => Some("1Ki"),
+                _ => None,
+            },
+            2.0,
+        )
         .expect("valid");
         assert_eq!(
             set,
@@ -174,11 +212,38 @@ mod tests {
             (HEADER_TIMEOUT_ENV, "soon"),
             (MAX_BODY_ENV, "lots"),
         ] {
-            let err = HttpLimits::from_lookup(|k| (k == var).then_some(value))
+            let err = HttpLimits::from_lookup(|k| (k == var).then_some(value), 2.0)
                 .expect_err("must be refused");
             let msg = err.to_string();
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
             assert_eq!(err.exit_code(), crate::error::EXIT_CANNOT_RUN);
         }
+    }
+
+    #[test]
+    fn default_concurrency_follows_the_cpu_limit() {
+        for (cpus, expected) in [
+            (0.1, 4),
+            (0.25, 4),
+            (0.5, 8),
+            (1.0, 16),
+            (1.5, 24),
+            (2.0, 32),
+            (4.0, 64),
+            (62.5, 1000),
+            (64.0, 1000),
+            (f64::INFINITY, 1000),
+            (0.0, 4),
+            (f64::NAN, 4),
+        ] {
+            assert_eq!(default_max_concurrent(cpus), expected, "{cpus} CPUs");
+            assert_eq!(HttpLimits::defaults(cpus).max_concurrent, expected);
+        }
+        // The variable still wins, in both directions.
+        let env = |v: &'static str| move |k: &str| (k == MAX_CONCURRENT_ENV).then_some(v);
+        let low = HttpLimits::from_lookup(env("2"), 8.0).expect("valid");
+        assert_eq!(low.max_concurrent, 2);
+        let high = HttpLimits::from_lookup(env("500"), 0.5).expect("valid");
+        assert_eq!(high.max_concurrent, 500);
     }
 }

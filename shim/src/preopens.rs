@@ -3,7 +3,8 @@
 //! The guest sees the container's root at `/`, and every bind mount the OCI spec added (a
 //! Kubernetes volume, `ctr run --mount`) as its own preopen at the same path, read-only when
 //! the mount is. Mounts are read back from `/proc/self/mountinfo` inside the container, where
-//! the runtime has already mounted them.
+//! the runtime has already mounted them. The working directory is preopened as `.` as well,
+//! registered first so that it never shadows `/` (see [`guest_dirs`]).
 use std::path::Path;
 
 /// One preopened directory.
@@ -99,6 +100,56 @@ pub fn discover() -> Vec<Preopen> {
         .collect()
 }
 
+/// One directory handed to the guest: `host` (a path inside the container) under the name
+/// `guest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestDir {
+    pub host: String,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// The guest's preopens in the order to register them: the working directory `cwd` as `.`
+/// (unless it is `/`), then `preopens` (the rootfs at `/` first, then each mount) at their own
+/// paths.
+///
+/// The order matters. wasi-libc (Rust and C guests, preview1 and preview2 alike) strips leading
+/// `/` and `./` from preopen names, so `/` and `.` are the same empty prefix to it, and of two
+/// equal prefixes the preopen registered *last* wins. With `.` after `/`, every absolute path
+/// outside a mount would resolve under the working directory (`/etc/x` → `<cwd>/etc/x`).
+/// Registered first, `.` is there for guests that look it up by name, and wasi-libc guests keep
+/// the `/` their `getcwd()` reports. `.` is read-only when the mount holding `cwd` is.
+pub fn guest_dirs(preopens: &[Preopen], cwd: Option<&str>) -> Vec<GuestDir> {
+    let mut out = Vec::with_capacity(preopens.len() + 1);
+    if let Some(cwd) = cwd.filter(|c| *c != "/" && !c.is_empty()) {
+        out.push(GuestDir {
+            host: cwd.to_string(),
+            guest: ".".into(),
+            read_only: mount_of(preopens, cwd).is_some_and(|p| p.read_only),
+        });
+    }
+    out.extend(preopens.iter().map(|p| GuestDir {
+        host: p.path.clone(),
+        guest: p.path.clone(),
+        read_only: p.read_only,
+    }));
+    out
+}
+
+/// The preopen whose directory holds `path`: the longest one that is `path` or a parent of it.
+fn mount_of<'a>(preopens: &'a [Preopen], path: &str) -> Option<&'a Preopen> {
+    preopens
+        .iter()
+        .filter(|p| {
+            p.path == "/"
+                || path == p.path
+                || path
+                    .strip_prefix(p.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .max_by_key(|p| p.path.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +209,61 @@ mod tests {
                 read_only: false
             }]
         );
+    }
+
+    fn preopen(path: &str, read_only: bool) -> Preopen {
+        Preopen {
+            path: path.into(),
+            read_only,
+        }
+    }
+
+    fn dir(host: &str, guest: &str, read_only: bool) -> GuestDir {
+        GuestDir {
+            host: host.into(),
+            guest: guest.into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn the_working_directory_comes_first_so_it_never_shadows_the_root() {
+        let mounts = [
+            preopen("/", false),
+            preopen("/data", true),
+            preopen("/data2", false),
+        ];
+        assert_eq!(
+            guest_dirs(&mounts, Some("/srv/work")),
+            vec![
+                dir("/srv/work", ".", false),
+                dir("/", "/", false),
+                dir("/data", "/data", true),
+                dir("/data2", "/data2", false),
+            ]
+        );
+        // `/` (the default) and no working directory add nothing.
+        assert_eq!(guest_dirs(&mounts, Some("/")).len(), 3);
+        assert_eq!(guest_dirs(&mounts, None).len(), 3);
+    }
+
+    #[test]
+    fn the_working_directory_takes_the_mode_of_its_mount() {
+        let mounts = [
+            preopen("/", true),
+            preopen("/data", true),
+            preopen("/data/rw", false),
+        ];
+        let dot = |cwd: &str| guest_dirs(&mounts, Some(cwd))[0].clone();
+        assert_eq!(dot("/data/rw/sub"), dir("/data/rw/sub", ".", false));
+        assert_eq!(dot("/data/rw"), dir("/data/rw", ".", false));
+        assert_eq!(dot("/data/ro"), dir("/data/ro", ".", true));
+        assert_eq!(
+            dot("/data2"),
+            dir("/data2", ".", true),
+            "under `/`, not `/data`"
+        );
+        assert_eq!(dot("/srv"), dir("/srv", ".", true));
     }
 
     #[test]

@@ -3,6 +3,7 @@ use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{version, Shim, Version};
 
+use crate::broker::{client::ClientError, protocol::Response};
 use crate::engine::{self, Program};
 use crate::error::ShimError;
 use crate::state::GuestConfig;
@@ -30,9 +31,19 @@ pub struct WasmkubeSandbox;
 /// the spec's user and before the first thread starts (the async runtime comes up right after,
 /// for `can_handle`): the one point where a capability change reaches every thread the guest
 /// will run on. See [`crate::privileges`].
+///
+/// The same single-threaded point is where the host-rooted descriptors the process inherited
+/// are closed, before any guest code exists (see [`crate::descriptors`]).
 impl Default for WasmkubeSandbox {
     fn default() -> Self {
         crate::privileges::drop_for_guest();
+        match crate::descriptors::close_host_rooted() {
+            Ok(closed) if !closed.is_empty() => {
+                tracing::debug!(?closed, "closed host-rooted descriptors")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot check inherited descriptors: {e}"),
+        }
         WasmkubeSandbox
     }
 }
@@ -95,15 +106,13 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
             (format!("image layer {what}"), bytes)
         }
     };
-    let cfg = GuestConfig::from_context(ctx, what);
     let stop = StopSignal::install().map_err(ShimError::setup)?;
-    // Only a process that may write the host's cache directory uses it (root containers): a
-    // non-root guest neither reads other containers' artefacts nor leaves its own there.
-    let cache = crate::host::cache_dir()
-        .filter(|dir| crate::cache::usable(*dir))
-        .map(crate::cache::ArtifactCache::new);
-    let (engine, program) = engine::load_with_engine(&cfg.what, &bytes, cache)?;
-    drop(bytes);
+    let (engine, program) = match load(&what, bytes.into_owned(), stop.clone()).await? {
+        Loaded::Ready(engine, program) => (engine, program),
+        Loaded::Stopped(signo) => return Ok(128 + signo),
+    };
+    // After loading, so the memory already used (the compiled code) counts against the budget.
+    let cfg = GuestConfig::from_context(ctx, what);
     match program {
         Program::Module(module) => {
             stop.interrupt_on_stop(engine.clone());
@@ -126,4 +135,48 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
             }
         }
     }
+}
+
+/// A loaded program, or the stop request that came first.
+enum Loaded {
+    Ready(wasmtime::Engine, Program),
+    Stopped(i32),
+}
+
+/// Gets the compiled program from the compile broker (see [`crate::broker`]), or compiles it
+/// in this process when the broker cannot help, saying why on the container's stderr.
+async fn load(what: &str, bytes: Vec<u8>, stop: StopSignal) -> Result<Loaded, ShimError> {
+    // Refuse what is not portable wasm before anyone compiles anything.
+    engine::kind_of(what, &bytes)?;
+    let (bytes, answer) = crate::broker::client::load(what.to_string(), bytes, stop).await;
+    let why = match answer {
+        Ok(Response::Loaded {
+            allocation,
+            kind,
+            artefact,
+            notes,
+        }) => {
+            for note in notes {
+                eprintln!("wasmkube: {note}");
+            }
+            let engine = engine::new_engine(allocation)?;
+            match engine::deserialize(&engine, kind, &artefact) {
+                Ok(program) => return Ok(Loaded::Ready(engine, program)),
+                Err(e) => format!("the broker's artefact does not load: {e:#}"),
+            }
+        }
+        Ok(Response::Invalid { detail }) => {
+            return Err(ShimError::Invalid {
+                what: what.to_string(),
+                detail,
+            })
+        }
+        Ok(Response::Limits(_)) => ClientError::Unexpected.to_string(),
+        Err(ClientError::Stopped(signo)) => return Ok(Loaded::Stopped(signo)),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("wasmkube: compiling in the container process, without the cache: {why}");
+    let bytes = bytes.ok_or(ShimError::Setup(why))?;
+    let (engine, program) = engine::load_in_process(what, &bytes)?;
+    Ok(Loaded::Ready(engine, program))
 }

@@ -6,7 +6,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::memory::GuestLimiter;
+use crate::budget::GuestLimiter;
 use crate::preopens::Preopen;
 
 /// Environment variable (in the container) with the address wasi:http apps listen on.
@@ -24,7 +24,8 @@ pub struct GuestConfig {
     pub envs: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
     pub cwd: Option<String>,
-    /// Bytes of wasm memory a store may use.
+    /// Bytes of wasm memory (compiled code and every store's linear memory together) the
+    /// container's memory limit leaves; see [`crate::budget::MemoryBudget`].
     pub memory_budget: Option<usize>,
 }
 
@@ -76,20 +77,18 @@ impl GuestConfig {
             .inherit_network()
             .allow_ip_name_lookup(true);
         b.args(&self.args).envs(&self.envs);
-        for p in &self.preopens {
-            let perms = if p.read_only {
+        // `.` first: it must not shadow `/` (see `preopens::guest_dirs`).
+        for d in crate::preopens::guest_dirs(&self.preopens, self.cwd.as_deref()) {
+            let perms = if d.read_only {
                 FsPerms::ReadOnly
             } else {
                 FsPerms::ReadWrite
             };
-            if let Err(e) = b.preopened_dir(&p.path, &p.path, perms) {
-                tracing::warn!("cannot preopen {}: {e}", p.path);
+            if let Err(e) = b.preopened_dir(&d.host, &d.guest, perms) {
+                tracing::warn!("cannot preopen {} as {}: {e}", d.host, d.guest);
             }
         }
         if let Some(cwd) = &self.cwd {
-            if let Err(e) = b.preopened_dir(cwd, ".", FsPerms::ReadWrite) {
-                tracing::warn!("cannot preopen working directory {cwd}: {e}");
-            }
             b.initial_cwd(cwd);
         }
         b
@@ -111,12 +110,13 @@ pub struct P2State {
 }
 
 impl P2State {
-    pub fn new(cfg: &GuestConfig) -> Self {
+    /// A store's state, its memory drawn through `limiter`.
+    pub fn new(cfg: &GuestConfig, limiter: GuestLimiter) -> Self {
         P2State {
             wasi: cfg.wasi_builder().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limiter: GuestLimiter::new(cfg.memory_budget),
+            limiter,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The wasi:http server's limits under a real containerd (`ctr run`, host network): request
 //! deadline, concurrency cap, header read timeout, body size limit, cancellation on client
-//! disconnect, and a stop that looping guests cannot hold up. Uses the `http-limits` test guest:
-//! `/loop` spins forever, `/body` reads the body. Needs root, containerd and runc.
+//! disconnect, one memory budget for all concurrent requests, a drain of in-flight requests on
+//! SIGTERM, and a stop that looping guests cannot hold up. Uses the `http-limits` test guest:
+//! `/loop` spins forever, `/body` reads the body, `/alloc` holds memory, `/sleep` waits on a
+//! timer. Needs root, containerd and runc.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Child;
@@ -49,6 +51,16 @@ fn status(resp: &str) -> u16 {
 /// Starts http-limits with `env` on a free port; returns the port and the `ctr run` child once
 /// the server answers.
 fn start_server(ctd: &Containerd, id: &str, env: &[&str]) -> (u16, Child, tempfile::TempDir) {
+    start_server_with(ctd, id, env, None)
+}
+
+/// As [`start_server`], with a memory limit.
+fn start_server_with(
+    ctd: &Containerd,
+    id: &str,
+    env: &[&str],
+    memory_limit: Option<u64>,
+) -> (u16, Child, tempfile::TempDir) {
     let root =
         wasmkube_test_harness::containerd::rootfs_with(&[("http.wasm", &guest("http_limits"))]);
     let port = free_port();
@@ -58,6 +70,7 @@ fn start_server(ctd: &Containerd, id: &str, env: &[&str]) -> (u16, Child, tempfi
         run = run.env(kv);
     }
     run.net_host = true;
+    run.memory_limit = memory_limit;
     let child = ctd.spawn_run(&run);
     let start = Instant::now();
     while get(port, "/ready").map(|r| status(&r)) != Some(200) {
@@ -93,6 +106,47 @@ fn loops(port: u16, n: usize) -> Vec<std::thread::JoinHandle<(u16, Duration)>> {
             })
         })
         .collect()
+}
+
+/// `n` requests for `path` released together; each yields its response and how long it took.
+fn together(port: u16, path: &str, n: usize) -> Vec<std::thread::JoinHandle<(String, Duration)>> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+    (0..n)
+        .map(|_| {
+            let (start, path) = (start.clone(), path.to_string());
+            std::thread::spawn(move || {
+                start.wait();
+                let t = Instant::now();
+                (get(port, &path).unwrap_or_default(), t.elapsed())
+            })
+        })
+        .collect()
+}
+
+/// The task's `oom_kill` count from its memory cgroup (`ctr`'s `/default/<id>`: v1
+/// `memory.oom_control`, v2 `memory.events`), or `None` when the cgroup cannot be found.
+fn oom_kills(id: &str) -> Option<u64> {
+    let text = [
+        format!("/sys/fs/cgroup/memory/default/{id}/memory.oom_control"),
+        format!("/sys/fs/cgroup/default/{id}/memory.events"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// SIGTERM; the container must exit 0. Returns its stderr.
+fn stop(ctd: &Containerd, id: &str, child: &mut Child) -> String {
+    ctd.ctr(&["tasks", "kill", id]).ok();
+    let exit = wait_child(child, Duration::from_secs(15)).expect("server did not stop");
+    assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
+    let mut err = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut err);
+    }
+    err
 }
 
 #[test]
@@ -268,4 +322,112 @@ fn slow_headers_big_bodies_and_gone_clients_are_handled() {
     ctd.ctr(&["tasks", "kill", &id]).ok();
     let exit = wait_child(&mut child, Duration::from_secs(10)).expect("server did not stop");
     assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn concurrent_requests_share_the_memory_limit_without_an_oom_kill() {
+    skip_unless!(missing_prerequisites());
+    let ctd = Containerd::builder().shim(SHIM).start();
+    let id = unique_id("hmem");
+    let limit = 96u64 << 20;
+    let (port, mut child, _root) = start_server_with(&ctd, &id, &[], Some(limit));
+
+    // Six requests each holding 24 MiB (written, so resident) for 1.5 s: 144 MiB together, far
+    // past the 96 MiB limit, while each alone fits. A store that had the whole budget to itself
+    // would get the container OOM-killed.
+    let held = "held 24 MiB for 1500 ms\n";
+    let mut ok = 0;
+    let mut refused = 0;
+    for handle in together(port, "/alloc?mb=24&ms=1500", 6) {
+        let (resp, _) = handle.join().expect("alloc thread");
+        match status(&resp) {
+            200 => {
+                assert!(resp.contains(held), "{resp}");
+                ok += 1;
+            }
+            503 => {
+                assert!(resp.contains("memory limit"), "names the limit: {resp}");
+                assert!(
+                    resp.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{resp}"
+                );
+                refused += 1;
+            }
+            _ => {
+                let ooms = oom_kills(&id);
+                ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+                let out = child.wait_with_output().expect("ctr run output");
+                panic!(
+                    "neither served nor cleanly refused: {resp:?}; oom kills {ooms:?}; \
+                     container {out:#?}"
+                );
+            }
+        }
+    }
+    eprintln!("{ok} requests held their memory, {refused} were refused");
+    assert!(ok >= 1, "at least one request fits the limit");
+    assert!(refused >= 1, "not all six fit under {limit} bytes");
+
+    // Everything was given back: the same request now succeeds, and the server still serves.
+    let resp = get(port, "/alloc?mb=24&ms=0").expect("answer");
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = get(port, "/healthy").expect("answer");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert!(child.try_wait().expect("wait").is_none(), "container died");
+    assert!(
+        ctd.wait_running(&id, Duration::from_secs(1)),
+        "task not running"
+    );
+    match oom_kills(&id) {
+        Some(n) => assert_eq!(n, 0, "the kernel OOM-killed in the container"),
+        None => eprintln!("container memory cgroup not found: oom_kill not checked"),
+    }
+
+    let stderr = stop(&ctd, &id, &mut child);
+    assert!(
+        stderr.contains("/alloc?mb=24&ms=1500 failed: memory limit reached"),
+        "the log names the memory limit: {stderr}"
+    );
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_request_and_refuses_new_connections() {
+    skip_unless!(missing_prerequisites());
+    let ctd = Containerd::builder().shim(SHIM).start();
+    let id = unique_id("hdrain");
+    let (port, mut child, _root) = start_server(&ctd, &id, &[]);
+
+    // A request blocked in a wasi:clocks timer (not spinning) when SIGTERM arrives.
+    let slow = together(port, "/sleep?ms=1500", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    ctd.ctr(&["tasks", "kill", &id]).ok();
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "listener still open 1s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = TcpStream::connect(("127.0.0.1", port)).expect_err("no new connections");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "exited with a request in flight"
+    );
+
+    let (resp, took) = slow.into_iter().next().expect("one").join().expect("slow");
+    assert_eq!(
+        status(&resp),
+        200,
+        "the in-flight request completes: {resp}"
+    );
+    assert!(resp.contains("slept 1500 ms\n"), "{resp}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    let exit = wait_child(&mut child, Duration::from_secs(10)).expect("server did not stop");
+    assert_eq!(exit.code(), Some(0), "drained stop exits 0");
+    eprintln!("drained and exited {:?} after SIGTERM", t.elapsed());
 }

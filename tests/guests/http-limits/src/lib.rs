@@ -5,6 +5,11 @@
 //!   deadline, or a client that goes away, ends it);
 //! - `/body`: reads the whole request body and answers `body <n> bytes\n` (a read error, such
 //!   as the shim's body limit, traps as a panic does);
+//! - `/alloc?mb=<n>&ms=<t>`: allocates `n` MiB of linear memory, writes every page of it (so it
+//!   is resident, not just reserved), holds it for `t` ms and answers `held <n> MiB for <t> ms\n`
+//!   (a refused growth traps);
+//! - `/sleep?ms=<t>`: waits `t` ms on a `wasi:clocks` timer (blocked in the host, no busy loop)
+//!   and answers `slept <t> ms\n`;
 //! - anything else: 200 `ok <path-with-query>\n`.
 
 use std::io::{Read as _, Write as _};
@@ -21,9 +26,23 @@ wasi::http::proxy::export!(HttpLimits);
 impl Guest for HttpLimits {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        let text = match path.as_str() {
+        let (route, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
+        let text = match route {
             "/loop" => spin(),
             "/body" => format!("body {} bytes\n", read_body(request)),
+            "/alloc" => {
+                let (mb, ms) = (param(query, "mb"), param(query, "ms"));
+                let held = std::hint::black_box(allocate(mb));
+                sleep_ms(ms);
+                let text = format!("held {} MiB for {ms} ms\n", held.len() >> 20);
+                drop(held);
+                text
+            }
+            "/sleep" => {
+                let ms = param(query, "ms");
+                sleep_ms(ms);
+                format!("slept {ms} ms\n")
+            }
             _ => format!("ok {path}\n"),
         };
         let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
@@ -46,6 +65,32 @@ fn spin() -> ! {
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// A numeric query parameter (0 when missing or malformed).
+fn param(query: &str, name: &str) -> u64 {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `mb` MiB, every 4 KiB page written.
+fn allocate(mb: u64) -> Vec<u8> {
+    let len = usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20);
+    let mut block = Vec::with_capacity(len);
+    block.resize(len, 0u8);
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    block
+}
+
+/// Blocks on a monotonic-clock pollable for `ms` milliseconds.
+fn sleep_ms(ms: u64) {
+    wasi::clocks::monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
 }
 
 /// Reads the request body to its end; returns its length.

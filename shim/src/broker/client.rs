@@ -1,0 +1,114 @@
+//! The container side: a private socket pair per request, its far end passed to the broker.
+use std::borrow::Cow;
+use std::io::{BufReader, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+use super::protocol::{HostLimits, Request, Response, WireError};
+use crate::stop::StopSignal;
+
+/// How long a limits question may take.
+const LIMITS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the broker gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no compile broker in this shim")]
+    Unavailable,
+    #[error("compile broker: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("unexpected answer from the compile broker")]
+    Unexpected,
+    #[error("stopped by signal {0} while waiting for the compiled module")]
+    Stopped(i32),
+}
+
+/// Opens a private connection to a new worker.
+fn connect() -> Result<UnixStream, ClientError> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let shared = super::socket().ok_or(ClientError::Unavailable)?;
+    let (mine, theirs): (OwnedFd, OwnedFd) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    let fds = [theirs.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        shared,
+        &[IoSlice::new(&[1])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(UnixStream::from(mine))
+}
+
+fn exchange(conn: &UnixStream, request: &Request<'_>) -> Result<Response, ClientError> {
+    let mut w = conn;
+    request.write_to(&mut w)?;
+    Ok(Response::decode(&mut BufReader::new(conn))?)
+}
+
+/// Asks the broker for the compiled form of `wasm`. Gives up at once when `stop` fires (the
+/// worker finishes on its own and fills the cache). Returns the module bytes back with the
+/// answer, for a caller that falls back to compiling in-process.
+pub async fn load(
+    what: String,
+    wasm: Vec<u8>,
+    stop: StopSignal,
+) -> (Option<Vec<u8>>, Result<Response, ClientError>) {
+    let conn = match connect() {
+        Ok(conn) => conn,
+        Err(e) => return (Some(wasm), Err(e)),
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let request = Request::Load {
+            what: Cow::Borrowed(&what),
+            wasm: Cow::Borrowed(&wasm),
+        };
+        let answer = exchange(&conn, &request);
+        (wasm, answer)
+    });
+    tokio::select! {
+        joined = task => match joined {
+            Ok((wasm, answer)) => (Some(wasm), answer),
+            Err(e) => (None, Err(ClientError::Io(std::io::Error::other(e)))),
+        },
+        signo = stop.wait() => (None, Err(ClientError::Stopped(signo))),
+    }
+}
+
+/// This process's cgroup limits as the host's cgroupfs shows them, asked once per process
+/// (the loaded program already counts in that usage); empty when the broker cannot say.
+pub fn host_limits() -> HostLimits {
+    static ASKED: OnceLock<HostLimits> = OnceLock::new();
+    *ASKED.get_or_init(|| match ask_limits() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::debug!("no cgroup limits from the host's cgroupfs: {e}");
+            HostLimits::default()
+        }
+    })
+}
+
+fn ask_limits() -> Result<HostLimits, ClientError> {
+    let conn = connect()?;
+    conn.set_read_timeout(Some(LIMITS_TIMEOUT))?;
+    conn.set_write_timeout(Some(LIMITS_TIMEOUT))?;
+    match exchange(&conn, &Request::Limits)? {
+        Response::Limits(limits) => Ok(limits),
+        _ => Err(ClientError::Unexpected),
+    }
+}

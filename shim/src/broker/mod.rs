@@ -1,0 +1,141 @@
+//! The compile broker: wasm is compiled, and the compiled-module cache read and written, only by
+//! short-lived worker processes with the shim's host privileges, never inside a container.
+//!
+//! ```text
+//!  shim daemon ──spawn──▶ broker (`--wasmkube-compile-broker`, stdin = SEQPACKET server end)
+//!     │ (client end, CLOEXEC)      │ one message per request, carrying a fresh stream socket
+//!     ▼ fork                       ▼ spawn, at most `max(2, CPUs)` at once
+//!  zygote ─clone─▶ container process ══ private socket pair ══▶ worker (`--wasmkube-compile-worker`)
+//!                  (after pivot_root)      request: the wasm      cache lookup (MAC-checked) or
+//!                                          response: artefact     compile + store; then exits
+//! ```
+//!
+//! - **Cache trust.** Only workers open the cache ([`crate::cache`]); a container process gets
+//!   artefact bytes over a socket pair that only it and its worker hold. A tenant that broke out
+//!   of its wasm sandbox still cannot write an entry another tenant's container will load.
+//! - **No host descriptors in containers.** The shim opens no host directory before runwasi
+//!   forks its zygote: a container process inherits only the client socket (close-on-exec, so
+//!   native containers lose it at `execve`). The host-side memory limit and CPU quota of a cgroup v1 container
+//!   is asked of a worker too ([`protocol::Request::Limits`]).
+//! - **Compiler memory is returned.** Each request runs in a fresh worker process that exits
+//!   after answering, so the first instance of an app does not keep Cranelift's heap.
+//! - **Stop works during compilation.** The container waits for its answer asynchronously and
+//!   gives up at SIGTERM ([`client`]); the worker finishes and fills the cache for the next start.
+//! - **Workers are contained.** They drop every capability before reading a request (the cache
+//!   is their own user's, so none is needed), run at most ten minutes, accept at most
+//!   [`protocol::MAX_WASM`] bytes, and the broker runs at most `max(2, CPUs)` at once.
+//!
+//! If the broker cannot start, containers compile in their own process without a cache and say so.
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+pub mod client;
+pub mod protocol;
+mod server;
+mod worker;
+
+/// argv\[1\] of the broker process.
+pub const BROKER_ARG: &str = "--wasmkube-compile-broker";
+/// argv\[1\] of a worker process.
+pub const WORKER_ARG: &str = "--wasmkube-compile-worker";
+
+static SOCKET: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Runs this process as the broker or a worker when its arguments say so, and returns the exit
+/// code; `None` for every other invocation.
+pub fn run_role(args: &[OsString]) -> Option<i32> {
+    match args.get(1)?.to_str()? {
+        BROKER_ARG => Some(server::run()),
+        WORKER_ARG => Some(worker::run()),
+        _ => None,
+    }
+}
+
+/// Whether these are the arguments of the long-running shim (containerd runs the binary with
+/// `start` and `delete` too, and with `-info` or `-v` to ask what it is).
+pub fn is_daemon(args: &[OsString]) -> bool {
+    !args.iter().skip(1).any(|a| {
+        matches!(
+            a.to_str(),
+            Some("start" | "delete" | "-info" | "-v" | "--version" | "-version")
+        )
+    })
+}
+
+/// Starts the broker. Call before runwasi forks its zygote, while the process has one thread,
+/// so that every container process inherits the client socket.
+pub fn start() {
+    match spawn() {
+        Ok(client) => {
+            let _ = SOCKET.set(client);
+        }
+        Err(e) => tracing::warn!(
+            "compile broker unavailable, containers will compile in their own process: {e}"
+        ),
+    }
+}
+
+fn spawn() -> std::io::Result<OwnedFd> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (client, server) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Not waited for: it outlives nothing it serves (it exits when the last holder of the
+    // client end, this shim's zygote or a container process, is gone).
+    Command::new("/proc/self/exe")
+        .arg(BROKER_ARG)
+        .stdin(Stdio::from(server))
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(client)
+}
+
+/// The client end, in the shim, its zygote and container processes.
+pub(crate) fn socket() -> Option<BorrowedFd<'static>> {
+    SOCKET.get().map(|fd| fd.as_fd())
+}
+
+/// Standard input as an owned descriptor (the broker's and workers' socket).
+fn stdin_fd() -> std::io::Result<OwnedFd> {
+    std::io::stdin().as_fd().try_clone_to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn only_the_daemon_starts_a_broker() {
+        let shim = "containerd-shim-wasmkube-v1";
+        assert!(is_daemon(&args(&[
+            shim,
+            "-namespace",
+            "k8s.io",
+            "-id",
+            "x",
+            "-address",
+            "/s"
+        ])));
+        assert!(!is_daemon(&args(&[
+            shim,
+            "-namespace",
+            "k8s.io",
+            "-id",
+            "x",
+            "start"
+        ])));
+        assert!(!is_daemon(&args(&[shim, "-id", "x", "delete"])));
+        assert!(!is_daemon(&args(&[shim, "-info"])));
+        assert!(!is_daemon(&args(&[shim, "-v"])));
+        assert_eq!(run_role(&args(&[shim, "-id", "x"])), None);
+    }
+}

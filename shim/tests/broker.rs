@@ -1,0 +1,244 @@
+//! The compile broker under a real containerd (`ctr run`): compiled code comes only from the
+//! shim's host-side workers, the cache refuses what they did not write, the guest process holds
+//! no descriptor of the host's filesystem, and a stop during a long compile is prompt.
+//! Needs root, containerd and runc; see `wasmkube_test_harness::skip_unless!`.
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::wasm_gen::big_module;
+use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
+
+fn containerd() -> Containerd {
+    Containerd::builder().shim(SHIM).start()
+}
+
+fn entries(ctd: &Containerd) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(ctd.cache_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn task_pid(ctd: &Containerd, id: &str) -> u32 {
+    ctd.ctr(&["tasks", "ls"])
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no task {id}"))
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Descriptors of `pid` rooted in the host's filesystem: directory, `O_PATH` or regular-file
+/// handles on mounts outside the process's own mount namespace (containerd's stdio and log
+/// FIFOs, sockets, pipes, devices and memfds do not resolve to anything a guest could walk).
+fn host_rooted_fds(pid: u32) -> Vec<String> {
+    use wasmkube_shim::descriptors::{host_rooted, own_mounts, parse_fdinfo, FdFacts};
+    let own =
+        own_mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo"));
+    let mut found = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let n = fd.file_name().to_string_lossy().to_string();
+        let (Ok(link), Ok(info), Ok(meta)) = (
+            std::fs::read_link(fd.path()),
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")),
+            std::fs::metadata(fd.path()),
+        ) else {
+            continue;
+        };
+        let (mnt_id, flags) = parse_fdinfo(&info);
+        let facts = FdFacts {
+            link: link.display().to_string(),
+            mnt_id,
+            flags,
+            file_type: rustix::fs::FileType::from_raw_mode(meta.mode()),
+        };
+        if host_rooted(&facts, &own) {
+            found.push(format!("{n}: {facts:?}"));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_guest_process_holds_no_descriptor_of_the_hosts_filesystem() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let root =
+        wasmkube_test_harness::containerd::rootfs_with(&[("busyloop.wasm", &guest("busyloop"))]);
+    let id = unique_id("fds");
+    let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/busyloop.wasm"]));
+    ctd.wait_task_running(&id, Duration::from_secs(30))
+        .expect("running");
+    // Running wasm (past compilation and instantiation), not only a started task.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = task_pid(&ctd, &id);
+    let leaked = host_rooted_fds(pid);
+    // The cache exists on the host (the broker made it), so a leaked handle would show.
+    assert_eq!(entries(&ctd).len(), 1, "the module was compiled and cached");
+    assert!(
+        leaked.is_empty(),
+        "the guest holds host filesystem descriptors: {leaked:#?}"
+    );
+    ctd.ctr(&["tasks", "kill", &id]).ok();
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("stopped");
+    assert_eq!(status.code(), Some(128 + 15));
+}
+
+#[test]
+fn sigterm_while_a_20_mb_module_compiles_stops_the_container_promptly() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let dir = tempfile::tempdir().expect("tmp");
+    let wasm = dir.path().join("big.wasm");
+    std::fs::write(&wasm, big_module(20 << 20, false)).expect("write");
+    assert!(std::fs::metadata(&wasm).expect("stat").len() >= 20 << 20);
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("big.wasm", &wasm)]);
+
+    let id = unique_id("bigstop");
+    let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/big.wasm"]));
+    ctd.wait_task_running(&id, Duration::from_secs(30))
+        .expect("running");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        entries(&ctd).is_empty(),
+        "still compiling when the stop comes (else this test proves nothing)"
+    );
+    let asked = Instant::now();
+    ctd.ctr(&["tasks", "kill", &id]).ok();
+    let status = wait_exit(&mut child, Duration::from_secs(30)).expect("stopped");
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(128 + 15), "exit code of a SIGTERM stop");
+    assert!(took <= Duration::from_secs(2), "stopped after {took:?}");
+
+    // The worker finished on its own and filled the cache: the next start is served from it.
+    let start = Instant::now();
+    while entries(&ctd).is_empty() && start.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cached = entries(&ctd);
+    assert_eq!(cached.len(), 1, "the abandoned compile was still cached");
+    let ino = std::fs::metadata(&cached[0]).expect("stat").ino();
+    let out = ctd
+        .run(&CtrRun::rootfs(
+            unique_id("bigwarm"),
+            root.path(),
+            &["/big.wasm"],
+        ))
+        .ok();
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(std::fs::metadata(&cached[0]).expect("stat").ino(), ino);
+}
+
+#[test]
+fn a_planted_cache_entry_is_refused_and_rebuilt() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[
+        ("hello.wasm", &guest("hello")),
+        ("trap.wasm", &guest("trap")),
+    ]);
+    ctd.run(&CtrRun::rootfs(
+        unique_id("hello"),
+        root.path(),
+        &["/hello.wasm"],
+    ))
+    .ok();
+    let hello_entry = entries(&ctd).pop().expect("hello cached");
+    let out = ctd.run(&CtrRun::rootfs(
+        unique_id("trap"),
+        root.path(),
+        &["/trap.wasm"],
+    ));
+    assert_eq!(out.code, Some(134), "{out:#?}");
+    let trap_entry = entries(&ctd)
+        .into_iter()
+        .find(|e| *e != hello_entry)
+        .expect("trap cached");
+    // Genuine compiled code (the trap guest's), planted under the hello module's name with a
+    // checksum anyone can compute, as a tenant that could write the directory would.
+    let trap_code = std::fs::read(&trap_entry).expect("read")[36..].to_vec();
+    let mut planted = b"WKC1".to_vec();
+    planted.extend_from_slice(&Sha256::digest(&trap_code));
+    planted.extend_from_slice(&trap_code);
+    std::fs::write(&hello_entry, &planted).expect("plant");
+    std::fs::set_permissions(&hello_entry, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    let out = ctd
+        .run(&CtrRun::rootfs(
+            unique_id("hello"),
+            root.path(),
+            &["/hello.wasm"],
+        ))
+        .ok();
+    assert!(
+        out.stdout.starts_with("hello from wasm"),
+        "the planted code must not run: {out:#?}"
+    );
+    let rebuilt = std::fs::read(&hello_entry).expect("rebuilt");
+    assert_ne!(rebuilt, planted, "the planted entry was replaced");
+    assert!(rebuilt.starts_with(b"WKC2"));
+}
+
+#[test]
+fn a_cache_directory_others_can_read_is_refused_with_a_message() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let cache = ctd.cache_dir();
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("hello.wasm", &guest("hello"))]);
+    let out = ctd
+        .run(&CtrRun::rootfs(
+            unique_id("loose"),
+            root.path(),
+            &["/hello.wasm"],
+        ))
+        .ok();
+    assert!(out.stdout.starts_with("hello from wasm"), "{out:#?}");
+    assert!(
+        out.stderr.contains("compiled-module cache off")
+            && out.stderr.contains(&cache.display().to_string())
+            && out.stderr.contains("has mode 0755"),
+        "{out:#?}"
+    );
+    assert!(
+        entries(&ctd).is_empty(),
+        "nothing written into a refused cache"
+    );
+    assert_eq!(
+        std::fs::metadata(&cache)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755,
+        "left as it was"
+    );
+}
