@@ -1,7 +1,10 @@
 //! Which containerd the host runs, and where its config, socket and service live.
 //!
-//! Everything here is a path *on the host*; callers join it under `--host-root`.
+//! Everything here is a path *on the host*; callers resolve it under `--host-root` with
+//! [`crate::host_path`] (symlinks are taken as the host sees them).
 use std::path::{Path, PathBuf};
+
+use crate::host_path;
 
 /// A containerd distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -46,7 +49,9 @@ pub struct Layout {
     pub units: &'static [&'static str],
 }
 
-/// `host_root` + an absolute host path.
+/// `host_root` + an absolute host path, joined as text (no symlink is looked at): for paths the
+/// caller itself makes under a temp root. Anything that reads or writes the host goes through
+/// [`host_path::resolve`].
 pub fn on_host(host_root: &Path, host_path: &Path) -> PathBuf {
     host_root.join(host_path.strip_prefix("/").unwrap_or(host_path))
 }
@@ -60,7 +65,7 @@ const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Detects the flavour from files under `host_root` (or takes `force`), and lays it out.
 pub fn detect(host_root: &Path, force: Option<Flavour>) -> Layout {
-    let exists = |p: &str| on_host(host_root, Path::new(p)).exists();
+    let exists = |p: &str| host_path::exists(host_root, Path::new(p));
     let flavour = force.unwrap_or_else(|| {
         if exists(&format!("{K3S_DIR}/config.toml")) || exists("/etc/rancher/k3s") {
             Flavour::K3s
@@ -83,12 +88,13 @@ fn rancher(host_root: &Path, dir: &str, flavour: Flavour) -> Layout {
     let rendered = PathBuf::from(format!("{dir}/config.toml"));
     // containerd 2 based releases render `version = 3` and read `config-v3.toml.tmpl`.
     let v3_template = PathBuf::from(format!("{dir}/config-v3.toml.tmpl"));
-    let rendered_v3 = std::fs::read_to_string(on_host(host_root, &rendered))
+    let rendered_v3 = host_path::follow(host_root, &rendered)
         .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
         .and_then(|d| d.get("version").and_then(toml_edit::Item::as_integer))
         == Some(3);
-    let config = if rendered_v3 || on_host(host_root, &v3_template).exists() {
+    let config = if rendered_v3 || host_path::exists(host_root, &v3_template) {
         v3_template
     } else {
         PathBuf::from(format!("{dir}/config.toml.tmpl"))

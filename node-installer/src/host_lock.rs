@@ -11,7 +11,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::flavour::on_host;
+use crate::host_path;
 
 /// The lock file, as a host path.
 pub const LOCK_HOST_PATH: &str = "/run/wasmkube/installer.lock";
@@ -31,6 +31,8 @@ pub enum LockError {
         holder: String,
         waited: Duration,
     },
+    #[error("the installer lock: {0}")]
+    Resolve(#[source] host_path::ResolveError),
     #[error("cannot {op} the installer lock {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -44,6 +46,7 @@ impl LockError {
     pub fn reason(&self) -> &'static str {
         match self {
             LockError::Busy { .. } => "Locked",
+            LockError::Resolve(e) => e.reason(),
             LockError::Io { .. } => "LockError",
         }
     }
@@ -57,15 +60,15 @@ pub struct HostLock {
 }
 
 impl HostLock {
-    /// The lock file under `host_root`.
-    pub fn path(host_root: &Path) -> PathBuf {
-        on_host(host_root, Path::new(LOCK_HOST_PATH))
+    /// The lock file under `host_root` (resolved as the host sees it: `/run` may be a link).
+    pub fn path(host_root: &Path) -> Result<PathBuf, LockError> {
+        host_path::follow(host_root, Path::new(LOCK_HOST_PATH)).map_err(LockError::Resolve)
     }
 
     /// Takes the lock, waiting up to `wait` for another run to finish. `what` (e.g. `install`)
     /// is recorded for the next waiter to read.
     pub fn acquire(host_root: &Path, what: &str, wait: Duration) -> Result<HostLock, LockError> {
-        let path = Self::path(host_root);
+        let path = Self::path(host_root)?;
         let io_err = |op: &'static str| {
             let path = path.clone();
             move |source| LockError::Io { op, path, source }

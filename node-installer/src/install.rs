@@ -23,7 +23,10 @@ pub fn install(o: &Options) -> Report {
 
 fn run(o: &Options, r: &mut Report) {
     let t = Instant::now();
-    let node = Node::new(o);
+    let node = match Node::new(o) {
+        Ok(n) => n,
+        Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
+    };
     r.flavour = Some(node.layout.flavour);
     r.config_path = Some(node.layout.config.display().to_string());
     let shim_src = o.shim_source();

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::atomic_write::Backup;
 use crate::cli::Options;
 use crate::config_patch::{self, PatchError, RuntimeEntry, Schema, RUNTIME_TYPE};
-use crate::flavour::{self, on_host, ConfigKind, Layout};
+use crate::flavour::{self, ConfigKind, Layout};
+use crate::host_path::{self, Last, ResolveError};
 use crate::k3s_template::{self, TemplateError};
 use crate::shim_install::SHIM_NAME;
 use crate::verify::CriState;
@@ -32,6 +33,12 @@ pub enum PlanError {
     },
     #[error("{} is not UTF-8 text, so it is not TOML; refusing to touch it", path.display())]
     NotUtf8 { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: ResolveError,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -46,17 +53,25 @@ impl PlanError {
             PlanError::Patch { source, .. } => source.reason(),
             PlanError::Template { .. } => "TemplateConflict",
             PlanError::NotUtf8 { .. } => "NotUtf8",
+            PlanError::Resolve { .. } => "HostPath",
             PlanError::Read { .. } => "ReadError",
         }
     }
 }
 
-/// The node under `--host-root`.
+/// The shim's compiled-module cache on the host: the shim's default (`DEFAULT_CACHE_DIR` in
+/// `shim/src/host.rs`, duplicated here so the installer does not depend on the shim crate; keep
+/// the two in step). `uninstall` removes it.
+pub const SHIM_CACHE_HOST_DIR: &str = "/var/lib/wasmkube/cache";
+
+/// The node under `--host-root`. Every path in it is resolved as the host sees it (see
+/// [`host_path`]): a symlinked config is the file it points at, inside the host root.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub host_root: PathBuf,
     pub layout: Layout,
-    /// The managed file, under the host root.
+    /// The managed file, under the host root, with symlinks followed: the file we patch, back
+    /// up (`<it>.wasmkube.orig`) and restore; a link to it stays a link.
     pub config_file: PathBuf,
     /// Where the shim is installed, under the host root.
     pub shim_dest: PathBuf,
@@ -64,6 +79,8 @@ pub struct Node {
     pub runtime_path: String,
     /// Our symlink to the shim in a directory on containerd's PATH, under the host root.
     pub shim_link: Option<PathBuf>,
+    /// The shim's compiled-module cache directory (the name itself, not followed).
+    pub cache_dir: PathBuf,
     /// containerd's CRI socket, as reachable from here.
     pub socket: PathBuf,
     pub timeout: Duration,
@@ -72,28 +89,39 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(o: &Options) -> Self {
-        let layout = flavour::detect(&o.host_root, o.flavour.forced());
-        let socket = o
-            .containerd_address
-            .clone()
-            .unwrap_or_else(|| on_host(&o.host_root, &layout.socket));
-        let shim_dest = on_host(
-            &o.host_root,
-            &Path::new(crate::shim_install::SHIM_HOST_DIR).join(SHIM_NAME),
-        );
-        Node {
-            config_file: on_host(&o.host_root, &layout.config),
-            host_root: o.host_root.clone(),
+    /// Detects the layout and resolves its paths under `--host-root`.
+    pub fn new(o: &Options) -> Result<Self, ResolveError> {
+        let root = &o.host_root;
+        let layout = flavour::detect(root, o.flavour.forced());
+        let socket = match &o.containerd_address {
+            Some(a) => a.clone(),
+            None => host_path::follow(root, &layout.socket)?,
+        };
+        let shim_host = Path::new(crate::shim_install::SHIM_HOST_DIR).join(SHIM_NAME);
+        let shim_link = if o.path_link.as_os_str().is_empty() {
+            None
+        } else {
+            let link = o.path_link.join(SHIM_NAME);
+            Some(host_path::resolve(root, &link, Last::Keep)?)
+        };
+        let node = Node {
+            config_file: host_path::follow(root, &layout.config)?,
+            shim_dest: host_path::resolve(root, &shim_host, Last::Keep)?,
+            cache_dir: host_path::resolve(root, Path::new(SHIM_CACHE_HOST_DIR), Last::Keep)?,
+            host_root: root.clone(),
             layout,
-            shim_dest,
             runtime_path: o.runtime_path.clone(),
-            shim_link: (!o.path_link.as_os_str().is_empty())
-                .then(|| on_host(&o.host_root, &o.path_link.join(SHIM_NAME))),
+            shim_link,
             socket,
             timeout: Duration::from_secs(o.timeout),
             skip_verify: o.skip_verify,
-        }
+        };
+        tracing::debug!(
+            config = %node.config_file.display(),
+            shim = %node.shim_dest.display(),
+            "host paths resolved inside the host root"
+        );
+        Ok(node)
     }
 
     /// The managed file's text; `None` when it does not exist.
@@ -123,7 +151,12 @@ impl Node {
         } else {
             Schema::V2
         };
-        let Some(text) = read_optional(&on_host(&self.host_root, file))? else {
+        let resolved =
+            host_path::follow(&self.host_root, file).map_err(|source| PlanError::Resolve {
+                path: file.to_path_buf(),
+                source,
+            })?;
+        let Some(text) = read_optional(&resolved)? else {
             return Ok((fallback, None));
         };
         match config_patch::analyze(&text) {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::flavour::{on_host, Layout};
+use crate::host_path;
 
 /// `--restart`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,8 +90,11 @@ pub fn plan(
         RestartMode::None => Ok(RestartPlan::None),
         RestartMode::Auto | RestartMode::Systemd => {
             let marker = on_host(host_root, Path::new("/run/systemd/system"));
-            if mode == RestartMode::Auto && !marker.is_dir() {
-                if is_executable(&on_host(host_root, Path::new(HOST_HOOK))) {
+            let systemd = host_path::follow(host_root, Path::new("/run/systemd/system"))
+                .is_ok_and(|p| p.is_dir());
+            if mode == RestartMode::Auto && !systemd {
+                let hook = host_path::follow(host_root, Path::new(HOST_HOOK));
+                if hook.is_ok_and(|h| is_executable(&h)) {
                     return Ok(RestartPlan::HostHook {
                         host_root: host_root.to_path_buf(),
                     });
@@ -101,7 +105,7 @@ pub fn plan(
             }
             let found = layout.units.iter().find(|u| {
                 UNIT_DIRS.iter().any(|d| {
-                    on_host(host_root, &Path::new(d).join(format!("{u}.service"))).exists()
+                    host_path::exists(host_root, &Path::new(d).join(format!("{u}.service")))
                 })
             });
             match found {

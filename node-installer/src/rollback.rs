@@ -114,6 +114,7 @@ pub fn describe(changes: &[&str]) -> String {
             "link-created" => "linked the shim on containerd's PATH",
             "link-removed" => "removed the shim's PATH link",
             "backup-dropped" => "dropped the config backup",
+            "cache-removed" => "removed the shim's compiled-module cache",
             other => other,
         })
         .collect();

@@ -130,7 +130,8 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
         });
     }
     let want = sha256_file(src).map_err(io_err("read", src))?;
-    if let Ok(m) = fs::metadata(dest) {
+    // Not followed: a symlink at our path is replaced by the shim, never compared through.
+    if let Ok(m) = fs::symlink_metadata(dest) {
         let executable = m.permissions().mode() & 0o111 == 0o111;
         if m.is_file() && executable && m.len() == meta.len() {
             if let Ok(have) = sha256_file(dest) {

@@ -9,6 +9,7 @@ use crate::node::{unified_diff, Node};
 use crate::report::{Failure, Report, State};
 use crate::restart::{self, RestartPlan};
 use crate::rollback::{describe, rollback, ConfigUndo, Undo};
+use crate::shim_cache::{self, Removal};
 use crate::shim_install::{remove_shim, shim_version, unlink_shim};
 use crate::verify;
 
@@ -23,7 +24,10 @@ pub fn uninstall(o: &Options) -> Report {
 
 fn run(o: &Options, r: &mut Report) {
     let t = Instant::now();
-    let node = Node::new(o);
+    let node = match Node::new(o) {
+        Ok(n) => n,
+        Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
+    };
     r.flavour = Some(node.layout.flavour);
     r.config_path = Some(node.layout.config.display().to_string());
     r.shim_version = shim_version(&node.shim_dest);
@@ -190,13 +194,26 @@ fn run(o: &Options, r: &mut Report) {
     if backup.is_some() {
         r.changes.push("backup-dropped");
     }
+    let mut kept = String::new();
+    match shim_cache::remove(&node.cache_dir, shim_cache::SHIM_OWNER_UID) {
+        Ok(Removal::Removed) => r.changes.push("cache-removed"),
+        Ok(Removal::Absent) => {}
+        Ok(Removal::Kept(why)) => {
+            tracing::warn!(cache = %node.cache_dir.display(), "kept: {why}");
+            kept = format!("; kept {}: {why}", node.cache_dir.display());
+        }
+        Err(e) => {
+            return r.fail(
+                Failure::NothingChanged,
+                "RemoveCache",
+                format!("uninstalled but {e}"),
+            )
+        }
+    }
     r.time("copy", t);
     r.state = State::Uninstalled;
-    let outcome = match (
-        config_changed || shim_removed,
-        r.restarted,
-        plan == RestartPlan::None,
-    ) {
+    let removed_any = config_changed || shim_removed || r.changes.contains(&"cache-removed");
+    let outcome = match (removed_any, r.restarted, plan == RestartPlan::None) {
         (false, false, _) => "nothing of wasmkube was installed",
         (_, _, true) if need_restart => {
             "containerd was not restarted (--restart none) and serves the handler until its \
@@ -206,8 +223,8 @@ fn run(o: &Options, r: &mut Report) {
         _ => "containerd no longer serves the wasmkube handler",
     };
     r.message = if r.changes.is_empty() {
-        format!("uninstalled; {outcome}")
+        format!("uninstalled; {outcome}{kept}")
     } else {
-        format!("uninstalled: {}; {outcome}", describe(&r.changes))
+        format!("uninstalled: {}; {outcome}{kept}", describe(&r.changes))
     };
 }

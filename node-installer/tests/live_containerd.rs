@@ -9,8 +9,9 @@ mod live_host;
 
 use std::time::Duration;
 
-use host::{assert_same, snapshot_node};
+use host::NodeSnapshot;
 use live_host::{busybox_rootfs, Host, HELLO};
+use wasmkube_test_harness::containerd::runc_root;
 use wasmkube_test_harness::cri::Cri;
 use wasmkube_test_harness::{
     missing_prerequisites, shim_binary, skip_unless, unique_id, Containerd,
@@ -27,10 +28,18 @@ fn task_pid(ctd: &Containerd, id: &str) -> Option<String> {
 #[test]
 fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstalls_cleanly() {
     skip_unless!(missing_prerequisites());
+    // Everything slow comes first (the shim's release build and the guest's build can wait
+    // minutes on a cargo lock shared with other builds): the runc container below must only
+    // have to outlive the installer, and the install's time must be the installer's.
+    let _ = shim_binary();
     let host = Host::start();
     assert!(!host.serves_handler(), "handler present before install");
+    let work = host.import_check_images();
 
-    // A runc container started before the install.
+    // A runc container started before the install. It sleeps "forever" (it is killed at the
+    // end): a fixed `sleep 600` ended by itself once, when the builds above ran inside the
+    // install's timing, and looked like a container killed by the restart. Its runc state is
+    // in this daemon's own runc root, not /run/containerd/runc/default.
     let rootfs = busybox_rootfs();
     let runc_id = unique_id("runc-survivor");
     host.ctd
@@ -39,22 +48,21 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
             "-d",
             "--runtime",
             "io.containerd.runc.v2",
+            "--runc-root",
+            &runc_root(host.ctd.dir()).display().to_string(),
             "--rootfs",
             &rootfs.path().display().to_string(),
             &runc_id,
             "/busybox",
             "sleep",
-            "600",
+            "2147483647",
         ])
         .ok();
-    assert!(
-        host.ctd.wait_running(&runc_id, Duration::from_secs(20)),
-        "runc container never ran"
-    );
+    host.ctd
+        .wait_task_running(&runc_id, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the runc container never ran: {e}"));
     let runc_pid = task_pid(&host.ctd, &runc_id).expect("runc pid");
     let daemon_before = host.ctd.pid();
-
-    let work = host.import_check_images();
 
     // Install.
     let (code, r, took) = host.installer(
@@ -179,11 +187,10 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
 fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
-    let before = snapshot_node(host.root.path());
+    let before = NodeSnapshot::take(host.root.path());
     // "Restarts" without restarting: containerd keeps serving the old config, so the handler
     // never appears and verification must fail, roll back, and say so.
     let (code, r, _) = host.installer("install", "true", &["--timeout", "2"]);
-    assert_same(&before, &snapshot_node(host.root.path()));
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["state"], "failed");
     assert_eq!(r["failure"], "rolled-back");
@@ -194,12 +201,8 @@ fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
             .is_some_and(|m| m.contains("rolled back")),
         "{r}"
     );
-    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
-    assert!(
-        !host.shim_dest().exists(),
-        "shim left behind after rollback"
-    );
-    assert!(!wasmkube_node_installer::atomic_write::backup_path(&host.config()).exists());
+    // Config bytes, no shim, no backup, no link: the node is as before.
+    before.assert_unchanged();
     assert!(!host.serves_handler());
 }
 
@@ -208,6 +211,7 @@ fn a_handler_that_does_not_run_the_wasm_check_is_rolled_back() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
     let _work = host.import_check_images();
+    let before = NodeSnapshot::take(host.root.path());
     // containerd serves the handler, but the check pod's module is not there: the shim exits
     // 127, not the 42 the check asks for, so the config alone must not make the node ready.
     let (code, r, _) = host.installer(
@@ -224,11 +228,7 @@ fn a_handler_that_does_not_run_the_wasm_check_is_rolled_back() {
             .is_some_and(|m| m.contains("exited with 127, expected 42")),
         "{r}"
     );
-    assert_eq!(std::fs::read(host.config()).expect("config"), host.original);
-    assert!(
-        !host.shim_dest().exists(),
-        "shim left behind after rollback"
-    );
+    before.assert_unchanged();
     assert!(!host.serves_handler());
 }
 
@@ -291,7 +291,7 @@ fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
     let (code, r, _) = host.installer("install", &host.restart_cmd(), &["--shim", &older_arg]);
     assert_eq!((code, r["state"].as_str()), (0, Some("installed")), "{r}");
     assert!(host.serves_handler());
-    let before = snapshot_node(host.root.path());
+    let before = NodeSnapshot::take(host.root.path());
     let restarts = host.ctd.restart_count();
 
     // The new shim fails the wasm check: the old one comes back, the link stays, no restart.
@@ -309,7 +309,7 @@ fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
             .is_some_and(|m| m.contains("put the previous shim back")),
         "{r}"
     );
-    assert_same(&before, &snapshot_node(host.root.path()));
+    before.assert_unchanged();
     assert_eq!(host.ctd.restart_count(), restarts);
     assert!(host.serves_handler());
 
@@ -329,6 +329,48 @@ fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
     );
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["reason"], "VerifyTimeout", "{r}");
-    assert_same(&before, &snapshot_node(host.root.path()));
+    before.assert_unchanged();
     assert!(host.serves_handler());
+}
+
+#[test]
+fn a_symlinked_config_is_patched_at_its_target_and_restored_under_a_live_containerd() {
+    skip_unless!(missing_prerequisites());
+    let host = Host::start_symlinked();
+    let link = host.root.path().join("etc/containerd/config.toml");
+    let link_to = std::fs::read_link(&link).expect("a link");
+    let work = host.import_check_images();
+    let (code, r, _) = host.installer(
+        "install",
+        &host.restart_cmd(),
+        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
+    );
+    assert_eq!(code, 0, "{r}\n{}", host.ctd.log_tail());
+    assert_eq!(r["configPath"], "/etc/containerd/config.toml", "{r}");
+    assert_eq!(
+        std::fs::read_link(&link).ok(),
+        Some(link_to.clone()),
+        "link replaced"
+    );
+    // containerd reads the target: it serves the handler, and a wasm pod runs.
+    assert!(host.serves_handler(), "{}", host.status_info());
+    host.run_hello_pod(&work.path().join("logs"), "symlinked");
+    assert_eq!(
+        std::fs::read(wasmkube_node_installer::atomic_write::backup_path(
+            &host.config()
+        ))
+        .expect("the backup is the target's"),
+        host.original
+    );
+
+    let (code, r, _) = host.installer("uninstall", &host.restart_cmd(), &[]);
+    assert_eq!((code, r["state"].as_str()), (0, Some("uninstalled")), "{r}");
+    assert_eq!(std::fs::read(host.config()).expect("target"), host.original);
+    assert_eq!(
+        std::fs::read_link(&link).ok(),
+        Some(link_to),
+        "link replaced"
+    );
+    assert!(!host.serves_handler(), "handler still served");
+    assert!(!wasmkube_node_installer::atomic_write::backup_path(&host.config()).exists());
 }

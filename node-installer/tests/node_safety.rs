@@ -107,6 +107,71 @@ fn uninstall_reports_what_it_did() {
     assert!(again.message.contains("nothing of wasmkube was installed"));
 }
 
+/// The shim's compiled-module cache (`/var/lib/wasmkube/cache`, the shim's default) goes with
+/// the shim: reported as `cache-removed`, and a second uninstall finds nothing to do. A cache
+/// path that is a symlink is left alone, and so is what it points at.
+#[test]
+fn uninstall_removes_the_shims_module_cache_once() {
+    const CACHE: &str = "/var/lib/wasmkube/cache";
+    let root_user = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let host = TestHost::new(&[
+        (CONFIG, DEFAULT_16),
+        ("/var/lib/wasmkube/cache/v1/0a1b.cwasm", "artefact"),
+        ("/var/lib/other/keep", "not ours"),
+    ]);
+    let shim = host.shim("1.0.0");
+    let o = host.options(&shim, Some("true"));
+    assert_eq!(run(Verb::Install, &o).state, State::Installed);
+    let u = run(Verb::Uninstall, &o);
+    assert_eq!(u.state, State::Uninstalled, "{u:?}");
+    if root_user {
+        assert_eq!(u.changes.last(), Some(&"cache-removed"), "{u:?}");
+        assert!(
+            u.message
+                .contains("removed the shim's compiled-module cache"),
+            "{}",
+            u.message
+        );
+        assert!(
+            !host.path("/var/lib/wasmkube").exists(),
+            "cache left behind"
+        );
+    } else {
+        // Not root: the cache belongs to this user, not to the shim's root; kept and said so.
+        assert!(!u.changes.contains(&"cache-removed"), "{u:?}");
+        assert!(
+            u.message.contains("not to the shim's uid 0"),
+            "{}",
+            u.message
+        );
+        std::fs::remove_dir_all(host.path(CACHE)).expect("rm");
+    }
+    assert_eq!(
+        std::fs::read_to_string(host.path("/var/lib/other/keep")).expect("neighbour"),
+        "not ours"
+    );
+    let again = run(Verb::Uninstall, &o);
+    assert_eq!(again.state, State::Uninstalled, "{again:?}");
+    assert!(again.changes.is_empty(), "{again:?}");
+
+    // A symlink where the cache would be: kept, its target untouched.
+    std::fs::create_dir_all(host.path("/srv/data")).expect("mkdir");
+    std::fs::write(host.path("/srv/data/precious"), "keep").expect("write");
+    std::fs::create_dir_all(host.path("/var/lib/wasmkube")).expect("mkdir");
+    std::os::unix::fs::symlink("/srv/data", host.path(CACHE)).expect("symlink");
+    let u = run(Verb::Uninstall, &o);
+    assert_eq!(u.state, State::Uninstalled, "{u:?}");
+    assert!(!u.changes.contains(&"cache-removed"), "{u:?}");
+    assert!(u.message.contains("it is a symlink"), "{}", u.message);
+    assert!(std::fs::read_link(host.path(CACHE)).is_ok(), "link kept");
+    assert_eq!(
+        std::fs::read_to_string(host.path("/srv/data/precious")).expect("target"),
+        "keep"
+    );
+}
+
 /// A failure after the copy (containerd does not come back) leaves the node as before.
 fn failed_install_leaves_the_node_as_before(host: &TestHost) {
     let shim = host.shim("2.0.0");

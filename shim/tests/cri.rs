@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::HANDLER;
-use wasmkube_test_harness::cri::{read_log, write_bridge_cni, ContainerSpec, Cri, PodSpec};
+use wasmkube_test_harness::cri::{BridgeCni, ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::images::{pack, pause_archive};
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
@@ -40,14 +40,6 @@ fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
     }
 }
 
-fn log_text(path: &Path, stream: &str) -> String {
-    read_log(path)
-        .into_iter()
-        .filter(|(s, _)| s == stream)
-        .map(|(_, m)| m + "\n")
-        .collect()
-}
-
 #[test]
 fn cri_runs_a_wasm_container_in_a_host_network_pod() {
     skip_unless!(missing_prerequisites());
@@ -73,23 +65,17 @@ fn cri_runs_a_wasm_container_in_a_host_network_pod() {
         env: vec![("WK_POD".into(), "yes".into())],
         ..Default::default()
     };
-    let id = cri
-        .create_container(&pod_id, &pod, &spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    assert_eq!(
-        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
-        0
-    );
-    let log = pod.log_dir.join("hello.log");
-    let out = log_text(&log, "stdout");
+    let hello = cri
+        .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))
+        .expect("hello runs to exit");
+    assert_eq!(hello.code, 0);
+    let out = hello.stream("stdout");
     assert!(
         out.starts_with("hello from wasm\narg[0]=/hello.wasm\narg[1]=from-cri\n"),
         "{out}"
     );
     assert!(out.contains("env WK_POD=yes"), "{out}");
-    assert_eq!(log_text(&log, "stderr"), "to stderr\n");
-    cri.remove_container(&id).expect("RemoveContainer");
+    assert_eq!(hello.stream("stderr"), "to stderr\n");
 
     // A trapping module: non-zero exit, the trap in the container's log.
     let spec = ContainerSpec {
@@ -97,20 +83,15 @@ fn cri_runs_a_wasm_container_in_a_host_network_pod() {
         image: "docker.io/wasmkube/trap:cri".into(),
         ..Default::default()
     };
-    let id = cri
-        .create_container(&pod_id, &pod, &spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    assert_eq!(
-        cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
-        134
-    );
-    let err = log_text(&pod.log_dir.join("trap.log"), "stderr");
+    let trap = cri
+        .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))
+        .expect("trap runs to exit");
+    assert_eq!(trap.code, 134);
+    let err = trap.stream("stderr");
     assert!(
         err.contains("wasmkube: wasm trap") && err.contains("unreachable"),
         "{err}"
     );
-    cri.remove_container(&id).expect("RemoveContainer");
     cri.remove_pod(&pod_id).expect("remove pod");
 }
 
@@ -127,17 +108,12 @@ fn cri_memory_limit_from_the_pod_spec_bounds_the_guest() {
         memory_limit: Some(96 << 20),
         ..Default::default()
     };
-    let id = cri
-        .create_container(&pod_id, &pod, &spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    assert_eq!(
-        cri.wait_exit(&id, Duration::from_secs(60)).expect("exit"),
-        137
-    );
-    let err = log_text(&pod.log_dir.join("hog.log"), "stderr");
+    let hog = cri
+        .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(60))
+        .expect("memhog runs to exit");
+    assert_eq!(hog.code, 137);
+    let err = hog.stream("stderr");
     assert!(err.contains("guest exceeded the memory limit"), "{err}");
-    cri.remove_container(&id).expect("RemoveContainer");
     cri.remove_pod(&pod_id).expect("remove pod");
 }
 
@@ -163,7 +139,7 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
         "CNI plugins in /usr/lib/cni (apt-get install -y containernetworking-plugins)".to_string()
     }));
     let (ctd, mut cri, work) = node(&[("http_hello", "docker.io/wasmkube/hello-http:cri")]);
-    write_bridge_cni(&ctd.dir().join("cni"), "10.233.77.0/24");
+    let net = BridgeCni::write(&ctd.dir().join("cni"));
     let pod = pod("web", false, work.path());
     let pod_id = cri.run_pod(&pod).expect("RunPodSandbox with pod network");
     let spec = ContainerSpec {
@@ -179,8 +155,9 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
 
     let (ip, netns) = cri.pod_network(&pod_id).expect("pod status");
     assert!(
-        ip.starts_with("10.233.77."),
-        "pod IP from the CNI bridge: {ip:?}"
+        ip.starts_with(net.prefix()),
+        "pod IP from the CNI bridge {}: {ip:?}",
+        net.subnet
     );
     // Reach the app on the pod's own loopback (the default listen address is [::]:8080).
     let start = Instant::now();
@@ -221,7 +198,5 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
     assert_eq!(cri.wait_exit(&id, Duration::from_secs(5)).expect("exit"), 0);
     cri.remove_container(&id).expect("RemoveContainer");
     cri.remove_pod(&pod_id).expect("remove pod");
-    let _ = Command::new("ip")
-        .args(["link", "del", "wk-test0"])
-        .status();
+    drop(net);
 }

@@ -91,6 +91,27 @@ pub fn assert_same(before: &BTreeMap<PathBuf, Entry>, after: &BTreeMap<PathBuf, 
     );
 }
 
+/// "The node is as before": the installer's part of a host tree ([`snapshot_node`]: `etc/`,
+/// `opt/`, `usr/` — bytes, modes, link targets), taken before a run and compared after it.
+pub struct NodeSnapshot {
+    root: PathBuf,
+    tree: BTreeMap<PathBuf, Entry>,
+}
+
+impl NodeSnapshot {
+    pub fn take(root: &Path) -> NodeSnapshot {
+        NodeSnapshot {
+            root: root.to_path_buf(),
+            tree: snapshot_node(root),
+        }
+    }
+
+    /// Asserts the tree is as it was, naming every path that differs.
+    pub fn assert_unchanged(&self) {
+        assert_same(&self.tree, &snapshot_node(&self.root));
+    }
+}
+
 /// A temp host root with `files` (host path, text), plus a directory outside it for the test's
 /// own scripts and a fake shim printing `Version: <version>`.
 pub struct TestHost {

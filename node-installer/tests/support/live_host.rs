@@ -2,12 +2,12 @@
 //! shared by the live installer tests.
 #![allow(dead_code)] // each test crate uses part of it
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::default_config;
-use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
+use wasmkube_test_harness::cri::{ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::images::{pack, pause_archive};
 use wasmkube_test_harness::{shim_binary, unique_id, Containerd};
@@ -15,11 +15,16 @@ use wasmkube_test_harness::{shim_binary, unique_id, Containerd};
 pub const INSTALLER: &str = env!("CARGO_BIN_EXE_wasmkube-node-installer");
 pub const HELLO: &str = "docker.io/wasmkube/hello:installer";
 
+/// Where the config's real file is when `/etc/containerd/config.toml` is a symlink.
+pub const REAL_CONFIG: &str = "etc/containerd/real/config.toml";
+
 /// A host root with a containerd config and a containerd running on it.
 pub struct Host {
     pub root: tempfile::TempDir,
     pub ctd: Containerd,
     pub original: Vec<u8>,
+    /// The config file containerd reads (the target when the host's path is a link).
+    config_file: PathBuf,
 }
 
 impl Host {
@@ -28,9 +33,23 @@ impl Host {
         Host::start_with(default_config, None, |_| {})
     }
 
+    /// Debian's containerd (1.6) on a schema-2 config at [`REAL_CONFIG`], with the host's
+    /// `/etc/containerd/config.toml` an absolute symlink to `/etc/containerd/real/config.toml`:
+    /// meaningful only inside the host root, so containerd (which does not run chrooted here)
+    /// is started on the target, as the host's containerd would read it.
+    pub fn start_symlinked() -> Host {
+        Host::start_at(default_config, None, REAL_CONFIG, |root| {
+            std::os::unix::fs::symlink(
+                Path::new("/").join(REAL_CONFIG),
+                root.join("etc/containerd/config.toml"),
+            )
+            .expect("symlink");
+        })
+    }
+
     /// containerd 2.x from `bin` on a schema-4 config; `prepare` runs on the host root before
     /// containerd starts.
-    pub fn start_containerd2(bin: PathBuf, prepare: impl FnOnce(&std::path::Path)) -> Host {
+    pub fn start_containerd2(bin: PathBuf, prepare: impl FnOnce(&Path)) -> Host {
         Host::start_with(
             wasmkube_test_harness::containerd::default_config_v4,
             Some(bin),
@@ -39,15 +58,24 @@ impl Host {
     }
 
     fn start_with(
-        config_text: fn(&std::path::Path, bool) -> String,
+        config_text: fn(&Path, bool) -> String,
         bin: Option<PathBuf>,
-        prepare: impl FnOnce(&std::path::Path),
+        prepare: impl FnOnce(&Path),
+    ) -> Host {
+        Host::start_at(config_text, bin, "etc/containerd/config.toml", prepare)
+    }
+
+    fn start_at(
+        config_text: fn(&Path, bool) -> String,
+        bin: Option<PathBuf>,
+        config_at: &str,
+        prepare: impl FnOnce(&Path),
     ) -> Host {
         let root = tempfile::Builder::new()
             .prefix("wk-host-")
             .tempdir_in("/var/tmp")
             .expect("host root");
-        let config = root.path().join("etc/containerd/config.toml");
+        let config = root.path().join(config_at);
         std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
         let text = config_text(root.path(), false);
         std::fs::write(&config, &text).expect("config");
@@ -63,11 +91,13 @@ impl Host {
             root,
             ctd,
             original: text.into_bytes(),
+            config_file: config,
         }
     }
 
+    /// The config file containerd reads.
     pub fn config(&self) -> PathBuf {
-        self.root.path().join("etc/containerd/config.toml")
+        self.config_file.clone()
     }
 
     pub fn shim_dest(&self) -> PathBuf {
@@ -89,6 +119,8 @@ impl Host {
         restart_cmd: &str,
         extra: &[&str],
     ) -> (i32, serde_json::Value, Duration) {
+        // Built (or waited for) before the clock starts: the elapsed time is the installer's.
+        let shim = shim_binary();
         let start = Instant::now();
         let mut cmd = Command::new(INSTALLER);
         cmd.arg(verb)
@@ -101,7 +133,7 @@ impl Host {
             .arg("--result-file")
             .arg(self.result_file());
         if !extra.contains(&"--shim") {
-            cmd.arg("--shim").arg(shim_binary());
+            cmd.arg("--shim").arg(&shim);
         }
         if !extra.contains(&"--runtime-path") {
             cmd.arg("--runtime-path").arg(self.shim_dest());
@@ -137,7 +169,7 @@ impl Host {
 
     /// Runs the hello guest ([`HELLO`]) as a CRI pod with `runtime_handler: wasmkube`, checks
     /// that it exits 0 and logs its greeting, then removes the pod.
-    pub fn run_hello_pod(&self, log_dir: &std::path::Path, name: &str) {
+    pub fn run_hello_pod(&self, log_dir: &Path, name: &str) {
         let mut cri = Cri::connect(&self.ctd.address()).expect("CRI");
         let pod = PodSpec {
             name: unique_id(name),
@@ -153,20 +185,11 @@ impl Host {
             image: HELLO.into(),
             ..Default::default()
         };
-        let id = cri
-            .create_container(&pod_id, &pod, &spec)
-            .expect("CreateContainer");
-        cri.start_container(&id).expect("StartContainer");
-        assert_eq!(
-            cri.wait_exit(&id, Duration::from_secs(30)).expect("exit"),
-            0
-        );
-        let log: String = read_log(&pod.log_dir.join("hello.log"))
-            .into_iter()
-            .map(|(_, m)| m + "\n")
-            .collect();
-        assert!(log.contains("hello from wasm"), "{log}");
-        cri.remove_container(&id).expect("RemoveContainer");
+        let hello = cri
+            .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))
+            .expect("the hello container runs to exit");
+        assert_eq!(hello.code, 0, "{}", hello.text());
+        assert!(hello.text().contains("hello from wasm"), "{}", hello.text());
         cri.remove_pod(&pod_id).expect("RemovePodSandbox");
     }
 

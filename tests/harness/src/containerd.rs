@@ -61,12 +61,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        # runc's state here, not in /run/containerd/runc/<namespace>, which the host's
+        # containerd (a local cluster's, too) shares.
+        Root = "{runc_root}"
 {wasmkube}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  # Not the host's /opt/containerd.
+  path = "{opt}"
 "#,
-        cni = cni.display()
+        cni = cni.display(),
+        runc_root = runc_root(dir).display(),
+        opt = dir.join("containerd-opt").display(),
     )
+}
+
+/// runc's state directory for a private daemon whose config lives in `dir` (the runc runtime's
+/// `Root` in [`default_config`]; pass it to `ctr run --runc-root` too).
+pub fn runc_root(dir: &Path) -> PathBuf {
+    dir.join("runc-root")
 }
 
 /// containerd config in schema version 4 (what `containerd config default` of containerd 2.4
@@ -99,6 +115,8 @@ disabled_plugins = ['io.containerd.snapshotter.v1.aufs', 'io.containerd.snapshot
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes]
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
           runtime_type = 'io.containerd.runc.v2'
+          [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+            Root = '{runc_root}'
 {wasmkube}    [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dir = '/usr/lib/cni'
       conf_dir = '{cni}'
@@ -106,8 +124,13 @@ disabled_plugins = ['io.containerd.snapshotter.v1.aufs', 'io.containerd.snapshot
   [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '{opt}'
 "#,
-        cni = cni.display()
+        cni = cni.display(),
+        runc_root = runc_root(dir).display(),
+        opt = dir.join("containerd-opt").display(),
     )
 }
 
@@ -329,6 +352,12 @@ impl Containerd {
             while alive(pid) && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            if alive(pid) {
+                eprintln!(
+                    "wasmkube-test-harness: containerd {pid} ({}) still runs 20 s after SIGTERM",
+                    self.address().display()
+                );
+            }
         }
         let _ = fs::remove_file(self.pid_file());
     }
@@ -383,7 +412,7 @@ if [ -f "$pidfile" ]; then
   kill -TERM "$pid" 2>/dev/null || true
   i=0
   while state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) && [ "$state" != Z ]; do
-    i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd $pid did not stop" >&2; exit 1; }}
+    i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd $pid did not stop within 20 s of SIGTERM (state $state)" >&2; exit 1; }}
     sleep 0.05
   done
 fi
@@ -392,7 +421,7 @@ fi
 echo $! > "$pidfile"
 i=0
 until ctr --address {address} version >/dev/null 2>&1; do
-  i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd did not come back" >&2; exit 1; }}
+  i=$((i+1)); [ $i -lt 400 ] || {{ echo "containerd did not come back: no answer on {address} within 20 s; its log ends:" >&2; tail -n 15 {log} >&2; exit 1; }}
   sleep 0.05
 done
 echo restarted >> {restarts}
@@ -613,18 +642,32 @@ impl Containerd {
 
     /// Waits until a task is listed as RUNNING (or `timeout`).
     pub fn wait_running(&self, id: &str, timeout: Duration) -> bool {
+        self.wait_task_running(id, timeout).is_ok()
+    }
+
+    /// Waits until task `id` (namespace `default`) is listed as RUNNING; `Err` says how long it
+    /// waited and what `ctr tasks ls` and the daemon log last showed.
+    pub fn wait_task_running(&self, id: &str, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
-        while start.elapsed() < timeout {
-            let ls = self.ctr(&["tasks", "ls"]).stdout;
+        loop {
+            let ls = self.ctr(&["tasks", "ls"]);
             if ls
+                .stdout
                 .lines()
                 .any(|l| l.starts_with(id) && l.contains("RUNNING"))
             {
-                return true;
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "task {id} not RUNNING after {timeout:?}; `ctr tasks ls` said:\n{}{}\ncontainerd log:\n{}",
+                    ls.stdout,
+                    ls.stderr,
+                    self.log_tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        false
     }
 }
 

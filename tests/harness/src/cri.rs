@@ -234,12 +234,36 @@ impl Cri {
             }
             if start.elapsed() > timeout {
                 return Err(format!(
-                    "container {id} still {:?} after {timeout:?}",
-                    s.state
+                    "container {id} did not exit within {timeout:?}: still {:?} ({} {})",
+                    cri::ContainerState::try_from(s.state)
+                        .map_or_else(|_| s.state.to_string(), |st| st.as_str_name().to_string()),
+                    s.reason,
+                    s.message
                 ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Creates `spec` in the pod, starts it, waits up to `timeout` for it to exit, reads its
+    /// CRI log and removes it: what a test does to run a container to completion.
+    pub fn run_to_exit(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSpec,
+        spec: &ContainerSpec,
+        timeout: Duration,
+    ) -> Result<Exited, String> {
+        let id = self
+            .create_container(pod_id, pod, spec)
+            .map_err(|e| format!("CreateContainer {}: {e}", spec.name))?;
+        self.start_container(&id)
+            .map_err(|e| format!("StartContainer {}: {e}", spec.name))?;
+        let code = self.wait_exit(&id, timeout)?;
+        let log = read_log(&pod.log_dir.join(format!("{}.log", spec.name)));
+        self.remove_container(&id)
+            .map_err(|e| format!("RemoveContainer {}: {e}", spec.name))?;
+        Ok(Exited { code, log })
     }
 
     pub fn stop_container(&mut self, id: &str, timeout_s: i64) -> Result<(), String> {
@@ -282,6 +306,30 @@ impl Cri {
     }
 }
 
+/// A container that ran to completion ([`Cri::run_to_exit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exited {
+    pub code: i32,
+    /// Its CRI log as `(stream, message)` lines.
+    pub log: Vec<(String, String)>,
+}
+
+impl Exited {
+    /// The lines of one stream (`stdout`, `stderr`), each ending in a newline.
+    pub fn stream(&self, stream: &str) -> String {
+        self.log
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, m)| format!("{m}\n"))
+            .collect()
+    }
+
+    /// All lines, both streams, each ending in a newline.
+    pub fn text(&self) -> String {
+        self.log.iter().map(|(_, m)| format!("{m}\n")).collect()
+    }
+}
+
 /// The message lines of a CRI log file (`<time> <stream> <F|P> <message>`), as
 /// `(stream, message)`.
 pub fn read_log(path: &Path) -> Vec<(String, String)> {
@@ -296,13 +344,72 @@ pub fn read_log(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A bridge + host-local CNI network for pod-network tests (no masquerade: no iptables).
-pub fn write_bridge_cni(conf_dir: &Path, subnet: &str) {
-    let conf = format!(
-        r#"{{"cniVersion":"0.4.0","name":"wasmkube-test","plugins":[{{"type":"bridge","bridge":"wk-test0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}]}}"#
-    );
-    std::fs::create_dir_all(conf_dir).expect("cni dir");
-    std::fs::write(conf_dir.join("10-wasmkube-test.conflist"), conf).expect("cni conf");
+/// A bridge + host-local CNI network for pod-network tests (no masquerade: no iptables), unique
+/// to this test: its own network name, bridge and /24, and its IPAM state in the conf dir, so it
+/// shares nothing with a parallel test run or a cluster on this machine (whose conflist,
+/// `/var/lib/cni/networks/<name>` and bridge are keyed by name). Dropping it deletes the bridge.
+pub struct BridgeCni {
+    /// The CNI network name (also the conflist's file name).
+    pub name: String,
+    /// The Linux bridge (at most 15 bytes).
+    pub bridge: String,
+    /// `10.233.N.0/24`, with no route on the host when it was picked.
+    pub subnet: String,
+}
+
+impl BridgeCni {
+    /// Writes the conflist into `conf_dir` (containerd's CNI `conf_dir`).
+    pub fn write(conf_dir: &Path) -> BridgeCni {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let name = format!("wasmkube-test-{pid}-{n}");
+        // IFNAMSIZ is 16 with the NUL: "wk" + 8 hex of pid + 4 hex of n = 14.
+        let bridge = format!("wk{:08x}{:04x}", pid, n & 0xffff);
+        let subnet = free_subnet(pid.wrapping_add(n))
+            .unwrap_or_else(|| panic!("no free 10.233.N.0/24 on this host (ip -4 route)"));
+        let ipam = conf_dir.join("ipam");
+        let conf = format!(
+            r#"{{"cniVersion":"0.4.0","name":"{name}","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{ipam}","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}]}}"#,
+            ipam = ipam.display()
+        );
+        std::fs::create_dir_all(conf_dir).expect("cni dir");
+        std::fs::write(conf_dir.join(format!("10-{name}.conflist")), conf).expect("cni conf");
+        BridgeCni {
+            name,
+            bridge,
+            subnet,
+        }
+    }
+
+    /// `10.233.N.` — what this network's pod IPs start with.
+    pub fn prefix(&self) -> &str {
+        self.subnet.trim_end_matches("0/24")
+    }
+}
+
+impl Drop for BridgeCni {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A `10.233.N.0/24` no route on this host uses yet, starting from `seed` (so parallel runs
+/// start apart); `None` when all 256 are taken.
+fn free_subnet(seed: u32) -> Option<String> {
+    let routes = std::process::Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    (0..256u32)
+        .map(|i| seed.wrapping_add(i) % 256)
+        .find(|n| !routes.contains(&format!("10.233.{n}.")))
+        .map(|n| format!("10.233.{n}.0/24"))
 }
 
 impl Cri {
