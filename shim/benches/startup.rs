@@ -299,7 +299,7 @@ fn main() {
             ctd.wait_task_running(&id, Duration::from_secs(60))
                 .expect("running");
             let t = Instant::now();
-            while cache_entries(&ctd) == 0 && t.elapsed() < Duration::from_secs(300) {
+            while ctd.cache_entries().is_empty() && t.elapsed() < Duration::from_secs(300) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             // Past loading and instantiation: the guest spins.
@@ -340,16 +340,6 @@ fn main() {
     for [a, b, c, d, e] in &table.0 {
         println!("| {a} | {b} | {c} | {d} | {e} |");
     }
-}
-
-fn cache_entries(ctd: &Containerd) -> usize {
-    std::fs::read_dir(ctd.cache_dir())
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn mb(kb: u64) -> f64 {

@@ -3,11 +3,10 @@
 //! no descriptor of the host's filesystem, and a stop during a long compile is prompt.
 //! Needs root, containerd and runc; see `wasmkube_test_harness::skip_unless!`.
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::wasm_gen::big_module;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
@@ -16,40 +15,6 @@ const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 
 fn containerd() -> Containerd {
     Containerd::builder().shim(SHIM).start()
-}
-
-fn entries(ctd: &Containerd) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(ctd.cache_dir())
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn task_pid(ctd: &Containerd, id: &str) -> u32 {
-    ctd.ctr(&["tasks", "ls"])
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no task {id}"))
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// Descriptors of `pid` rooted in the host's filesystem: directory, `O_PATH` or regular-file
@@ -98,16 +63,20 @@ fn the_guest_process_holds_no_descriptor_of_the_hosts_filesystem() {
         .expect("running");
     // Running wasm (past compilation and instantiation), not only a started task.
     std::thread::sleep(Duration::from_millis(500));
-    let pid = task_pid(&ctd, &id);
+    let pid = ctd.task_pid(&id);
     let leaked = host_rooted_fds(pid);
     // The cache exists on the host (the broker made it), so a leaked handle would show.
-    assert_eq!(entries(&ctd).len(), 1, "the module was compiled and cached");
+    assert_eq!(
+        ctd.cache_entries().len(),
+        1,
+        "the module was compiled and cached"
+    );
     assert!(
         leaked.is_empty(),
         "the guest holds host filesystem descriptors: {leaked:#?}"
     );
     ctd.ctr(&["tasks", "kill", &id]).ok();
-    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("stopped");
+    let status = wait_child(&mut child, Duration::from_secs(10)).expect("stopped");
     assert_eq!(status.code(), Some(128 + 15));
 }
 
@@ -127,22 +96,22 @@ fn sigterm_while_a_20_mb_module_compiles_stops_the_container_promptly() {
         .expect("running");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        entries(&ctd).is_empty(),
+        ctd.cache_entries().is_empty(),
         "still compiling when the stop comes (else this test proves nothing)"
     );
     let asked = Instant::now();
     ctd.ctr(&["tasks", "kill", &id]).ok();
-    let status = wait_exit(&mut child, Duration::from_secs(30)).expect("stopped");
+    let status = wait_child(&mut child, Duration::from_secs(30)).expect("stopped");
     let took = asked.elapsed();
     assert_eq!(status.code(), Some(128 + 15), "exit code of a SIGTERM stop");
     assert!(took <= Duration::from_secs(2), "stopped after {took:?}");
 
     // The worker finished on its own and filled the cache: the next start is served from it.
     let start = Instant::now();
-    while entries(&ctd).is_empty() && start.elapsed() < Duration::from_secs(180) {
+    while ctd.cache_entries().is_empty() && start.elapsed() < Duration::from_secs(180) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let cached = entries(&ctd);
+    let cached = ctd.cache_entries();
     assert_eq!(cached.len(), 1, "the abandoned compile was still cached");
     let ino = std::fs::metadata(&cached[0]).expect("stat").ino();
     let out = ctd
@@ -170,14 +139,15 @@ fn a_planted_cache_entry_is_refused_and_rebuilt() {
         &["/hello.wasm"],
     ))
     .ok();
-    let hello_entry = entries(&ctd).pop().expect("hello cached");
+    let hello_entry = ctd.cache_entries().pop().expect("hello cached");
     let out = ctd.run(&CtrRun::rootfs(
         unique_id("trap"),
         root.path(),
         &["/trap.wasm"],
     ));
     assert_eq!(out.code, Some(134), "{out:#?}");
-    let trap_entry = entries(&ctd)
+    let trap_entry = ctd
+        .cache_entries()
         .into_iter()
         .find(|e| *e != hello_entry)
         .expect("trap cached");
@@ -229,7 +199,7 @@ fn a_cache_directory_others_can_read_is_refused_with_a_message() {
         "{out:#?}"
     );
     assert!(
-        entries(&ctd).is_empty(),
+        ctd.cache_entries().is_empty(),
         "nothing written into a refused cache"
     );
     assert_eq!(

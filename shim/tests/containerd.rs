@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
 
@@ -49,16 +50,7 @@ fn second_start_uses_the_compiled_module_cache_and_survives_corruption() {
     skip_unless!(missing_prerequisites());
     let ctd = containerd();
     let root = rootfs(&[("hello.wasm", &guest("hello"))]);
-    let entries = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(ctd.cache_dir())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let entries = || ctd.cache_entries();
     assert!(entries().is_empty());
     ctd.run(&CtrRun::rootfs(
         unique_id("cache"),
@@ -377,19 +369,4 @@ fn body_of(resp: &str) -> String {
         rest = &after[n + 2..];
     }
     body
-}
-
-fn wait_child(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    None
 }

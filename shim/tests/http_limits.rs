@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
 
@@ -81,18 +82,6 @@ fn start_server_with(
         std::thread::sleep(Duration::from_millis(50));
     }
     (port, child, root)
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    None
 }
 
 /// `n` `/loop` requests on their own threads; each yields its status and how long it took.

@@ -6,12 +6,12 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wasmkube_test_harness::containerd::RUNTIME_TYPE;
+use wasmkube_test_harness::containerd::{wait_child, RUNTIME_TYPE};
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
 
@@ -88,17 +88,6 @@ fn run_argv(spec: &Path, id: &str) -> Vec<String> {
     ]
 }
 
-fn cache_entries(ctd: &Containerd) -> Vec<PathBuf> {
-    std::fs::read_dir(ctd.cache_dir())
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `/proc/<pid>/task/<tid>/status` of every thread of `pid`.
 fn thread_status(pid: u32) -> Vec<String> {
     let mut out = Vec::new();
@@ -140,16 +129,6 @@ fn assert_restricted(pid: u32) {
     }
 }
 
-fn task_pid(ctd: &Containerd, id: &str) -> u32 {
-    ctd.ctr(&["tasks", "ls"])
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no task {id}"))
-}
-
 #[test]
 fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
     skip_unless!(missing_prerequisites());
@@ -178,7 +157,7 @@ fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
     );
     // The compile broker (host side, root) compiled and cached it for the non-root guest; the
     // entry is root's and private, and the next start is served from it.
-    let cached = cache_entries(&ctd);
+    let cached = ctd.cache_entries();
     assert_eq!(cached.len(), 1, "{cached:?}");
     let meta = std::fs::metadata(&cached[0]).expect("stat");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{cached:?}");
@@ -192,7 +171,7 @@ fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
         )
         .ok();
     assert!(out.stdout.starts_with("hello from wasm"), "{out:#?}");
-    assert_eq!(cache_entries(&ctd), cached);
+    assert_eq!(ctd.cache_entries(), cached);
     assert_eq!(
         std::fs::metadata(&cached[0]).expect("stat").ino(),
         meta.ino(),
@@ -220,7 +199,7 @@ fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
         .expect("ctr run");
     assert!(ctd.wait_running(&id, Duration::from_secs(30)), "never ran");
     std::thread::sleep(Duration::from_millis(300));
-    assert_restricted(task_pid(&ctd, &id));
+    assert_restricted(ctd.task_pid(&id));
     ctd.ctr(&["tasks", "kill", &id]).ok();
     let status = wait_child(&mut child, Duration::from_secs(10)).expect("stopped");
     assert_eq!(status.code(), Some(128 + 15));
@@ -276,8 +255,8 @@ fn restricted_http_component_serves_ipv4_and_ipv6_on_the_dual_stack_address() {
     let resp = http_get(Ipv4Addr::LOCALHOST.into(), port, "/env").expect("env");
     assert!(resp.ends_with("restricted\n"), "{resp}");
 
-    assert_restricted(task_pid(&ctd, &id));
-    let cached = cache_entries(&ctd);
+    assert_restricted(ctd.task_pid(&id));
+    let cached = ctd.cache_entries();
     assert!(
         cached.len() == 1
             && cached[0]
@@ -347,16 +326,4 @@ fn drain(child: &mut Child) -> String {
         let _ = e.read_to_string(&mut err);
     }
     err
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    None
 }

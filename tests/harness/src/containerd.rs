@@ -640,6 +640,31 @@ impl Containerd {
             .expect("spawn ctr run")
     }
 
+    /// The host pid of task `id` (namespace `default`), from `ctr tasks ls`.
+    pub fn task_pid(&self, id: &str) -> u32 {
+        let ls = self.ctr(&["tasks", "ls"]);
+        ls.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no task {id} in `ctr tasks ls`:\n{}", ls.stdout))
+    }
+
+    /// The compiled-module cache's entries (`*.cwasm`), sorted.
+    pub fn cache_entries(&self) -> Vec<PathBuf> {
+        let mut v: Vec<_> = fs::read_dir(self.cache_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// Waits until a task is listed as RUNNING (or `timeout`).
     pub fn wait_running(&self, id: &str, timeout: Duration) -> bool {
         self.wait_task_running(id, timeout).is_ok()
@@ -669,6 +694,20 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Waits for a `ctr` child (e.g. from [`Containerd::spawn_run`]) to exit; kills it and returns
+/// `None` after `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
 }
 
 /// A rootfs directory holding `files` (name → source path) at its root.
