@@ -94,7 +94,7 @@ fn sigterm_while_a_20_mb_module_compiles_stops_the_container_promptly() {
     let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/big.wasm"]));
     ctd.wait_task_running(&id, Duration::from_secs(30))
         .expect("running");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(200));
     assert!(
         ctd.cache_entries().is_empty(),
         "still compiling when the stop comes (else this test proves nothing)"

@@ -1,13 +1,15 @@
 //! Wasm modules generated to a size, for tests and benchmarks that need big code.
 
-/// A valid preview1 command module of at least `size` bytes: `size / 10_000` functions of
-/// `i32.const 1; drop` repeated (about 10 KB each), exported `_start` being the first. With
+/// A valid preview1 command module of at least `size` bytes: `size / 10_000` functions of about
+/// 10 KB of arithmetic each, exported `_start` being the first. With
 /// `spin`, `_start` loops forever instead of returning (a long-running instance).
 pub fn big_module(size: usize, spin: bool) -> Vec<u8> {
     let funcs = (size / 10_000).max(1);
-    let mut filler = vec![0u8]; // no locals
-    for _ in 0..3_400 {
-        filler.extend_from_slice(&[0x41, 0x01, 0x1a]);
+    // One i32 local, then `local.get 0; i32.const 1; i32.add; local.set 0` repeated: a long
+    // dependency chain the compiler must really lower and allocate registers for.
+    let mut filler = vec![1u8, 1, 0x7f];
+    for _ in 0..1_440 {
+        filler.extend_from_slice(&[0x20, 0x00, 0x41, 0x01, 0x6a, 0x21, 0x00]);
     }
     filler.push(0x0b);
     // loop (br 0) end, end
