@@ -2,11 +2,12 @@
 //! `wasi:http/proxy` components with Wasmtime, on runwasi's `containerd-shim-wasm` library.
 //!
 //! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime; [`broker`] compiles
-//! code outside the container and keeps it in [`cache`]; [`command`] runs modules and CLI components; [`http`] serves wasi:http;
-//! [`memory`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into
-//! store limits, WASI preopens and epoch interruption; [`privileges`] gives the guest process
-//! the capabilities an exec would have left it; [`listen`] binds the wasi:http socket
-//! and [`limits`] reads its request limits.
+//! code outside the container and keeps it in [`cache`]; [`descriptors`] closes the host
+//! handles a container process inherits; [`command`] runs modules and CLI components; [`http`]
+//! serves wasi:http within [`limits`] and the shared memory [`budget`]; [`cgroup`], [`memory`],
+//! [`cpu`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into store
+//! limits, defaults, WASI preopens and epoch interruption; [`privileges`] gives the guest
+//! process the capabilities an exec would have left it; [`listen`] binds the wasi:http socket.
 
 pub mod broker;
 pub mod budget;
