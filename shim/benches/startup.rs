@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use wasmkube_test_harness::containerd::rootfs_with;
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::wasm_gen::big_module;
-use wasmkube_test_harness::{missing_prerequisites, unique_id, Containerd, CtrRun};
+use wasmkube_test_harness::{free_port, missing_prerequisites, unique_id, Containerd, CtrRun};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 
@@ -344,14 +344,6 @@ fn main() {
 
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn curl(port: u16) -> bool {

@@ -144,15 +144,6 @@ impl Program {
             Program::Component(c) => c.serialize(),
         }
     }
-
-    /// Bytes of compiled code this program maps.
-    pub fn code_size(&self) -> usize {
-        let range = match self {
-            Program::Module(m) => m.image_range(),
-            Program::Component(c) => c.image_range(),
-        };
-        range.end.addr().saturating_sub(range.start.addr())
-    }
 }
 
 /// Loads an artefact the compile broker produced.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
+use wasmkube_test_harness::{
+    free_port, missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun,
+};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 
@@ -223,14 +225,6 @@ fn cli_component_runs_and_reports_failure_as_1() {
     let out =
         ctd.run(&CtrRun::rootfs(unique_id("p2"), root.path(), &["/cli.wasm"]).env("WK_EXIT=3"));
     assert_eq!(out.code, Some(1), "{out:#?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {

@@ -11,17 +11,11 @@ use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
+use wasmkube_test_harness::{
+    free_port, missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun,
+};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Sends `raw` and reads until the server closes; `None` if the server cannot be reached.
 fn exchange(port: u16, raw: &[u8]) -> Option<String> {

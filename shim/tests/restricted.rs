@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wasmkube_test_harness::containerd::{wait_child, RUNTIME_TYPE};
 use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
+use wasmkube_test_harness::{free_port, missing_prerequisites, skip_unless, unique_id, Containerd};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 const UID: u32 = 65532;
@@ -75,6 +75,13 @@ fn restricted_spec(
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("config.json"), spec.to_string()).expect("write spec");
     dir
+}
+
+/// `/hello.wasm x` with `WK_A=1` in a restricted container, to completion.
+fn run_hello(ctd: &Containerd, root: &Path) -> wasmkube_test_harness::Output {
+    let spec = restricted_spec(ctd, root, &["/hello.wasm", "x"], &["WK_A=1".into()]);
+    let argv = run_argv(spec.path(), &unique_id("rhello"));
+    ctd.ctr(&argv.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn run_argv(spec: &Path, id: &str) -> Vec<String> {
@@ -142,15 +149,7 @@ fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
         ("input.txt", &input.path().join("input.txt")),
     ]);
 
-    let spec = restricted_spec(&ctd, root.path(), &["/hello.wasm", "x"], &["WK_A=1".into()]);
-    let out = ctd
-        .ctr(
-            &run_argv(spec.path(), &unique_id("rhello"))
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-        .ok();
+    let out = run_hello(&ctd, root.path()).ok();
     assert_eq!(
         out.stdout.replace("\r\n", "\n"),
         "hello from wasm\narg[0]=/hello.wasm\narg[1]=x\nenv WK_A=1\ncwd=/\n"
@@ -161,15 +160,7 @@ fn restricted_module_runs_without_capabilities_and_cannot_write_its_rootfs() {
     assert_eq!(cached.len(), 1, "{cached:?}");
     let meta = std::fs::metadata(&cached[0]).expect("stat");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{cached:?}");
-    let spec = restricted_spec(&ctd, root.path(), &["/hello.wasm", "x"], &["WK_A=1".into()]);
-    let out = ctd
-        .ctr(
-            &run_argv(spec.path(), &unique_id("rhello"))
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-        .ok();
+    let out = run_hello(&ctd, root.path()).ok();
     assert!(out.stdout.starts_with("hello from wasm"), "{out:#?}");
     assert_eq!(ctd.cache_entries(), cached);
     assert_eq!(
@@ -273,14 +264,6 @@ fn restricted_http_component_serves_ipv4_and_ipv6_on_the_dual_stack_address() {
         err.contains(&format!("serving wasi:http on http://[::]:{port}")),
         "{err}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("[::]:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn http_get(ip: IpAddr, port: u16, path: &str) -> Option<String> {

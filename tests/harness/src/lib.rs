@@ -38,6 +38,15 @@ pub fn missing_prerequisites() -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
+/// A loopback TCP port that was free a moment ago (for a server a test is about to start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// Full path of a program on `PATH`.
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
