@@ -8,11 +8,11 @@
 # Usage: bench/installer.sh [N]   (N rounds, default 5; medians reported)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+source scripts/env.sh
 N=${1:-5}
-cargo build --release --quiet -p wasmkube-node-installer -p wasmkube-shim
-BIN=$CARGO_TARGET_DIR/release/wasmkube-node-installer
-SHIM=$CARGO_TARGET_DIR/release/containerd-shim-wasmkube-v1
+scripts/build.sh >/dev/null
+BIN=$BIN_DIR/wasmkube-node-installer
+SHIM=$BIN_DIR/containerd-shim-wasmkube-v1
 
 H=$(mktemp -d /var/tmp/wk-bench-XXXXXX)
 cleanup() {

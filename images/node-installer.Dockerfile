@@ -8,8 +8,8 @@
 # `docker build -f images/node-installer.Dockerfile -t docker.io/wasmkube/node-installer:0.1.0 DIR`.
 FROM scratch
 COPY wasmkube-node-installer containerd-shim-wasmkube-v1 /usr/local/bin/
-# The wasm check module: before reporting a node ready, the installer runs it in a real pod
-# through the wasmkube handler (`--check-image` = this image).
+# The wasm check module: before reporting a node ready, the installer runs it (a local file,
+# `--check-module`) in a container with the wasmkube handler's runtime; also `check --repeat N`.
 COPY check.wasm /usr/local/share/wasmkube/check.wasm
 COPY bin/ /bin/
 # Root: it patches the host's containerd config and restarts containerd.

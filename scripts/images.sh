@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds wasmkube's container images without Docker, reproducibly, into
-# $CARGO_TARGET_DIR/images/ (default /var/tmp/wasmkube-target/images):
+# $IMAGES_DIR (scripts/env.sh; default /var/tmp/wasmkube-target/images):
 #   operator.tar        docker.io/wasmkube/operator:VERSION        (images/operator.Dockerfile)
 #   node-installer.tar  docker.io/wasmkube/node-installer:VERSION  (images/node-installer.Dockerfile)
 #   pause.tar           localhost/wasmkube/pause:VERSION           (images/pause.Dockerfile)
@@ -26,11 +26,10 @@ while (($#)); do
 done
 
 scripts/prereqs.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+source scripts/env.sh
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
-triple=x86_64-unknown-linux-gnu
-static_dir=$CARGO_TARGET_DIR/$triple/release
-out=$CARGO_TARGET_DIR/images
+static_dir=$BIN_DIR
+out=$IMAGES_DIR
 busybox=/bin/busybox # from busybox-static (scripts/prereqs.sh)
 
 step() { printf '== %s\n' "$*"; }
@@ -52,12 +51,9 @@ check_static() {
   fi
 }
 
-step "static binaries (cargo build --target $triple, crt-static, static libseccomp)"
-timed "static build" env LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-  RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --locked --target "$triple" \
-  -p wasmkube-shim -p wasmkube-node-installer -p wasmkube-operator
-for bin in containerd-shim-wasmkube-v1 wasmkube-node-installer wasmkube-operator; do
+step "binaries and guests (scripts/build.sh: one target, one profile; a no-op when built)"
+scripts/build.sh
+for bin in containerd-shim-wasmkube-v1 wasmkube-node-installer wasmkube-operator wasmkube; do
   check_static "$static_dir/$bin"
 done
 check_static "$busybox"
@@ -69,16 +65,8 @@ step "pause (gcc -static -O2 tests/harness/assets/pause.c)"
 gcc -static -O2 -o "$work/pause" tests/harness/assets/pause.c
 check_static "$work/pause"
 
-step "guests: the hello-http component (wasm32-wasip2), the installer's check module (hello, wasm32-wasip1)"
-(
-  cd tests/guests
-  timed "guest build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
-    cargo build --release --locked --target wasm32-wasip2 -p http-hello
-  timed "check module build" env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$CARGO_TARGET_DIR/guests" \
-    cargo build --release --locked --target wasm32-wasip1 -p hello
-)
-guest=$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/http_hello.wasm
-check_module=$CARGO_TARGET_DIR/guests/wasm32-wasip1/release/hello.wasm
+guest=$GUESTS_DIR/wasm32-wasip2/release/http_hello.wasm
+check_module=$GUESTS_DIR/wasm32-wasip1/release/hello.wasm
 
 # The build context every Dockerfile in images/ reads: stripped static binaries at its top,
 # the installer's wasm check module, busybox with relative symlinks under bin/.
@@ -114,9 +102,7 @@ EOF
   exit 0
 fi
 
-step "wasmkube CLI"
-timed "cli build" cargo build --release --locked -p wasmkube-cli
-wasmkube=$CARGO_TARGET_DIR/release/wasmkube
+wasmkube=$static_dir/wasmkube
 
 step "images"
 lay_out_context "$work/context"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmkube needs on Debian bookworm: containerd + runc (the
 # real containerd the tests drive), protoc and libseccomp (runwasi's build), static busybox
-# (native-container tests), CNI plugins (pod-network CRI test), and the wasm rustup targets.
+# (native-container tests), CNI plugins (pod-network CRI test), the local cluster's tools (jq,
+# openssl, iptables, iproute2), python3-venv (manifest validation), the wasm rustup targets and
+# the clippy and rustfmt components.
 # Idempotent: installs only what is missing. Needs root for apt.
 set -euo pipefail
-pkgs=(containerd runc protobuf-compiler libseccomp-dev busybox-static containernetworking-plugins pkg-config gcc libc6-dev curl)
+pkgs=(containerd runc protobuf-compiler libseccomp-dev busybox-static containernetworking-plugins pkg-config gcc libc6-dev curl
+  jq openssl iptables iproute2 util-linux binutils python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +25,9 @@ fi
 installed=$(rustup target list --installed)
 for t in wasm32-wasip1 wasm32-wasip2; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+# clippy (its driver wraps the one build in scripts/test.sh) and rustfmt.
+components=$(rustup component list --installed)
+for c in clippy rustfmt; do
+  grep -q "^$c" <<<"$components" || rustup component add "$c"
 done

@@ -1,66 +1,87 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, clippy, unit and real-containerd tests, the images, then the e2e
-# suite against a real single-node Kubernetes built from upstream's Go modules (tests/cluster/),
-# and the manifest validation. Needs root (containerd, kubelet).
-# Usage: sudo scripts/test.sh
+# Runs every test: formatting, one Rust build that is also clippy's (workspace, tests, guests), the images,
+# unit and real-containerd tests, the manifest validation, then on a real Kubernetes built from
+# upstream's Go modules (tests/cluster/): the README's main command (scripts/demo.sh) on a cold
+# node, and the e2e suite on a fresh cluster. Needs root (containerd, kubelet). Prints each
+# phase's duration, and a table of them at the end.
+# Usage: sudo scripts/test.sh      (or as root)
 #   WASMKUBE_REQUIRE_CONTAINERD=1  the containerd tests fail instead of skipping (CI)
 #   WASMKUBE_REQUIRE_CLUSTER=1     the e2e suite fails instead of skipping (CI)
 #   WASMKUBE_SKIP_E2E=1            stop before the cluster (a quick local run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/prereqs.sh
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
-t0=$SECONDS
-phase() { echo; echo "== $* (at $((SECONDS - t0)) s)"; }
+source scripts/env.sh
+trap 'status=$?; phases_report; exit $status' EXIT
 
-# The Kubernetes build is independent of cargo: start it now, collect it before the e2e run.
-k8s_log=$CARGO_TARGET_DIR/k8s-build.log
+phase "prerequisites (scripts/prereqs.sh)"
+scripts/prereqs.sh
 mkdir -p "$CARGO_TARGET_DIR"
+
+# The Go builds are independent of cargo: start them now, collect them when needed.
+k8s_log=$CARGO_TARGET_DIR/k8s-build.log
 tests/cluster/build.sh >"$k8s_log" 2>&1 &
 k8s_build=$!
-# containerd 2.x for the installer's live tests, from its Go module (cached in /var/tmp).
 ctd2_log=$CARGO_TARGET_DIR/containerd2-build.log
 scripts/containerd2.sh >"$ctd2_log" 2>&1 &
 ctd2_build=$!
+collect() { # collect PID LOG WHAT
+  if ! wait "$1"; then
+    cat "$2" >&2
+    echo "$3 failed" >&2
+    exit 1
+  fi
+  tail -n 3 "$2"
+}
 
 phase "cargo fmt --check"
 cargo fmt --all -- --check
-phase "cargo clippy"
-cargo clippy --release --workspace --all-targets --locked -- -D warnings
-phase "images (static binaries, OCI archives)"
+# Clippy runs inside the one build, not as a second compile of the tree: clippy-driver wraps
+# rustc for the workspace's own crates (what `cargo clippy` does, but with code generation), so
+# `-D warnings` fails the build. Exported for the whole run: every cargo command below then
+# finds the same fingerprints and rebuilds nothing.
+RUSTC_WORKSPACE_WRAPPER=$(command -v clippy-driver) || {
+  echo "clippy-driver not found: rustup component add clippy" >&2
+  exit 1
+}
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+phase "rust build + clippy -D warnings, once: workspace, tests, guests (scripts/build.sh --tests)"
+scripts/build.sh --tests
+phase "images from the built binaries (scripts/images.sh)"
 scripts/images.sh
-phase "containerd 2.x (scripts/containerd2.sh)"
-if ! wait "$ctd2_build"; then
-    cat "$ctd2_log" >&2
-    echo "scripts/containerd2.sh failed" >&2
-    exit 1
-fi
-tail -n 2 "$ctd2_log"
-phase "cargo test"
-cargo test --release --workspace --locked --exclude wasmkube-e2e -- --test-threads="${TEST_THREADS:-4}"
+phase "containerd 2.x (scripts/containerd2.sh, built in the background)"
+collect "$ctd2_build" "$ctd2_log" scripts/containerd2.sh
+phase "cargo test (unit, controller, real containerd)"
+# The tests use the binaries and guests built above; none invokes cargo.
+WASMKUBE_SHIM_BIN=$BIN_DIR/containerd-shim-wasmkube-v1 WASMKUBE_GUESTS_DIR=$GUESTS_DIR \
+  cargo test --release --workspace --locked --exclude wasmkube-e2e -- --test-threads="${TEST_THREADS:-4}"
 phase "manifests: kubernetes-validate --strict (1.30, 1.37) and the WasmApp schema"
 scripts/validate-manifests.sh
-
-phase "Kubernetes components (tests/cluster/build.sh)"
-if ! wait "$k8s_build"; then
-    cat "$k8s_log" >&2
-    echo "tests/cluster/build.sh failed" >&2
-    exit 1
-fi
-tail -n 12 "$k8s_log"
+phase "Kubernetes components (tests/cluster/build.sh, built in the background)"
+collect "$k8s_build" "$k8s_log" tests/cluster/build.sh
 if [ -n "${WASMKUBE_SKIP_E2E:-}" ]; then
-    echo "SKIP e2e: WASMKUBE_SKIP_E2E is set"
-    exit 0
+  echo "SKIP e2e and the main command: WASMKUBE_SKIP_E2E is set"
+  exit 0
 fi
 
-phase "e2e: local cluster up"
-images=$CARGO_TARGET_DIR/images
-trap 'tests/cluster/down.sh' EXIT
-tests/cluster/up.sh "$images/pause.tar" "$images/operator.tar" "$images/node-installer.tar" "$images/hello-http.tar"
+trap 'status=$?; tests/cluster/down.sh >/dev/null 2>&1 || true; phases_report; exit $status' EXIT
+phase "README main command on a cold node (scripts/demo.sh)"
+# A cold node: no cluster, no installed shim, no compiled-module cache (down.sh removes them).
+tests/cluster/down.sh >/dev/null
+for leftover in /opt/wasmkube /var/lib/wasmkube /usr/local/bin/containerd-shim-wasmkube-v1; do
+  if [ -e "$leftover" ]; then
+    echo "not a cold node: $leftover is still there after tests/cluster/down.sh" >&2
+    exit 1
+  fi
+done
+scripts/demo.sh
+
+phase "e2e: a fresh cluster (tests/cluster/up.sh)"
+tests/cluster/up.sh "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/operator.tar" "$IMAGES_DIR/node-installer.tar" "$IMAGES_DIR/hello-http.tar"
 # shellcheck disable=SC1091
 source tests/cluster/versions.env
 export KUBECONFIG=${CLUSTER_DIR:-/var/tmp/wasmkube-cluster}/admin.kubeconfig
 export PATH=/var/tmp/wasmkube-k8s/$K8S_VERSION/bin:$PATH
 phase "e2e suite (tests/e2e)"
-cargo test --release --locked -p wasmkube-e2e --test e2e
+# --workspace (not -p): the same feature resolution as the build, so nothing is rebuilt.
+cargo test --release --workspace --locked --test e2e
 phase "done"

@@ -8,7 +8,7 @@
 # Usage: scripts/validate-manifests.sh        (exit status non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
+source scripts/env.sh
 VENV=${WASMKUBE_VALIDATE_VENV:-/var/tmp/wasmkube-validate-venv}
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.37.0"}
 
@@ -19,9 +19,9 @@ if [ ! -x "$VENV/bin/kubernetes-validate" ] || ! "$VENV/bin/python" -c 'import j
     "$VENV/bin/pip" install --quiet kubernetes-validate jsonschema pyyaml
 fi
 
-echo "== build wasmkube and wasmkube-operator (release, as scripts/test.sh builds them)"
-cargo build --quiet --release --locked -p wasmkube-cli -p wasmkube-operator
-BIN="$CARGO_TARGET_DIR/release"
+echo "== wasmkube and wasmkube-operator (scripts/build.sh; a no-op when built)"
+scripts/build.sh >/dev/null
+BIN=$BIN_DIR
 
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

@@ -108,6 +108,12 @@ spec:
             docs[0]["spec"]["template"]["spec"]["runtimeClassName"],
             "wasmkube"
         );
+        // The operator's default readiness probe: render shows what will be applied.
+        assert_eq!(
+            docs[0]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]
+                ["port"],
+            8080
+        );
         assert_eq!(docs[1]["kind"], "Service");
         assert_eq!(docs[1]["metadata"]["namespace"], "demo");
         assert!(docs[0]["metadata"].get("ownerReferences").is_none());

@@ -33,6 +33,13 @@ pub enum Command {
     /// Do nothing until SIGTERM/SIGINT: the installer pod's long-running container, which keeps
     /// the pod (and the init container's result) around without another image.
     Idle,
+    /// Run only the wasm check (see `install`), N times, against the node's containerd, and
+    /// report each run; changes nothing else. For a person debugging a node.
+    Check {
+        /// How many times to run it.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+    },
 }
 
 /// The verbs that look at or change the node.
@@ -44,13 +51,13 @@ pub enum Verb {
 }
 
 impl Command {
-    /// The node verb, or `None` for `idle`.
+    /// The node verb, or `None` for `idle` and `check`.
     pub fn verb(self) -> Option<Verb> {
         match self {
             Command::Install => Some(Verb::Install),
             Command::Uninstall => Some(Verb::Uninstall),
             Command::Status => Some(Verb::Status),
-            Command::Idle => None,
+            Command::Idle | Command::Check { .. } => None,
         }
     }
 }
@@ -117,14 +124,20 @@ pub struct Options {
     /// Seconds to wait for containerd to come back after a restart.
     #[arg(long, global = true, default_value_t = 60)]
     pub timeout: u64,
-    /// After the handler is served, prove it runs wasm: a CRI pod with the `wasmkube` handler
-    /// runs --check-module from this image (present on the node; the operator passes the
-    /// installer's own image) and must exit with the code it is asked for.
-    #[arg(long, global = true)]
-    pub check_image: Option<String>,
-    /// The wasm module inside --check-image.
+    /// The wasm module of the wasm check: once CRI serves the `wasmkube` handler, a container
+    /// in containerd namespace `wasmkube-check` runs it with that handler's runtime and must
+    /// exit with the code it is asked for (see `wasm_check`). A local file; the installer
+    /// image carries it.
     #[arg(long, global = true, default_value = CHECK_MODULE)]
-    pub check_module: String,
+    pub check_module: PathBuf,
+    /// Do not run the wasm check (dry runs, machines without a containerd to ask; a node is
+    /// then verified by its CRI config alone, and the report says so).
+    #[arg(long, global = true)]
+    pub skip_wasm_check: bool,
+    /// The host root as containerd sees it: `/` on a node, where containerd runs in the host's
+    /// `/`. The wasm check's rootfs, made under --host-root, is given to containerd under it.
+    #[arg(long, global = true, default_value = "/")]
+    pub host_root_for_containerd: PathBuf,
     /// Do not ask containerd anything (for dry runs against a directory that has no daemon).
     #[arg(long, global = true)]
     pub skip_verify: bool,
@@ -155,7 +168,17 @@ impl Options {
         })
     }
 
-    /// Defaults for tests and library users: host root `dir`, no restart, no verify.
+    /// The wasm check these options ask for.
+    pub fn wasm_check(&self) -> crate::wasm_check::WasmCheck {
+        crate::wasm_check::WasmCheck {
+            module: self.check_module.clone(),
+            host_root: self.host_root.clone(),
+            host_root_for_containerd: self.host_root_for_containerd.clone(),
+        }
+    }
+
+    /// Defaults for tests and library users: host root `dir`, no restart, no verify, no wasm
+    /// check.
     pub fn for_host_root(dir: impl Into<PathBuf>) -> Self {
         Options {
             host_root: dir.into(),
@@ -169,8 +192,9 @@ impl Options {
             runtime_path: format!("{SHIM_HOST_DIR}/{SHIM_NAME}"),
             path_link: PathBuf::from("/usr/local/bin"),
             timeout: 60,
-            check_image: None,
-            check_module: CHECK_MODULE.to_string(),
+            check_module: PathBuf::from(CHECK_MODULE),
+            skip_wasm_check: true,
+            host_root_for_containerd: PathBuf::from("/"),
             skip_verify: true,
             containerd_version: None,
             lock_timeout: 120,
@@ -188,5 +212,19 @@ mod tests {
         assert!(cli.options.path_link.as_os_str().is_empty());
         let cli = Cli::try_parse_from(["x", "install"]).expect("parses");
         assert_eq!(cli.options.path_link, PathBuf::from("/usr/local/bin"));
+    }
+
+    #[test]
+    fn the_wasm_check_is_on_by_default_and_check_repeats() {
+        let cli = Cli::try_parse_from(["x", "install"]).expect("parses");
+        assert!(!cli.options.skip_wasm_check);
+        assert_eq!(cli.options.check_module, PathBuf::from(CHECK_MODULE));
+        assert_eq!(cli.options.host_root_for_containerd, PathBuf::from("/"));
+        let cli = Cli::try_parse_from(["x", "check", "--repeat", "50"]).expect("parses");
+        assert_eq!(cli.command, Command::Check { repeat: 50 });
+        assert_eq!(cli.command.verb(), None);
+        assert!(Cli::try_parse_from(["x", "check", "--repeat", "0"]).is_err());
+        let cli = Cli::try_parse_from(["x", "check"]).expect("parses");
+        assert_eq!(cli.command, Command::Check { repeat: 1 });
     }
 }

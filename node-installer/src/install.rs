@@ -9,7 +9,7 @@ use crate::report::{Failure, Report, State};
 use crate::restart::{self, RestartPlan};
 use crate::rollback::{missing_dirs, rollback, ConfigUndo, ShimUndo, Undo};
 use crate::shim_install::{install_shim, link_shim, sha256_file, shim_version};
-use crate::verify;
+use crate::verify::{self, CriState};
 use crate::wasm_check;
 
 /// Runs `install`. Never panics; every outcome is in the report.
@@ -164,8 +164,8 @@ fn run(o: &Options, r: &mut Report) {
     let changed_anything = !r.changes.is_empty();
     if !need_restart {
         r.verified = loaded;
-        if loaded {
-            if let Err(e) = wasm_check(o, &node, r) {
+        if let Some(cri) = before.as_ref().filter(|_| loaded) {
+            if let Err(e) = wasm_check(o, &node, cri, r) {
                 // Only the shim (or the link) changed: put them back, no restart needed.
                 return rollback(
                     r,
@@ -222,7 +222,7 @@ fn run(o: &Options, r: &mut Report) {
     let verified = verified
         .map_err(|e| (e.reason(), e.to_string()))
         .and_then(|s| {
-            wasm_check(o, &node, r)
+            wasm_check(o, &node, &s, r)
                 .map(|()| s)
                 .map_err(|e| (e.reason(), e.to_string()))
         });
@@ -257,29 +257,24 @@ fn abandon(r: &mut Report, node: &Node, undo: &Undo, reason: &str, cause: String
     }
 }
 
-/// Runs the wasm check when one was asked for (`--check-image`), recording the outcome.
-fn wasm_check(o: &Options, node: &Node, r: &mut Report) -> Result<(), wasm_check::CheckError> {
-    let Some(image) = &o.check_image else {
-        r.wasm_check = Some("not requested (no --check-image)".to_string());
+/// Runs the wasm check (unless `--skip-wasm-check`) with the handler as CRI reported it in
+/// `cri`, recording the outcome.
+fn wasm_check(
+    o: &Options,
+    node: &Node,
+    cri: &CriState,
+    r: &mut Report,
+) -> Result<(), wasm_check::CheckError> {
+    if o.skip_wasm_check {
+        r.wasm_check = Some("not run (--skip-wasm-check)".to_string());
         return Ok(());
-    };
-    let check = wasm_check::WasmCheck {
-        image: image.clone(),
-        module: o.check_module.clone(),
-    };
-    let t = Instant::now();
-    let outcome = wasm_check::run(&node.socket, &check);
-    r.time("wasmCheck", t);
-    match &outcome {
-        Ok(took) => {
-            r.wasm_check = Some(format!(
-            "a wasm pod ran {} from {image} through the wasmkube handler and exited {} in {} ms",
-            check.module,
-            wasm_check::EXPECTED_EXIT,
-            took.as_millis()
-        ))
-        }
-        Err(e) => r.wasm_check = Some(format!("failed: {e}")),
     }
+    let t = Instant::now();
+    let outcome = wasm_check::run(&node.socket, cri, &o.wasm_check());
+    r.time("wasmCheck", t);
+    r.wasm_check = Some(match &outcome {
+        Ok(passed) => passed.describe(),
+        Err(e) => format!("failed: {e}"),
+    });
     outcome.map(|_| ())
 }

@@ -4,6 +4,8 @@
 //! Everything it touches is under `--host-root`, so it runs unchanged against a temp directory
 //! that plays the host. See `README.md` for the flags, flavours, guarantees and exit codes.
 pub mod atomic_write;
+pub mod check;
+pub mod check_bundle;
 pub mod cli;
 pub mod config_patch;
 pub mod flavour;
@@ -16,6 +18,7 @@ pub mod node;
 pub mod report;
 pub mod restart;
 pub mod rollback;
+pub mod runtime_options;
 pub mod shim_cache;
 pub mod shim_install;
 pub mod status;

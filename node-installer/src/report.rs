@@ -24,6 +24,8 @@ pub enum State {
     Partial,
     /// `--dry-run`: the diff was printed, nothing changed.
     DryRun,
+    /// `check`: every wasm check run passed (see the message).
+    Checked,
     /// It did not work; see `message`, `reason` and the exit code.
     Failed,
 }
@@ -57,7 +59,8 @@ pub struct Report {
     pub restarted: bool,
     /// Whether containerd was asked over CRI and confirmed the outcome.
     pub verified: bool,
-    /// The wasm pod check (`--check-image`): what ran, or why it failed.
+    /// The wasm check (see `wasm_check`): what ran, or why it failed; absent when containerd
+    /// was not asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasm_check: Option<String>,
     pub message: String,

@@ -19,6 +19,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Handler {
     pub runtime_type: String,
     pub runtime_path: String,
+    /// The runtime's `options` table as CRI holds it (`None`: no table, which CRI passes on as
+    /// no options at all). The wasm check hands the shim the same options.
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What containerd told us.
@@ -181,9 +184,14 @@ pub fn find_handler(v: &serde_json::Value) -> Option<Handler> {
                         .unwrap_or("")
                         .to_string()
                 };
+                let options = ["options", "Options"]
+                    .iter()
+                    .find_map(|k| h.get(*k).and_then(|v| v.as_object()))
+                    .cloned();
                 return Some(Handler {
                     runtime_type: s(&["runtimeType", "runtime_type", "Type"]),
                     runtime_path: s(&["runtimePath", "runtime_path", "Path"]),
+                    options,
                 });
             }
             m.values().find_map(find_handler)
@@ -235,9 +243,21 @@ mod tests {
             find_handler(&v1),
             Some(Handler {
                 runtime_type: "io.containerd.wasmkube.v1".into(),
-                runtime_path: "/opt/wasmkube/bin/containerd-shim-wasmkube-v1".into()
+                runtime_path: "/opt/wasmkube/bin/containerd-shim-wasmkube-v1".into(),
+                options: None,
             })
         );
+        // containerd 2.x, with an options table (a null one is no table).
+        let v2: serde_json::Value = serde_json::from_str(
+            r#"{"config":{"containerd":{"runtimes":{"wasmkube":{"runtimeType":"io.containerd.wasmkube.v1","runtimePath":"/p","options":{"SystemdCgroup":true}}}}}}"#,
+        )
+        .expect("json");
+        let h = find_handler(&v2).expect("handler");
+        assert_eq!(h.options.expect("options")["SystemdCgroup"], true);
+        let null: serde_json::Value =
+            serde_json::from_str(r#"{"runtimes":{"wasmkube":{"runtimeType":"t","options":null}}}"#)
+                .expect("json");
+        assert_eq!(find_handler(&null).expect("handler").options, None);
         let none: serde_json::Value =
             serde_json::from_str(r#"{"containerd":{"runtimes":{"runc":{}}}}"#).expect("json");
         assert_eq!(find_handler(&none), None);

@@ -10,7 +10,7 @@ mod live_host;
 use std::time::Duration;
 
 use host::NodeSnapshot;
-use live_host::{busybox_rootfs, Host, HELLO};
+use live_host::{busybox_rootfs, runc_shim, Host};
 use wasmkube_test_harness::containerd::runc_root;
 use wasmkube_test_harness::cri::Cri;
 use wasmkube_test_harness::{
@@ -34,7 +34,7 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     let _ = shim_binary();
     let host = Host::start();
     assert!(!host.serves_handler(), "handler present before install");
-    let work = host.import_check_images();
+    let work = host.import_pod_images();
 
     // A runc container started before the install. It sleeps "forever" (it is killed at the
     // end): a fixed `sleep 600` ended by itself once, when the builds above ran inside the
@@ -65,19 +65,20 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     let daemon_before = host.ctd.pid();
 
     // Install.
-    let (code, r, took) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
-    );
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
     eprintln!("first install took {took:?}: {r}");
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["state"], "installed", "{r}");
     assert!(
-        r["wasmCheck"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("a wasm pod ran /hello.wasm") && c.contains("exited 42")),
+        r["wasmCheck"].as_str().is_some_and(|c| c
+            .starts_with("a wasm container ran /check.wasm through the wasmkube handler's runtime io.containerd.wasmkube.v1")
+            && c.contains("in containerd namespace wasmkube-check and exited 42")),
         "{r}"
+    );
+    assert_check_left_nothing(&host);
+    assert!(
+        !host.root.path().join("var/lib/wasmkube").exists(),
+        "the check left the directory it created above its own"
     );
     assert_eq!(r["flavour"], "containerd");
     assert_eq!(r["configPath"], "/etc/containerd/config.toml");
@@ -136,6 +137,12 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     assert_eq!(r["state"], "unchanged", "{r}");
     assert_eq!(r["restarted"], false);
     assert_eq!(r["verified"], true);
+    assert!(
+        r["wasmCheck"]
+            .as_str()
+            .is_some_and(|c| c.contains("exited 42")),
+        "the re-run checks wasm too: {r}"
+    );
     assert_eq!(
         host.ctd.restart_count(),
         1,
@@ -152,6 +159,50 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     // How fast the re-run is belongs to bench/installer.sh (ratios, not a timed test): here
     // only that it wrote nothing and restarted nothing.
     let _ = took;
+
+    // The `check` verb, after an earlier check "crashed": its container in the check's
+    // namespace and its directory are removed first, then every run passes.
+    let stale = "wasmkube-check-stale";
+    host.ctd
+        .ctr(&[
+            "-n",
+            "wasmkube-check",
+            "containers",
+            "create",
+            "--runtime",
+            "io.containerd.wasmkube.v1",
+            "--rootfs",
+            &rootfs.path().display().to_string(),
+            stale,
+            "/busybox",
+        ])
+        .ok();
+    let stale_dir = host
+        .root
+        .path()
+        .join("var/lib/wasmkube/check")
+        .join(stale)
+        .join("rootfs");
+    std::fs::create_dir_all(&stale_dir).expect("stale dir");
+    let (code, lines, r) = host.check(3, &[]);
+    eprintln!("check --repeat 3: {lines:#?}\n{r}");
+    assert_eq!(code, 0, "{lines:#?} {r}");
+    assert_eq!(r["state"], "checked", "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(": passed: ")).count(),
+        3,
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"check 1/3: removed 2 leftovers of earlier checks first".to_string()),
+        "{lines:#?}"
+    );
+    assert!(lines
+        .last()
+        .is_some_and(|l| l.starts_with("3 of 3 wasm checks passed")));
+    assert_check_left_nothing(&host);
+    assert_eq!(host.ctd.restart_count(), 1, "check restarted containerd");
 
     // status
     let (code, r, _) = host.installer("status", &host.restart_cmd(), &[]);
@@ -183,6 +234,28 @@ fn install_serves_wasm_pods_keeps_containers_running_is_idempotent_and_uninstall
     host.ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", &runc_id]);
 }
 
+/// The wasm check leaves nothing: no container in its containerd namespace (nor the
+/// namespace), none in the kubelet's `k8s.io`, no directory on the host.
+fn assert_check_left_nothing(host: &Host) {
+    let ns = host.ctd.ctr(&["namespaces", "ls", "-q"]).ok().stdout;
+    assert!(
+        !ns.lines().any(|l| l == "wasmkube-check"),
+        "namespace left: {ns}"
+    );
+    let k8s = host
+        .ctd
+        .ctr(&["-n", "k8s.io", "containers", "ls", "-q"])
+        .stdout;
+    assert!(
+        !k8s.contains("wasmkube-check"),
+        "a check container in k8s.io: {k8s}"
+    );
+    assert!(
+        !host.root.path().join("var/lib/wasmkube/check").exists(),
+        "the check's directory left on the host"
+    );
+}
+
 #[test]
 fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
     skip_unless!(missing_prerequisites());
@@ -210,27 +283,29 @@ fn a_restart_that_does_not_load_the_handler_is_rolled_back() {
 fn a_handler_that_does_not_run_the_wasm_check_is_rolled_back() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
-    let _work = host.import_check_images();
     let before = NodeSnapshot::take(host.root.path());
-    // containerd serves the handler, but the check pod's module is not there: the shim exits
-    // 127, not the 42 the check asks for, so the config alone must not make the node ready.
-    let (code, r, _) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/missing.wasm"],
-    );
+    // containerd serves the handler, but its shim is runc's, which runs Linux containers and
+    // not wasm: the check module cannot run, so the config alone must not make the node ready.
+    let runc = runc_shim().display().to_string();
+    let (code, r, _) = host.installer("install", &host.restart_cmd(), &["--shim", &runc]);
+    eprintln!("{r}");
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["failure"], "rolled-back", "{r}");
     assert_eq!(r["reason"], "WasmCheckFailed", "{r}");
     assert!(
         r["message"]
             .as_str()
-            .is_some_and(|m| m.contains("exited with 127, expected 42")),
+            .is_some_and(|m| m.starts_with(NOT_WASM)),
         "{r}"
     );
     before.assert_unchanged();
+    assert_check_left_nothing(&host);
     assert!(!host.serves_handler());
 }
+
+/// How the check fails when the handler's shim does not run wasm (runc's shim cannot exec the
+/// module).
+const NOT_WASM: &str = "wasm check: containerd Tasks.Create failed";
 
 #[test]
 fn a_config_containerd_rejects_is_rolled_back_and_containerd_comes_back() {
@@ -285,7 +360,6 @@ fn install_older_shim(host: &Host) -> std::path::PathBuf {
 fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
     skip_unless!(missing_prerequisites());
     let host = Host::start();
-    let _work = host.import_check_images();
     let older = install_older_shim(&host);
     let older_arg = older.display().to_string();
     let (code, r, _) = host.installer("install", &host.restart_cmd(), &["--shim", &older_arg]);
@@ -294,15 +368,19 @@ fn a_failed_upgrade_puts_the_previous_shim_back_byte_for_byte() {
     let before = NodeSnapshot::take(host.root.path());
     let restarts = host.ctd.restart_count();
 
-    // The new shim fails the wasm check: the old one comes back, the link stays, no restart.
-    let (code, r, _) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/missing.wasm"],
-    );
+    // The new shim (runc's: it does not run wasm) fails the wasm check: the old one comes
+    // back, the link stays, no restart.
+    let runc = runc_shim().display().to_string();
+    let (code, r, _) = host.installer("install", &host.restart_cmd(), &["--shim", &runc]);
     assert_eq!(code, 3, "{r}");
     assert_eq!(r["failure"], "rolled-back", "{r}");
     assert_eq!(r["reason"], "WasmCheckFailed", "{r}");
+    assert!(
+        r["wasmCheck"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("failed: {NOT_WASM}"))),
+        "{r}"
+    );
     assert!(
         r["message"]
             .as_str()
@@ -339,12 +417,8 @@ fn a_symlinked_config_is_patched_at_its_target_and_restored_under_a_live_contain
     let host = Host::start_symlinked();
     let link = host.root.path().join("etc/containerd/config.toml");
     let link_to = std::fs::read_link(&link).expect("a link");
-    let work = host.import_check_images();
-    let (code, r, _) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
-    );
+    let work = host.import_pod_images();
+    let (code, r, _) = host.installer("install", &host.restart_cmd(), &[]);
     assert_eq!(code, 0, "{r}\n{}", host.ctd.log_tail());
     assert_eq!(r["configPath"], "/etc/containerd/config.toml", "{r}");
     assert_eq!(

@@ -5,7 +5,7 @@
 #[path = "support/live_host.rs"]
 mod live_host;
 
-use live_host::{Host, HELLO};
+use live_host::Host;
 use wasmkube_test_harness::containerd::containerd2_bin_dir;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless};
 
@@ -27,13 +27,9 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     let bin = containerd2_bin_dir().expect("checked above");
     let host = Host::start_containerd2(bin, |_| {});
     assert!(!host.serves_handler(), "handler present before install");
-    let work = host.import_check_images();
+    let work = host.import_pod_images();
 
-    let (code, r, took) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
-    );
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
     eprintln!("containerd 2.x install took {took:?}: {r}");
     assert_eq!(code, 0, "{r}\n{}", host.ctd.log_tail());
     assert_eq!(r["state"], "installed", "{r}");
@@ -48,7 +44,7 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
     assert!(
         r["wasmCheck"]
             .as_str()
-            .is_some_and(|c| c.contains("exited 42")),
+            .is_some_and(|c| c.contains("namespace wasmkube-check and exited 42")),
         "{r}"
     );
     assert_eq!(host.ctd.restart_count(), 1);
@@ -67,6 +63,20 @@ fn containerd2_schema4_install_runs_a_wasm_pod_and_uninstalls_byte_exact() {
 
     // A CRI pod with runtime_handler wasmkube runs the hello guest on containerd 2.x.
     host.run_hello_pod(&work.path().join("logs"), "c2");
+
+    // The `check` verb on containerd 2.x.
+    let (code, lines, r) = host.check(3, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (0, Some("checked")),
+        "{lines:#?} {r}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(": passed: ")).count(),
+        3,
+        "{lines:#?}"
+    );
+    assert!(!host.root.path().join("var/lib/wasmkube").exists());
 
     // Re-run: nothing written, no restart.
     let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);

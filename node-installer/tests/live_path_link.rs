@@ -8,7 +8,7 @@ mod host;
 mod live_host;
 
 use host::ReadOnly;
-use live_host::{Host, HELLO};
+use live_host::Host;
 use wasmkube_test_harness::containerd::containerd2_bin_dir;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless};
 
@@ -38,12 +38,8 @@ fn containerd2_gets_no_path_link_and_a_read_only_usr_local_does_not_fail_the_ins
         ro = ReadOnly::make(&root.join("usr/local/bin"));
     });
     assert!(ro.is_some(), "cannot make <host>/usr/local/bin read-only");
-    let _work = host.import_check_images();
-    let (code, r, took) = host.installer(
-        "install",
-        &host.restart_cmd(),
-        &["--check-image", HELLO, "--check-module", "/hello.wasm"],
-    );
+    let work = host.import_pod_images();
+    let (code, r, took) = host.installer("install", &host.restart_cmd(), &[]);
     eprintln!("containerd 2.x install with a read-only /usr/local took {took:?}: {r}");
     assert_eq!(code, 0, "{r}\n{}", host.ctd.log_tail());
     assert_eq!(r["state"], "installed", "{r}");
@@ -53,7 +49,7 @@ fn containerd2_gets_no_path_link_and_a_read_only_usr_local_does_not_fail_the_ins
             .is_some_and(|v| v.trim_start_matches('v').starts_with('2')),
         "{r}"
     );
-    // The wasm pod ran with the shim found through runtime_path alone.
+    // The wasm check ran with the shim found through runtime_path alone.
     assert!(
         r["wasmCheck"]
             .as_str()
@@ -71,6 +67,8 @@ fn containerd2_gets_no_path_link_and_a_read_only_usr_local_does_not_fail_the_ins
         .path()
         .join("usr/local/bin/containerd-shim-wasmkube-v1");
     assert!(std::fs::symlink_metadata(&link).is_err(), "a link was made");
+    // And a CRI pod (its sandbox included) finds the shim through runtime_path alone.
+    host.run_hello_pod(&work.path().join("logs"), "no-link");
     let (code, r, _) = host.installer("uninstall", &host.restart_cmd(), &[]);
     assert_eq!((code, r["state"].as_str()), (0, Some("uninstalled")), "{r}");
     assert_eq!(std::fs::read(host.config()).expect("config"), host.original);

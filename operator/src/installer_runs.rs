@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::{
     builders::installer::InstallerAction,
+    install_failure::{operator_reasons, Failure},
     installer_result::{pod_outcome_by, Outcome, INSTALLER_TIMEOUT},
     names::{labels, runtime_state},
     node_state::NodeRuntime,
@@ -25,7 +26,7 @@ pub const POD_MISSING_TIMEOUT: Duration = Duration::from_secs(45);
 /// (which stamps pod creation).
 const SKEW: i64 = 2;
 /// Prefix of the failure reason for a pod that never appeared.
-pub const POD_MISSING: &str = "InstallerPodMissing";
+pub const POD_MISSING: &str = operator_reasons::INSTALLER_POD_MISSING;
 
 /// What a reconcile knows to find a node's run.
 pub struct RunLookup<'a> {
@@ -76,8 +77,8 @@ pub async fn current_outcome(lookup: &RunLookup<'_>, action: InstallerAction) ->
     if let Some(pod) = current_pod(&lookup.pods, action, since) {
         return match pod_outcome_by(&pod, lookup.now, INSTALLER_TIMEOUT) {
             Ok(outcome) => {
-                let timed_out = matches!(&outcome, Outcome::Failed { message }
-                    if message.starts_with("InstallerTimeout"));
+                let timed_out = matches!(&outcome, Outcome::Failed(f)
+                    if f.is(operator_reasons::INSTALLER_TIMEOUT));
                 Run {
                     timed_out_pod: timed_out.then(|| pod.name_any()),
                     outcome: Some(outcome),
@@ -91,14 +92,16 @@ pub async fn current_outcome(lookup: &RunLookup<'_>, action: InstallerAction) ->
         };
     }
     // No pod. Only a run that has not produced any result yet (`pending`, `removing`) can be
-    // missing its pod: on a `ready` or `failed` node the pod is replaced now and then (an
-    // installer upgrade rolls the DaemonSet) and the node keeps its state meanwhile. Without a
-    // start time (a node labelled by an older operator) there is nothing to measure against;
-    // the DaemonSet controller usually creates the pod within a second.
-    let starting = matches!(
-        lookup.current.state.as_deref(),
-        Some(runtime_state::PENDING | runtime_state::REMOVING)
-    );
+    // missing its pod: on a `ready` or `failed` node, or a `pending` one whose installer already
+    // failed and is being retried, the pod is replaced now and then (an installer upgrade rolls
+    // the DaemonSet) and the node keeps its state meanwhile. Without a start time (a node
+    // labelled by an older operator) there is nothing to measure against; the DaemonSet
+    // controller usually creates the pod within a second.
+    let starting = match lookup.current.state.as_deref() {
+        Some(runtime_state::PENDING) => lookup.current.attempts.is_none(),
+        Some(runtime_state::REMOVING) => true,
+        _ => false,
+    };
     let Some(since) = since.filter(|_| starting) else {
         return Run::default();
     };
@@ -124,9 +127,10 @@ pub async fn current_outcome(lookup: &RunLookup<'_>, action: InstallerAction) ->
     }
     let why = failed_create(lookup.client, lookup.namespace, action, since).await;
     Run {
-        outcome: Some(Outcome::Failed {
-            message: missing_message(action, &why),
-        }),
+        outcome: Some(Outcome::Failed(Failure::operator(
+            operator_reasons::INSTALLER_POD_MISSING,
+            missing_message(action, &why),
+        ))),
         ..Run::default()
     }
 }

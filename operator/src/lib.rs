@@ -9,6 +9,7 @@ pub mod crd;
 pub mod drain;
 mod error;
 pub mod events;
+pub mod install_failure;
 pub mod installer_result;
 pub mod installer_runs;
 pub mod leader;

@@ -7,6 +7,7 @@ use wasmkube_operator::{
     builders::installer::{daemonset, runtime_class, InstallerAction, InstallerConfig},
     crd,
     drain::DrainPolicy,
+    install_failure::DEFAULT_MAX_INSTALL_ATTEMPTS,
     names::{self, installer},
     run::{run, RunConfig},
     telemetry::{self, LogFormat},
@@ -65,6 +66,16 @@ struct RunArgs {
     #[arg(long, env = "WASMKUBE_MAX_CONCURRENT_INSTALLS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_installs: u16,
+    /// Attempts of one installer pod before a failure the installer may pass on retry makes the
+    /// node `failed` (until then it stays `pending`, the attempt in
+    /// wasmkube.dev/runtime-attempts); a permanent failure is `failed` at once
+    #[arg(long, env = "WASMKUBE_MAX_INSTALL_ATTEMPTS", default_value_t = DEFAULT_MAX_INSTALL_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_install_attempts: u32,
+    /// Seconds an installer run waits for another run's host lock (/run/wasmkube/installer.lock)
+    /// before it fails with `Locked` (retried) [default: the installer's, 120]
+    #[arg(long, env = "WASMKUBE_INSTALLER_LOCK_TIMEOUT")]
+    installer_lock_timeout: Option<u64>,
     /// PriorityClass of the installer pods (manifests/ ships wasmkube-node-critical)
     #[arg(long, env = "WASMKUBE_INSTALLER_PRIORITY_CLASS", default_value = names::INSTALLER_PRIORITY_CLASS)]
     installer_priority_class: String,
@@ -93,6 +104,7 @@ fn installer_config(args: &RunArgs) -> anyhow::Result<InstallerConfig> {
         max_concurrent_installs: args.max_concurrent_installs,
         priority_class: args.installer_priority_class.clone(),
         drain: args.drain,
+        lock_timeout: args.installer_lock_timeout,
     })
 }
 
@@ -126,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         leader_elect: args.leader_elect,
         app_controller: args.app_controller,
         node_controller: args.node_controller,
+        max_install_attempts: args.max_install_attempts,
     };
     run(cfg).await
 }

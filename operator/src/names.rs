@@ -23,6 +23,9 @@ pub const RUNTIME_LABEL: &str = "wasmkube.dev/runtime";
 pub const SHIM_VERSION_ANNOTATION: &str = "wasmkube.dev/shim-version";
 /// Why the last install or uninstall failed (the installer's message).
 pub const RUNTIME_REASON_ANNOTATION: &str = "wasmkube.dev/runtime-reason";
+/// Which attempt of the current installer pod failed last (`1`, `2`, …): set with
+/// [`RUNTIME_REASON_ANNOTATION`] on an install failure, dropped when the node is `ready`.
+pub const RUNTIME_ATTEMPTS_ANNOTATION: &str = "wasmkube.dev/runtime-attempts";
 /// When the node entered its current run (`queued`, `pending`, `draining`, `removing`), RFC 3339
 /// in seconds: installer results from pods created before it are stale and never used, and the
 /// rollout queue is served in this order.
@@ -38,8 +41,10 @@ pub const INSTALLER_PRIORITY_CLASS: &str = "wasmkube-node-critical";
 pub mod runtime_state {
     /// Opted in, waiting for a rollout slot (`--max-concurrent-installs`).
     pub const QUEUED: &str = "queued";
+    /// Installing, including while a failed attempt is retried (attempts left).
     pub const PENDING: &str = "pending";
     pub const READY: &str = "ready";
+    /// Needs a person: a permanent failure, or the attempts ran out.
     pub const FAILED: &str = "failed";
     /// Opted out: tainted, wasm pods being evicted (or waited for) before the uninstall.
     pub const DRAINING: &str = "draining";
@@ -76,6 +81,9 @@ pub mod installer {
     pub const INIT_CONTAINER: &str = "installer";
     /// The installer binary inside its image (the shim lies beside it).
     pub const BINARY: &str = "/usr/local/bin/wasmkube-node-installer";
+    /// The wasm check's module inside the installer image (`cli::CHECK_MODULE` of the node
+    /// installer, which is also its default; keep the two in step).
+    pub const CHECK_MODULE: &str = "/usr/local/share/wasmkube/check.wasm";
     /// Default installer image.
     pub const DEFAULT_IMAGE: &str = concat!(
         "docker.io/wasmkube/node-installer:",

@@ -35,8 +35,8 @@ use crate::{
     installer_runs::{current_outcome, RunLookup},
     metrics::Metrics,
     names::{
-        runtime_state::*, FIELD_MANAGER, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
-        RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION,
+        runtime_state::*, FIELD_MANAGER, RUNTIME_ATTEMPTS_ANNOTATION, RUNTIME_LABEL,
+        RUNTIME_REASON_ANNOTATION, RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION,
     },
     node_state::{decide, opted_in, reasons, NodeEvent, NodeRuntime, Observed},
     pod_index::PodIndex,
@@ -63,6 +63,9 @@ pub struct Context {
     /// Every node's metadata (the rollout counts slots over it).
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub installer: InstallerConfig,
+    /// `--max-install-attempts`: attempts of one installer pod before a retryable failure is
+    /// `failed` ([`crate::install_failure`]).
+    pub max_install_attempts: u32,
     /// States we wrote that the watch may not show yet.
     pub overlay: Overlay,
     /// Serialises taking a rollout slot: see [`reconcile`].
@@ -80,13 +83,16 @@ pub fn node_patch(name: &str, runtime: &NodeRuntime) -> serde_json::Value {
     }
     let mut annotations = BTreeMap::new();
     if let Some(v) = &runtime.shim_version {
-        annotations.insert(SHIM_VERSION_ANNOTATION, v);
+        annotations.insert(SHIM_VERSION_ANNOTATION, v.clone());
     }
     if let Some(r) = &runtime.reason {
-        annotations.insert(RUNTIME_REASON_ANNOTATION, r);
+        annotations.insert(RUNTIME_REASON_ANNOTATION, r.clone());
+    }
+    if let Some(n) = runtime.attempts {
+        annotations.insert(RUNTIME_ATTEMPTS_ANNOTATION, n.to_string());
     }
     if let Some(s) = &runtime.since {
-        annotations.insert(RUNTIME_SINCE_ANNOTATION, s);
+        annotations.insert(RUNTIME_SINCE_ANNOTATION, s.clone());
     }
     if !annotations.is_empty() {
         metadata.insert("annotations".into(), json!(annotations));
@@ -177,6 +183,7 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
         now: Timestamp::from_second(now.as_second())
             .unwrap_or(now)
             .to_string(),
+        max_install_attempts: ctx.max_install_attempts,
         ..Observed::default()
     };
     let mut recheck: Option<Duration> = None;
@@ -281,6 +288,7 @@ pub async fn run(
     recorder: Recorder,
     metrics: Metrics,
     installer: InstallerConfig,
+    max_install_attempts: u32,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (node_reader, node_writer) = reflector::store();
@@ -293,6 +301,7 @@ pub async fn run(
         installer_pods: PodIndex::default(),
         nodes: node_reader.clone(),
         installer,
+        max_install_attempts,
         overlay: Overlay::default(),
         rollout_lock: tokio::sync::Mutex::new(()),
         slot_released: slot_tx.clone(),
@@ -385,6 +394,7 @@ mod tests {
             state: Some(READY.into()),
             shim_version: Some("v".into()),
             reason: None,
+            attempts: None,
             since: Some("2026-11-25T10:00:00Z".into()),
         };
         assert_eq!(

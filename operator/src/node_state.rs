@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! opt in:  (none) → queued → pending → ready | failed        (install DaemonSet on pending/ready/failed)
+//!          pending stays pending while a retryable failure has attempts left (install_failure.rs)
 //! opt out: pending|ready|failed|queued* → draining → removing → (none)
 //!          (taint wasmkube.dev/runtime-removing:NoSchedule on draining/removing;
 //!           uninstall DaemonSet on removing; *queued only if a shim may be on the node)
@@ -14,10 +15,11 @@ use kube::{core::PartialObjectMeta, runtime::events::EventType, ResourceExt};
 use k8s_openapi::api::core::v1::Node;
 
 use crate::{
+    install_failure::{Failure, Retry, DEFAULT_MAX_INSTALL_ATTEMPTS},
     installer_result::Outcome,
     names::{
-        runtime_state::*, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION, RUNTIME_SINCE_ANNOTATION,
-        SHIM_VERSION_ANNOTATION, WASM_NODE,
+        runtime_state::*, RUNTIME_ATTEMPTS_ANNOTATION, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
+        RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION, WASM_NODE,
     },
 };
 
@@ -26,6 +28,9 @@ pub mod reasons {
     pub const QUEUED: &str = "WasmRuntimeQueued";
     pub const PROVISIONING: &str = "WasmRuntimeProvisioning";
     pub const READY: &str = "WasmRuntimeReady";
+    /// An install attempt failed and the installer will try again (the node stays `pending`).
+    pub const INSTALL_RETRYING: &str = "WasmRuntimeInstallRetrying";
+    /// The install failed for good: permanent, or out of attempts (the node is `failed`).
     pub const INSTALL_FAILED: &str = "WasmRuntimeInstallFailed";
     pub const DRAINING: &str = "WasmRuntimeDraining";
     pub const DRAIN_BLOCKED: &str = "WasmRuntimeDrainBlocked";
@@ -40,6 +45,8 @@ pub struct NodeRuntime {
     pub state: Option<String>,
     pub shim_version: Option<String>,
     pub reason: Option<String>,
+    /// [`RUNTIME_ATTEMPTS_ANNOTATION`].
+    pub attempts: Option<u32>,
     /// [`RUNTIME_SINCE_ANNOTATION`].
     pub since: Option<String>,
 }
@@ -50,6 +57,10 @@ impl NodeRuntime {
             state: node.labels().get(RUNTIME_LABEL).cloned(),
             shim_version: node.annotations().get(SHIM_VERSION_ANNOTATION).cloned(),
             reason: node.annotations().get(RUNTIME_REASON_ANNOTATION).cloned(),
+            attempts: node
+                .annotations()
+                .get(RUNTIME_ATTEMPTS_ANNOTATION)
+                .and_then(|a| a.parse().ok()),
             since: node.annotations().get(RUNTIME_SINCE_ANNOTATION).cloned(),
         }
     }
@@ -60,6 +71,7 @@ impl NodeRuntime {
             state: Some(state.to_string()),
             shim_version: self.shim_version.clone(),
             reason: None,
+            attempts: None,
             since: Some(now.to_string()),
         }
     }
@@ -94,7 +106,7 @@ fn normal(reason: &'static str, note: impl Into<String>) -> Option<NodeEvent> {
 }
 
 /// What the reconcile observed about the node, beyond its own fields.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Observed {
     pub opted_in: bool,
     /// The outcome of this node's current install pod (stale pods already filtered out).
@@ -107,6 +119,70 @@ pub struct Observed {
     pub drained: bool,
     /// The time to record in [`RUNTIME_SINCE_ANNOTATION`] if a new run starts.
     pub now: String,
+    /// `--max-install-attempts`: a retryable failure of this attempt (or a later one) is final.
+    pub max_install_attempts: u32,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Observed {
+            opted_in: false,
+            install: None,
+            uninstall: None,
+            slot_free: false,
+            drained: false,
+            now: String::new(),
+            max_install_attempts: DEFAULT_MAX_INSTALL_ATTEMPTS,
+        }
+    }
+}
+
+/// An install failure on an opted-in node: `pending` while the kubelet's next attempt may pass
+/// and attempts are left (a Warning per new failure), `failed` otherwise (a Warning when the
+/// reason changes).
+fn install_failed(
+    current: &NodeRuntime,
+    f: &Failure,
+    max: u32,
+) -> (NodeRuntime, Option<NodeEvent>) {
+    let max = max.max(1);
+    let attempt = f.attempt.unwrap_or(1);
+    if f.retry == Retry::Retryable && attempt < max {
+        let next = NodeRuntime {
+            state: Some(PENDING.to_string()),
+            reason: Some(f.message.clone()),
+            attempts: Some(attempt),
+            ..current.clone()
+        };
+        let ev = (next != *current).then(|| NodeEvent {
+            type_: EventType::Warning,
+            reason: reasons::INSTALL_RETRYING,
+            note: format!(
+                "wasm runtime install attempt {attempt} of {max} failed; the installer will \
+                 retry: {}",
+                f.message
+            ),
+        });
+        return (next, ev);
+    }
+    let message = match f.retry {
+        Retry::Retryable => format!("{} (gave up after {max} attempts)", f.message),
+        Retry::Permanent => f.message.clone(),
+    };
+    let ev = (current.state.as_deref() != Some(FAILED)
+        || current.reason.as_ref() != Some(&message))
+    .then(|| NodeEvent {
+        type_: EventType::Warning,
+        reason: reasons::INSTALL_FAILED,
+        note: format!("wasm runtime install failed and needs attention: {message}"),
+    });
+    let next = NodeRuntime {
+        state: Some(FAILED.to_string()),
+        reason: Some(message),
+        attempts: f.attempt,
+        ..current.clone()
+    };
+    (next, ev)
 }
 
 /// The decision table.
@@ -119,32 +195,24 @@ pub fn decide(current: &NodeRuntime, seen: &Observed) -> (NodeRuntime, Option<No
                     state: Some(READY.to_string()),
                     shim_version: Some(shim_version.clone()),
                     reason: None,
+                    attempts: None,
                     since: current.since.clone(),
+                };
+                // A success after retried failures says how many there were.
+                let retried = match (state, current.attempts) {
+                    (Some(PENDING), Some(n)) => format!(" (attempt {}, after {n} failed)", n + 1),
+                    _ => String::new(),
                 };
                 let ev = (state != Some(READY)
                     || current.shim_version.as_ref() != Some(shim_version))
                 .then(|| NodeEvent {
                     type_: EventType::Normal,
                     reason: reasons::READY,
-                    note: format!("wasm runtime installed: shim {shim_version}"),
+                    note: format!("wasm runtime installed: shim {shim_version}{retried}"),
                 });
                 (next, ev)
             }
-            Some(Outcome::Failed { message }) => {
-                let next = NodeRuntime {
-                    state: Some(FAILED.to_string()),
-                    reason: Some(message.clone()),
-                    ..current.clone()
-                };
-                let ev = (state != Some(FAILED) || current.reason.as_ref() != Some(message)).then(
-                    || NodeEvent {
-                        type_: EventType::Warning,
-                        reason: reasons::INSTALL_FAILED,
-                        note: format!("wasm runtime install failed (retrying): {message}"),
-                    },
-                );
-                (next, ev)
-            }
+            Some(Outcome::Failed(f)) => install_failed(current, f, seen.max_install_attempts),
             // An install pod never reports "uninstalled"; nothing finished yet otherwise.
             Some(Outcome::Uninstalled) | None => (current.clone(), None),
         },
@@ -187,7 +255,7 @@ pub fn decide(current: &NodeRuntime, seen: &Observed) -> (NodeRuntime, Option<No
                 NodeRuntime::default(),
                 normal(reasons::REMOVED, "wasmkube runtime uninstalled"),
             ),
-            Some(Outcome::Failed { message }) => {
+            Some(Outcome::Failed(Failure { message, .. })) => {
                 let next = NodeRuntime {
                     reason: Some(message.clone()),
                     ..current.clone()
@@ -214,174 +282,4 @@ pub fn decide(current: &NodeRuntime, seen: &Observed) -> (NodeRuntime, Option<No
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: &str = "2026-11-25T10:00:00Z";
-    const EARLIER: &str = "2026-11-25T09:00:00Z";
-
-    fn rt(state: Option<&str>, shim: Option<&str>, reason: Option<&str>) -> NodeRuntime {
-        NodeRuntime {
-            state: state.map(String::from),
-            shim_version: shim.map(String::from),
-            reason: reason.map(String::from),
-            since: Some(EARLIER.to_string()),
-        }
-    }
-
-    fn since(mut r: NodeRuntime, s: Option<&str>) -> NodeRuntime {
-        r.since = s.map(String::from);
-        r
-    }
-
-    fn seen(opted_in: bool) -> Observed {
-        Observed {
-            opted_in,
-            slot_free: true,
-            now: NOW.to_string(),
-            ..Observed::default()
-        }
-    }
-
-    fn installed(v: &str) -> Option<Outcome> {
-        Some(Outcome::Installed {
-            shim_version: v.to_string(),
-        })
-    }
-
-    fn failed(m: &str) -> Option<Outcome> {
-        Some(Outcome::Failed {
-            message: m.to_string(),
-        })
-    }
-
-    fn reason(e: Option<NodeEvent>) -> Option<&'static str> {
-        e.map(|e| e.reason)
-    }
-
-    #[test]
-    fn opt_in_waits_for_a_slot_then_installs() {
-        let clean = NodeRuntime::default();
-        // A free slot: straight to pending, since = now.
-        let (n, e) = decide(&clean, &seen(true));
-        assert_eq!(n, since(rt(Some(PENDING), None, None), Some(NOW)));
-        assert_eq!(reason(e), Some(reasons::PROVISIONING));
-        // No slot: queued (since = now, the queue's order), and it stays queued quietly.
-        let busy = Observed {
-            slot_free: false,
-            ..seen(true)
-        };
-        let (q, e) = decide(&clean, &busy);
-        assert_eq!(q, since(rt(Some(QUEUED), None, None), Some(NOW)));
-        assert_eq!(reason(e), Some(reasons::QUEUED));
-        assert_eq!(decide(&q, &busy), (q.clone(), None));
-        // A slot frees: pending.
-        assert_eq!(decide(&q, &seen(true)).0.state.as_deref(), Some(PENDING));
-    }
-
-    #[test]
-    fn installer_results_move_pending_ready_failed() {
-        let cur = rt(Some(PENDING), None, None);
-        assert_eq!(decide(&cur, &seen(true)), (cur.clone(), None));
-        let ok = Observed {
-            install: installed("0.1.0@sha256:ab"),
-            ..seen(true)
-        };
-        let (n, e) = decide(&cur, &ok);
-        assert_eq!(n, rt(Some(READY), Some("0.1.0@sha256:ab"), None));
-        assert_eq!(reason(e), Some(reasons::READY));
-        assert_eq!(decide(&n, &ok), (n.clone(), None), "ready + same result");
-        let bad = Observed {
-            install: failed("no config"),
-            ..seen(true)
-        };
-        let (f, e) = decide(&cur, &bad);
-        assert_eq!(f, rt(Some(FAILED), None, Some("no config")));
-        assert_eq!(
-            e.map(|e| (e.type_, e.reason)),
-            Some((EventType::Warning, reasons::INSTALL_FAILED))
-        );
-        assert_eq!(
-            decide(&f, &bad).1,
-            None,
-            "the same failure is reported once"
-        );
-        // A retry's success clears the reason and keeps the run's since.
-        assert_eq!(
-            decide(&f, &ok).0,
-            rt(Some(READY), Some("0.1.0@sha256:ab"), None)
-        );
-    }
-
-    #[test]
-    fn opt_out_drains_then_removes_then_cleans() {
-        let ready = rt(Some(READY), Some("v"), None);
-        let (d, e) = decide(&ready, &seen(false));
-        assert_eq!(d, since(rt(Some(DRAINING), Some("v"), None), Some(NOW)));
-        assert!(d.tainted());
-        assert_eq!(reason(e), Some(reasons::DRAINING));
-        // Wasm pods left: stay draining.
-        assert_eq!(decide(&d, &seen(false)), (d.clone(), None));
-        let drained = Observed {
-            drained: true,
-            ..seen(false)
-        };
-        let (r, e) = decide(&d, &drained);
-        assert_eq!(r.state.as_deref(), Some(REMOVING));
-        assert!(r.tainted());
-        assert_eq!(reason(e), Some(reasons::REMOVING));
-        // removing + failed → stays removing (so it retries), reason recorded once.
-        let bad = Observed {
-            uninstall: failed("busy"),
-            ..seen(false)
-        };
-        let (rf, e) = decide(&r, &bad);
-        assert_eq!(rf.reason.as_deref(), Some("busy"));
-        assert_eq!(rf.state.as_deref(), Some(REMOVING));
-        assert!(e.is_some());
-        assert_eq!(decide(&rf, &bad).1, None);
-        let done = Observed {
-            uninstall: Some(Outcome::Uninstalled),
-            ..seen(false)
-        };
-        let (clean, e) = decide(&rf, &done);
-        assert_eq!(clean, NodeRuntime::default());
-        assert!(!clean.tainted());
-        assert_eq!(reason(e), Some(reasons::REMOVED));
-    }
-
-    #[test]
-    fn re_opt_in_while_draining_or_removing_installs_again() {
-        for s in [DRAINING, REMOVING] {
-            let cur = rt(Some(s), Some("v"), Some("busy"));
-            let (n, e) = decide(&cur, &seen(true));
-            assert_eq!(n, since(rt(Some(PENDING), Some("v"), None), Some(NOW)));
-            assert!(!n.tainted());
-            assert_eq!(reason(e), Some(reasons::PROVISIONING));
-        }
-    }
-
-    #[test]
-    fn queued_opt_out_only_drains_when_a_shim_may_be_there() {
-        let q = rt(Some(QUEUED), None, None);
-        let (n, _) = decide(&q, &seen(false));
-        assert_eq!(n, NodeRuntime::default());
-        // Queued after a re-opt-in from draining: the old shim is still on the node.
-        let q = rt(Some(QUEUED), Some("v"), None);
-        assert_eq!(decide(&q, &seen(false)).0.state.as_deref(), Some(DRAINING));
-    }
-
-    #[test]
-    fn untouched_and_unknown() {
-        assert_eq!(
-            decide(&NodeRuntime::default(), &seen(false)),
-            (NodeRuntime::default(), None)
-        );
-        // Someone wrote a value we do not know: treat as installed, drain and uninstall.
-        let odd = rt(Some("weird"), None, None);
-        assert_eq!(
-            decide(&odd, &seen(false)).0.state.as_deref(),
-            Some(DRAINING)
-        );
-    }
-}
+mod tests;

@@ -22,6 +22,8 @@ pub struct RunConfig {
     pub app_controller: bool,
     pub node_controller: bool,
     pub installer: InstallerConfig,
+    /// `--max-install-attempts` (see [`crate::install_failure`]).
+    pub max_install_attempts: u32,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -125,6 +127,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                     recorder,
                     metrics.clone(),
                     cfg.installer.clone(),
+                    cfg.max_install_attempts,
                     stop(&stop_rx),
                 ));
             }

@@ -1,7 +1,7 @@
 //! The runwasi plug-in: shim name and version, and the sandbox that runs one guest.
 use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 use containerd_shim_wasm::sandbox::Sandbox;
-use containerd_shim_wasm::shim::{version, Shim, Version};
+use containerd_shim_wasm::shim::{Shim, Version};
 
 use crate::broker::{client::ClientError, protocol::Response};
 use crate::engine::{self, Program};
@@ -19,8 +19,16 @@ impl Shim for WasmkubeShim {
         "wasmkube"
     }
 
+    /// runwasi's `version!()` also embeds `git describe --dirty` through the `git-version`
+    /// macro, which makes the crate depend on `.git/index`, and running it refreshes that very
+    /// file: every later cargo command then rebuilds the shim (scripts/build.sh's one build).
+    /// The revision is left out as runwasi does without git; the node installer reports the
+    /// shim's sha256, which names the binary exactly.
     fn version() -> Version {
-        version!()
+        Version {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "<none>",
+        }
     }
 }
 

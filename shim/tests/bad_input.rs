@@ -56,14 +56,22 @@ fn missing_and_invalid_modules_fail_with_127_or_126_naming_the_cause() {
         r#"(module (import "env" "missing_fn" (func)) (func (export "_start")))"#,
     )
     .expect("write");
+    // Threads (shared memories) are outside the shim's Wasmtime build (README, "What runs").
+    let shared = dir.path().join("shared.wat");
+    std::fs::write(
+        &shared,
+        r#"(module (memory 1 1 shared) (func (export "_start")))"#,
+    )
+    .expect("write");
     let root = rootfs_with(&[
         ("text.wasm", &text),
         ("truncated.wasm", &truncated),
         ("import.wat", &import),
+        ("shared.wat", &shared),
         ("hello.wasm", &guest("hello")),
     ]);
 
-    let cases: [(&str, i32, &[&str]); 5] = [
+    let cases: [(&str, i32, &[&str]); 6] = [
         (
             "/absent.wasm",
             127,
@@ -86,6 +94,11 @@ fn missing_and_invalid_modules_fail_with_127_or_126_naming_the_cause() {
                 "wasmkube: cannot instantiate /import.wat: ",
                 "unknown import: `env::missing_fn`",
             ],
+        ),
+        (
+            "/shared.wat",
+            126,
+            &["wasmkube: invalid WebAssembly in /shared.wat", "threads"],
         ),
         (
             "/hello.wasm#no_such_export",

@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLUSTER=${KIND_CLUSTER:-wasmkube-e2e}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}
-IMAGES=$CARGO_TARGET_DIR/images
+source scripts/env.sh
+IMAGES=$IMAGES_DIR
 
 # Docker first: it is what machines without kind support lack (a docker client alone is not enough).
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
@@ -46,4 +46,5 @@ export WASMKUBE_E2E_NODE="$CLUSTER-control-plane"
 export WASMKUBE_E2E_NODE_EXEC="docker exec -i $CLUSTER-control-plane"
 export WASMKUBE_REQUIRE_CLUSTER=1
 echo "== e2e suite (tests/e2e) on kind"
-cargo test --release --locked -p wasmkube-e2e --test e2e
+# --workspace (not -p): the same feature resolution as the build, so nothing is rebuilt.
+cargo test --release --workspace --locked --test e2e

@@ -111,8 +111,9 @@ impl Host {
     }
 
     /// Runs the installer binary; returns the exit code, the stdout JSON and the elapsed time.
-    /// `--shim` and `--runtime-path` in `extra` replace the defaults (the built shim, installed
-    /// under the host root).
+    /// `--shim`, `--runtime-path` and `--check-module` in `extra` replace the defaults (the built
+    /// shim, installed under the host root; the hello guest, which exits with `$WK_EXIT`). The
+    /// wasm check is on, as on a node; this containerd sees the host root at its real path.
     pub fn installer(
         &self,
         verb: &str,
@@ -121,6 +122,7 @@ impl Host {
     ) -> (i32, serde_json::Value, Duration) {
         // Built (or waited for) before the clock starts: the elapsed time is the installer's.
         let shim = shim_binary();
+        let module = check_module();
         let start = Instant::now();
         let mut cmd = Command::new(INSTALLER);
         cmd.arg(verb)
@@ -138,6 +140,10 @@ impl Host {
         if !extra.contains(&"--runtime-path") {
             cmd.arg("--runtime-path").arg(self.shim_dest());
         }
+        if !extra.contains(&"--check-module") {
+            cmd.arg("--check-module").arg(&module);
+        }
+        cmd.arg("--host-root-for-containerd").arg(self.root.path());
         let out = cmd.args(extra).output().expect("run installer");
         let elapsed = start.elapsed();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -155,9 +161,10 @@ impl Host {
         (out.status.code().unwrap_or(-1), json, elapsed)
     }
 
-    /// The images the wasm check needs, as a node has them: the sandbox image and one holding
-    /// the check module (in a cluster: the installer's own image). Returns the work dir.
-    pub fn import_check_images(&self) -> tempfile::TempDir {
+    /// The images [`Host::run_hello_pod`] needs: the sandbox image and [`HELLO`]. Returns the
+    /// work dir. (The installer's wasm check needs no image: it runs the module from a host
+    /// directory, in its own containerd namespace.)
+    pub fn import_pod_images(&self) -> tempfile::TempDir {
         let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
         self.ctd.import("k8s.io", pause).ok();
         let work = tempfile::tempdir().expect("tmp");
@@ -204,11 +211,56 @@ impl Host {
             .expect("status")
     }
 
+    /// Runs the installer's `check --repeat N` verb against this host's containerd: the exit
+    /// code, the stdout lines before the JSON, and the JSON.
+    pub fn check(&self, repeat: u32, extra: &[&str]) -> (i32, Vec<String>, serde_json::Value) {
+        let module = check_module();
+        let out = Command::new(INSTALLER)
+            .arg("check")
+            .arg("--repeat")
+            .arg(repeat.to_string())
+            .arg("--host-root")
+            .arg(self.root.path())
+            .arg("--host-root-for-containerd")
+            .arg(self.root.path())
+            .arg("--containerd-address")
+            .arg(self.ctd.address())
+            .arg("--result-file")
+            .arg(self.result_file())
+            .arg("--check-module")
+            .arg(&module)
+            .args(extra)
+            .output()
+            .expect("run installer check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+        let json = lines.pop().unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| {
+            panic!(
+                "no JSON result ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), lines, json)
+    }
+
     /// Whether containerd's live CRI config has our runtime (the pause image is also named
     /// `wasmkube.test/...`, so look for the runtime type).
     pub fn serves_handler(&self) -> bool {
         self.status_info().contains("io.containerd.wasmkube.v1")
     }
+}
+
+/// The wasm check's module in the tests: the hello guest, which exits with `$WK_EXIT` (the
+/// installer image ships the same guest as its `check.wasm`).
+pub fn check_module() -> PathBuf {
+    guest("hello")
+}
+
+/// A shim that runs containers but not wasm: runc's own shim, installed as ours.
+pub fn runc_shim() -> PathBuf {
+    wasmkube_test_harness::which("containerd-shim-runc-v2")
+        .expect("containerd-shim-runc-v2 (it comes with containerd)")
 }
 
 /// A rootfs with static busybox, for a runc container.

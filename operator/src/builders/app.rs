@@ -13,7 +13,7 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext,
             PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
-            ServiceSpec,
+            ServiceSpec, TCPSocketAction,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -32,6 +32,9 @@ pub const CONTAINER_NAME: &str = "app";
 pub const PORT_NAME: &str = "http";
 /// Environment variable telling the shim where a wasi:http component listens.
 pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
+/// How often the default readiness probe ([`default_readiness`]) looks, in seconds: short, so a
+/// pod joins its Service soon after its listener opens.
+pub const DEFAULT_READINESS_PERIOD_SECONDS: i32 = 2;
 /// The uid and gid app pods run as: numeric, so the kubelet can prove `runAsNonRoot` for an
 /// image without a `USER` (a wasm image has none); 65532 is the distroless `nonroot` user.
 pub const APP_UID: i64 = 65532;
@@ -123,6 +126,33 @@ fn http_probe(p: &HttpProbe, default_port: i32) -> Probe {
     }
 }
 
+/// The readiness probe of an app served through a Service that sets none: a TCP connect to its
+/// port. The shim opens a wasi:http app's listener only once the component is compiled and
+/// instantiable, so until then the pod is not Ready, not an endpoint of the Service, and the
+/// WasmApp not `Ready` (its status counts the Deployment's ready replicas). TCP rather than an
+/// HTTP GET: it asks nothing of the app (any path may be an error, or have side effects).
+pub fn default_readiness(port: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(DEFAULT_READINESS_PERIOD_SECONDS),
+        ..Probe::default()
+    }
+}
+
+/// The container's readiness probe: the spec's, else [`default_readiness`] when a Service sends
+/// traffic to the port. An app with `service.type: None` gets none by default: it may not
+/// listen at all (a `wasi:cli` worker), and nothing routes to it.
+fn readiness_probe(spec: &crate::crd::WasmAppSpec, port: i32) -> Option<Probe> {
+    match spec.probes.as_ref().and_then(|p| p.readiness.as_ref()) {
+        Some(p) => Some(http_probe(p, port)),
+        None if spec.service_config().type_ != ServiceType::None => Some(default_readiness(port)),
+        None => None,
+    }
+}
+
 fn non_empty<T: Clone>(v: &[T]) -> Option<Vec<T>> {
     (!v.is_empty()).then(|| v.to_vec())
 }
@@ -157,7 +187,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
         }]),
         resources: spec.resources.clone(),
         liveness_probe: probes.liveness.as_ref().map(|p| http_probe(p, port)),
-        readiness_probe: probes.readiness.as_ref().map(|p| http_probe(p, port)),
+        readiness_probe: readiness_probe(spec, port),
         startup_probe: probes.startup.as_ref().map(|p| http_probe(p, port)),
         security_context: Some(container_security_context()),
         ..Container::default()

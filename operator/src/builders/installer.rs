@@ -98,6 +98,9 @@ pub struct InstallerConfig {
     pub priority_class: String,
     /// What happens to wasm pods on a node being opted out.
     pub drain: DrainPolicy,
+    /// `--lock-timeout` passed to the installer (seconds to wait for another run's host lock);
+    /// `None`: the installer's default.
+    pub lock_timeout: Option<u64>,
 }
 
 impl Default for InstallerConfig {
@@ -110,6 +113,7 @@ impl Default for InstallerConfig {
             max_concurrent_installs: 1,
             priority_class: names::INSTALLER_PRIORITY_CLASS.to_string(),
             drain: DrainPolicy::Evict,
+            lock_timeout: None,
         }
     }
 }
@@ -162,9 +166,14 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
         command.extend(["--shim".to_string(), shim.clone()]);
     }
     if action == InstallerAction::Install {
-        // Ready only after a real wasm pod ran: the check module ships in this very image,
-        // which the node has (it runs this pod).
-        command.extend(["--check-image".to_string(), cfg.image.clone()]);
+        // Ready only after a wasm container really ran through the handler's runtime: the
+        // check module ships in this very image. The check runs in containerd namespace
+        // `wasmkube-check` (the kubelet does not manage it) from a host directory the
+        // installer owns, so it needs no image pull and no API access.
+        command.extend([
+            "--check-module".to_string(),
+            installer::CHECK_MODULE.to_string(),
+        ]);
     }
     command.extend([
         "--restart".to_string(),
@@ -172,6 +181,9 @@ pub fn daemonset(cfg: &InstallerConfig, action: InstallerAction) -> DaemonSet {
         "--result-file".to_string(),
         "/dev/termination-log".to_string(),
     ]);
+    if let Some(secs) = cfg.lock_timeout {
+        command.extend(["--lock-timeout".to_string(), secs.to_string()]);
+    }
     let installer = Container {
         name: installer::INIT_CONTAINER.to_string(),
         image: Some(cfg.image.clone()),
@@ -373,7 +385,7 @@ mod tests {
         assert_eq!(
             cmd.join(" "),
             "/usr/local/bin/wasmkube-node-installer install --host-root /host --shim \
-             /opt/wasmkube/containerd-shim-wasmkube-v1 --check-image registry.example/wasmkube/node-installer:v9 \
+             /opt/wasmkube/containerd-shim-wasmkube-v1 --check-module /usr/local/share/wasmkube/check.wasm \
              --restart auto --result-file /dev/termination-log"
         );
         assert_eq!(
@@ -405,9 +417,26 @@ mod tests {
         );
         let cmd = json["spec"]["template"]["spec"]["initContainers"][0]["command"].to_string();
         assert!(
-            !cmd.contains("--check-image"),
+            !cmd.contains("--check-module"),
             "uninstall runs no wasm check: {cmd}"
         );
+    }
+
+    #[test]
+    fn lock_timeout_reaches_both_verbs_only_when_set() {
+        let cfg = InstallerConfig {
+            lock_timeout: Some(5),
+            ..InstallerConfig::default()
+        };
+        for action in [InstallerAction::Install, InstallerAction::Uninstall] {
+            let ds = serde_json::to_value(daemonset(&cfg, action)).expect("json");
+            let cmd = ds["spec"]["template"]["spec"]["initContainers"][0]["command"].to_string();
+            assert!(cmd.ends_with(r#""--lock-timeout","5"]"#), "{cmd}");
+            let ds = serde_json::to_value(daemonset(&InstallerConfig::default(), action));
+            let cmd = ds.expect("json")["spec"]["template"]["spec"]["initContainers"][0]["command"]
+                .to_string();
+            assert!(!cmd.contains("--lock-timeout"), "{cmd}");
+        }
     }
 
     #[test]

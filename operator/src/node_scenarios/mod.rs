@@ -33,6 +33,7 @@ use crate::{
 
 mod concurrent;
 mod opt_out;
+mod retries;
 mod rollout;
 mod runs;
 mod steps;
@@ -220,6 +221,7 @@ fn context(client: Client, world: &World) -> Arc<Context> {
         installer_pods: index,
         nodes,
         installer: world.config.clone(),
+        max_install_attempts: crate::install_failure::DEFAULT_MAX_INSTALL_ATTEMPTS,
         overlay: Default::default(),
         rollout_lock: tokio::sync::Mutex::new(()),
         slot_released,
@@ -293,8 +295,9 @@ async fn installer_success_in_termination_message_marks_ready() {
 }
 
 #[tokio::test]
-async fn installer_failure_marks_failed_with_reason_and_warning() {
-    let msg = r#"{"state":"failed","flavour":"containerd","configPath":"/etc/containerd/config.toml","message":"config.toml: version 1 schema is not supported; upgrade containerd to 1.6+"}"#;
+async fn a_permanent_installer_failure_marks_failed_at_once_with_reason_and_warning() {
+    // A config the installer refuses: no restart of the init container will change it.
+    let msg = r#"{"state":"failed","flavour":"containerd","configPath":"/etc/containerd/config.toml","reason":"SchemaV1","failure":"nothing-changed","message":"config.toml: version 1 schema is not supported; upgrade containerd to 1.6+"}"#;
     let pods = vec![pod(
         "inst-a",
         "worker-1",
@@ -305,7 +308,10 @@ async fn installer_failure_marks_failed_with_reason_and_warning() {
     let steps = vec![
         apply_node(
             json!({"wasmkube.dev/runtime": "failed"}),
-            json!({"wasmkube.dev/runtime-reason": "config.toml: version 1 schema is not supported; upgrade containerd to 1.6+"}),
+            json!({
+                "wasmkube.dev/runtime-reason": "SchemaV1: config.toml: version 1 schema is not supported; upgrade containerd to 1.6+",
+                "wasmkube.dev/runtime-attempts": "1"
+            }),
         ),
         node_event("Warning", reasons::INSTALL_FAILED),
     ];

@@ -6,8 +6,8 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{api::ListParams, Api, ResourceExt};
 use wasmkube_operator::names::{
-    installer, labels, REMOVING_TAINT, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION,
-    RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION, WASM_NODE,
+    installer, labels, REMOVING_TAINT, RUNTIME_ATTEMPTS_ANNOTATION, RUNTIME_LABEL,
+    RUNTIME_REASON_ANNOTATION, RUNTIME_SINCE_ANNOTATION, SHIM_VERSION_ANNOTATION, WASM_NODE,
 };
 
 use crate::wait::{within, Poll};
@@ -117,6 +117,7 @@ pub async fn wait_clean(c: &Cluster, timeout: Duration) -> Result<()> {
                     [
                         SHIM_VERSION_ANNOTATION,
                         RUNTIME_REASON_ANNOTATION,
+                        RUNTIME_ATTEMPTS_ANNOTATION,
                         RUNTIME_SINCE_ANNOTATION,
                         WASM_NODE,
                     ]
@@ -134,4 +135,32 @@ pub async fn wait_clean(c: &Cluster, timeout: Duration) -> Result<()> {
         },
     )
     .await
+}
+
+/// The host lock every installer run takes (node-installer's `host_lock.rs`).
+const INSTALLER_LOCK: &str = "/run/wasmkube/installer.lock";
+/// Where the test's lock holder records its pid.
+const LOCK_HOLDER_PID: &str = "/run/wasmkube/e2e-lock-holder.pid";
+
+/// Takes the installer's host lock on the node in a background process (a `sleep` that holds
+/// the descriptor, at most 15 minutes) and returns once it is held: every installer run on the
+/// node waits for it (and gives up after its `--lock-timeout`, failing `Locked`).
+pub fn hold_installer_lock(c: &Cluster) -> Result<()> {
+    c.node_sh(&format!(
+        "mkdir -p /run/wasmkube && \
+         (exec 9>>{INSTALLER_LOCK}; flock -x 9; echo 'the e2e suite' >&9; exec sleep 900) </dev/null >/dev/null 2>&1 & \
+         echo $! > {LOCK_HOLDER_PID}; \
+         for i in $(seq 50); do flock -n -x {INSTALLER_LOCK} true || exit 0; sleep 0.1; done; \
+         echo 'the lock holder did not take the lock' >&2; exit 1"
+    ))?;
+    Ok(())
+}
+
+/// Releases [`hold_installer_lock`]'s lock (nothing to do when it is not held).
+pub fn release_installer_lock(c: &Cluster) -> Result<()> {
+    c.node_sh(&format!(
+        "if [ -f {LOCK_HOLDER_PID} ]; then kill \"$(cat {LOCK_HOLDER_PID})\" 2>/dev/null || true; \
+         rm -f {LOCK_HOLDER_PID}; fi"
+    ))?;
+    Ok(())
 }

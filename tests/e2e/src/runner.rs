@@ -25,11 +25,22 @@ impl Runner {
 
     /// Runs everything; returns whether all passed.
     pub async fn run(self, cluster: &Cluster) -> bool {
-        let filter = std::env::var("WASMKUBE_E2E_ONLY").ok();
+        // `WASMKUBE_E2E_ONLY=a,b`: only the scenarios whose names contain `a` or `b` (they build
+        // on each other: include what yours needs, e.g. `operator_installs,provisions`).
+        let filter: Option<Vec<String>> = std::env::var("WASMKUBE_E2E_ONLY").ok().map(|only| {
+            only.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        });
         let total = Instant::now();
         let (mut passed, mut failed, mut not_run) = (0, 0, 0);
         for (name, f) in self.scenarios {
-            if filter.as_deref().is_some_and(|only| !name.contains(only)) {
+            if filter
+                .as_ref()
+                .is_some_and(|only| !only.iter().any(|o| name.contains(o.as_str())))
+            {
                 continue;
             }
             if failed > 0 {

@@ -15,25 +15,40 @@ fn target_dir() -> PathBuf {
     }
 }
 
+/// `tests/guests/targets`: each WASI target and the guests built for it (one list, shared with
+/// `scripts/build.sh`).
+fn targets() -> impl Iterator<Item = (&'static str, Vec<&'static str>)> {
+    include_str!("../../guests/targets")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?, words.collect()))
+        })
+}
+
 /// Builds every guest (once) and returns the directory holding `wasm32-wasip1/release` and
-/// `wasm32-wasip2/release`.
+/// `wasm32-wasip2/release`. `WASMKUBE_GUESTS_DIR` names guests the run already built
+/// (`scripts/test.sh`): then no cargo is invoked.
 fn build_all() -> &'static Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("WASMKUBE_GUESTS_DIR") {
+            return Ok(PathBuf::from(dir));
+        }
         let dir = target_dir();
-        for (target, packages) in [
-            (
-                "wasm32-wasip1",
-                &["hello", "trap", "busyloop", "memhog", "fileio"][..],
-            ),
-            (
-                "wasm32-wasip2",
-                &["http-hello", "http-limits", "cli-component"][..],
-            ),
-        ] {
+        for (target, packages) in targets() {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.current_dir(repo_root().join("tests/guests"))
-                .args(["build", "--release", "--quiet", "--target", target])
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--locked",
+                    "--target",
+                    target,
+                ])
                 .env("CARGO_TARGET_DIR", &dir)
                 .env_remove("RUSTFLAGS")
                 .env_remove("CARGO_ENCODED_RUSTFLAGS");
@@ -61,11 +76,15 @@ pub fn guest(name: &str) -> PathBuf {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     };
-    let target = if matches!(name, "http_hello" | "http_limits" | "cli-component") {
-        "wasm32-wasip2"
-    } else {
-        "wasm32-wasip1"
-    };
+    // Packages are named with `-`, cdylib files with `_` (`http-hello` → `http_hello.wasm`).
+    let target = targets()
+        .find(|(_, packages)| {
+            packages
+                .iter()
+                .any(|p| *p == name || p.replace('-', "_") == name)
+        })
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| panic!("{name} is not a guest in tests/guests/targets"));
     let path = dir
         .join(target)
         .join("release")

@@ -77,23 +77,38 @@ macro_rules! skip_unless {
     };
 }
 
-/// Builds the shim (`cargo build --release -p wasmkube-shim`, once per test process, with the
-/// current `CARGO` and `CARGO_TARGET_DIR`) and returns the path of
-/// `containerd-shim-wasmkube-v1`. For test suites outside the shim package, which cannot name
-/// the binary with `CARGO_BIN_EXE_*`.
+/// The shim binary, `containerd-shim-wasmkube-v1`, for test suites outside the shim package
+/// (which cannot name it with `CARGO_BIN_EXE_*`).
+///
+/// `WASMKUBE_SHIM_BIN` names a binary the run already built (`scripts/test.sh` builds the
+/// workspace once and sets it, so no test invokes cargo). Without it, the shim is built here
+/// once per test process (`cargo build --release -p wasmkube-shim`, with the current `CARGO`,
+/// `CARGO_TARGET_DIR` and the workspace's `.cargo/config.toml`), and cargo says where it put it.
 pub fn shim_binary() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
         std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let root = guests::repo_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
+        if let Some(bin) = std::env::var_os("WASMKUBE_SHIM_BIN") {
+            let bin = std::path::PathBuf::from(bin);
+            return if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!("WASMKUBE_SHIM_BIN={} is not a file", bin.display()))
+            };
+        }
         let out =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(&root)
-                .args(["build", "--release", "--quiet", "-p", "wasmkube-shim"])
-                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(guests::repo_root())
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--message-format=json",
+                    "-p",
+                    "wasmkube-shim",
+                    "--bin",
+                    "containerd-shim-wasmkube-v1",
+                ])
                 .output()
                 .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !out.status.success() {
@@ -102,12 +117,17 @@ pub fn shim_binary() -> std::path::PathBuf {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let bin = target.join("release").join("containerd-shim-wasmkube-v1");
-        if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(format!("no shim at {} after the build", bin.display()))
-        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| {
+                (m["reason"] == "compiler-artifact"
+                    && m["target"]["name"] == "containerd-shim-wasmkube-v1")
+                    .then(|| m["executable"].as_str().map(std::path::PathBuf::from))
+                    .flatten()
+            })
+            .filter(|p| p.is_file())
+            .ok_or_else(|| "cargo built wasmkube-shim but named no executable".to_string())
     });
     match built {
         Ok(p) => p.clone(),

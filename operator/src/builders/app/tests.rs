@@ -361,3 +361,65 @@ fn image_pull_policy_defaults_like_kubernetes_and_can_be_set() {
     };
     assert_eq!(policy(never), "Never");
 }
+
+#[test]
+fn an_app_behind_a_service_gets_a_tcp_readiness_probe_by_default() {
+    let c = |spec: WasmAppSpec| {
+        serde_json::to_value(deployment(&app(spec))).expect("json")["spec"]["template"]["spec"]
+            ["containers"][0]
+            .clone()
+    };
+    // No probe in the spec: a TCP connect to the app's port, so a pod is not an endpoint (and
+    // not counted in readyReplicas) before the shim's listener is up.
+    let plain = c(basic());
+    assert_eq!(
+        plain["readinessProbe"],
+        serde_json::json!({"tcpSocket": {"port": 8080}, "periodSeconds": 2})
+    );
+    assert!(plain.get("livenessProbe").is_none());
+    assert!(plain.get("startupProbe").is_none());
+    // It follows targetPort.
+    let moved = c(WasmAppSpec {
+        service: Some(ServiceConfig {
+            target_port: 3000,
+            ..ServiceConfig::default()
+        }),
+        ..basic()
+    });
+    assert_eq!(moved["readinessProbe"]["tcpSocket"]["port"], 3000);
+    // An explicit readiness probe wins.
+    let explicit = c(WasmAppSpec {
+        probes: Some(Probes {
+            readiness: Some(HttpProbe {
+                path: "/ready".to_string(),
+                ..HttpProbe::default()
+            }),
+            ..Probes::default()
+        }),
+        ..basic()
+    });
+    assert_eq!(explicit["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(explicit["readinessProbe"].get("tcpSocket").is_none());
+    // Only a liveness probe: the default readiness probe still applies beside it.
+    let live = c(WasmAppSpec {
+        probes: Some(Probes {
+            liveness: Some(HttpProbe {
+                path: "/live".to_string(),
+                ..HttpProbe::default()
+            }),
+            ..Probes::default()
+        }),
+        ..basic()
+    });
+    assert_eq!(live["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(live["readinessProbe"]["tcpSocket"]["port"], 8080);
+    // No Service: nothing routes to the port, and the app may not listen at all.
+    let worker = c(WasmAppSpec {
+        service: Some(ServiceConfig {
+            type_: ServiceType::None,
+            ..ServiceConfig::default()
+        }),
+        ..basic()
+    });
+    assert!(worker.get("readinessProbe").is_none(), "{worker}");
+}

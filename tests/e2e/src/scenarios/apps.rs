@@ -17,10 +17,10 @@ use crate::wait::{within, Poll};
 use crate::Cluster;
 
 const APP: &str = "hello-http";
-const NS: &str = "default";
-const EXAMPLE: &str = "examples/hello-http/wasmapp.yaml";
+pub(super) const NS: &str = "default";
+pub(super) const EXAMPLE: &str = "examples/hello-http/wasmapp.yaml";
 
-fn selector() -> String {
+pub(super) fn selector() -> String {
     format!("{}={APP}", labels::INSTANCE)
 }
 
@@ -65,7 +65,7 @@ async fn wait_ready_replicas(c: &Cluster, n: usize, timeout: Duration) -> Result
 /// refusal of its pods is what a timeout then reports: [`within`] retries errors), then GETs
 /// `path` through its Service's ClusterIP from the node. Asserts the answer echoes `path` and that the WasmApp's env reached the app;
 /// returns the answer.
-async fn serve_and_get(c: &Cluster, ns: &str, path: &str) -> Result<String> {
+pub(super) async fn serve_and_get(c: &Cluster, ns: &str, path: &str) -> Result<String> {
     let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), ns);
     within(
         &format!("{APP} to be Ready in {ns}"),
@@ -362,9 +362,6 @@ pub async fn refused_child_reaches_status(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// Namespace of [`serves_under_restricted_pod_security`].
-const RESTRICTED_NS: &str = "wasmkube-e2e-restricted";
-
 /// Why pods of `ns` were refused, from the ReplicaSet controller's `FailedCreate` events.
 async fn failed_creates(c: &Cluster, ns: &str) -> Result<Vec<String>> {
     let events: Api<Event> = Api::namespaced(c.client.clone(), ns);
@@ -375,88 +372,4 @@ async fn failed_creates(c: &Cluster, ns: &str) -> Result<Vec<String>> {
         .into_iter()
         .filter_map(|e| e.note)
         .collect())
-}
-
-/// The example app in a fresh namespace that enforces the `restricted` Pod Security Standard:
-/// the operator's pods are admitted as they are, run (non-root, no capabilities, read-only
-/// rootfs, RuntimeDefault seccomp) and answer through their Service.
-pub async fn serves_under_restricted_pod_security(c: &Cluster) -> Result<()> {
-    let ns = RESTRICTED_NS;
-    c.kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        "--ignore-not-found",
-        "--wait=true",
-        "--timeout=120s",
-    ])?;
-    c.kubectl(&["create", "namespace", ns])?;
-    c.kubectl(&[
-        "label",
-        "namespace",
-        ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ])?;
-    // The namespace really enforces: a pod without a security context is refused.
-    let (ok, _, err) = c.kubectl_output(&[
-        "run",
-        "e2e-unrestricted",
-        "-n",
-        ns,
-        "--image=docker.io/wasmkube/hello-http:0.1.0",
-        "--restart=Never",
-        "--dry-run=server",
-    ])?;
-    ensure!(
-        !ok && err.contains("violates PodSecurity"),
-        "the namespace does not enforce restricted (is PodSecurity admission on?): {err}"
-    );
-
-    let example = std::fs::read_to_string(c.repo.join(EXAMPLE))
-        .with_context(|| format!("reading {EXAMPLE}"))?;
-    let manifest = example.replace(&format!("namespace: {NS}"), &format!("namespace: {ns}"));
-    ensure!(
-        manifest.contains(ns),
-        "{EXAMPLE} names no namespace to replace"
-    );
-    let dir = std::env::temp_dir().join(format!("wk-e2e-restricted-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("wasmapp.yaml");
-    std::fs::write(&file, manifest)?;
-    c.kubectl(&["apply", "-f", &file.to_string_lossy()])?;
-
-    serve_and_get(c, ns, "/restricted").await?;
-
-    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
-    let running = pods
-        .list(&ListParams::default().labels(&selector()))
-        .await?
-        .items;
-    ensure!(!running.is_empty(), "no pods");
-    for pod in running {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let spec = pod.spec.context("pod spec")?;
-        let psc = spec.security_context.unwrap_or_default();
-        ensure!(
-            psc.run_as_user == Some(65532) && psc.run_as_non_root == Some(true),
-            "pod {name} runs as {:?} (runAsNonRoot {:?})",
-            psc.run_as_user,
-            psc.run_as_non_root
-        );
-        let sc = spec.containers[0]
-            .security_context
-            .clone()
-            .unwrap_or_default();
-        ensure!(
-            sc.read_only_root_filesystem == Some(true)
-                && sc.allow_privilege_escalation == Some(false),
-            "pod {name} container security context {sc:?}"
-        );
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        ensure!(phase == "Running", "pod {name} is {phase}");
-    }
-
-    c.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"])?;
-    Ok(())
 }

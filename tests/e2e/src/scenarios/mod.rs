@@ -1,11 +1,14 @@
 //! The scenarios, in the order the suite runs them (each builds on the cluster state the previous
-//! one left): install wasmkube, provision the node (after a failure), run an app, change it, hand
-//! over leadership, survive a bad installer image, opt the node out (draining a wasm pod), roll
-//! out behind a busy slot, re-opt in mid-removal, remove wasmkube with its uninstall script.
+//! one left): install wasmkube, provision the node (after a failure), run an app (and one the node
+//! compiles cold), change it, hand over leadership, survive a bad installer image and a retried
+//! install, opt the node out (draining a wasm pod), roll out behind a busy slot, re-opt in
+//! mid-removal, remove wasmkube with its uninstall script.
+pub mod app_pods;
 pub mod apps;
 pub mod install;
 pub mod lifecycle;
 pub mod node_lifecycle;
+pub mod retries;
 
 use crate::Runner;
 
@@ -24,11 +27,17 @@ pub fn all() -> Runner {
         .scenario("opt_in_provisions_the_node_ready", |c| {
             Box::pin(install::opt_in_provisions(c))
         })
+        .scenario("wasm_check_passes_50_times_beside_the_kubelet", |c| {
+            Box::pin(install::wasm_check_survives_the_kubelet(c))
+        })
         .scenario("wasmapp_serves_http_through_its_service", |c| {
             Box::pin(apps::serves_through_service(c))
         })
+        .scenario("wasmapp_ready_means_answering_on_a_cold_node", |c| {
+            Box::pin(app_pods::ready_means_answering_on_a_cold_node(c))
+        })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
-            Box::pin(apps::serves_under_restricted_pod_security(c))
+            Box::pin(app_pods::serves_under_restricted_pod_security(c))
         })
         .scenario("kubectl_scale_wapp_changes_pods", |c| {
             Box::pin(apps::scale(c))
@@ -50,6 +59,9 @@ pub fn all() -> Runner {
         })
         .scenario("installer_pod_that_cannot_start_is_reported", |c| {
             Box::pin(lifecycle::bad_installer_image(c))
+        })
+        .scenario("retried_install_stays_pending_then_ready", |c| {
+            Box::pin(retries::retried_install_stays_pending_then_ready(c))
         })
         .scenario("opt_out_drains_wasm_pods_then_uninstalls_cleanly", |c| {
             Box::pin(node_lifecycle::opt_out_drains_before_uninstalling(c))
