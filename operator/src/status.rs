@@ -108,6 +108,15 @@ pub fn from_deployment(
             reasons::ALL_REPLICAS_READY,
             format!("{ready}/{desired} replicas ready"),
         )
+    } else if ready >= desired && available < desired {
+        // Ready pods the Deployment does not yet count available: within `minReadySeconds`,
+        // the time the Service's routing gets to catch up with them.
+        cond(
+            conditions::READY,
+            FALSE,
+            reasons::REPLICAS_NOT_READY,
+            format!("{ready}/{desired} replicas ready, {available}/{desired} available"),
+        )
     } else {
         cond(
             conditions::READY,
@@ -316,6 +325,25 @@ mod tests {
         );
         assert_eq!(get(&s, "Degraded"), ("False", reasons::AS_EXPECTED));
         assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn ready_pods_not_yet_available_keep_the_app_not_ready() {
+        // Within the Deployment's minReadySeconds: every pod ready, none counted available.
+        let settling = DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            ready_replicas: Some(2),
+            available_replicas: Some(0),
+            ..Default::default()
+        };
+        let s = from_deployment(&app(None), &dep(2, settling), Children::default(), &now(1));
+        assert_eq!(get(&s, "Ready"), ("False", reasons::REPLICAS_NOT_READY));
+        assert_eq!(
+            s.condition("Ready").map(|c| c.message.as_str()),
+            Some("2/2 replicas ready, 0/2 available")
+        );
     }
 
     #[test]

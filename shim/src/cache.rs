@@ -10,13 +10,16 @@
 //!   the opened descriptor (no race with a rename).
 //! - **Each entry is authenticated**: `WKC2` magic, then HMAC-SHA256 under a node-local key over
 //!   the entry's name and payload, then the payload. The key is `key` in the directory: 32 random
-//!   bytes, mode 0600, created once with `O_EXCL`. An entry not made with this node's key (a
+//!   bytes, mode 0600, written to a temp file and renamed into place without replacing (so it
+//!   is never seen half-written, and a concurrent first start adopts the winner's). An entry not made with this node's key (a
 //!   planted one with a valid checksum, one renamed to another module's name, one from a copied
 //!   disk) fails the MAC, is removed and rebuilt.
 //! - Writes go to a unique temp file (`O_CREAT|O_EXCL`), are fsynced and renamed into place, so
 //!   concurrent cold starts never clobber each other's half-written files.
 //! - **Size bound**: a hit refreshes the entry's mtime; after a store, the least recently used
-//!   entries are removed until the directory holds at most the bound.
+//!   entries are removed until the directory holds at most the bound. An artefact larger than
+//!   the whole bound is not stored (it would evict every other entry). Temp files older than
+//!   [`STALE_TEMP`] (a writer that died) are removed after each store.
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -44,6 +47,8 @@ const HEADER_LEN: usize = MAGIC.len() + MAC_LEN;
 const KEY_FILE: &str = "key";
 const KEY_LEN: usize = 32;
 const ENTRY_SUFFIX: &str = ".cwasm";
+/// A temp file this old belongs to no live writer: a compile worker lives at most ten minutes.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,6 +68,11 @@ pub enum CacheError {
         name: String,
         source: std::io::Error,
     },
+    #[error(
+        "not caching {name}: {size} bytes, more than the whole cache may hold ({max} bytes, \
+         {CACHE_MAX_ENV})"
+    )]
+    TooLarge { name: String, size: u64, max: u64 },
     #[error("invalid {CACHE_MAX_ENV}={0:?}: expected bytes or a Ki/Mi/Gi size")]
     MaxBytes(String),
 }
@@ -233,6 +243,14 @@ impl ArtifactCache {
     /// recently used entries past the size bound.
     pub fn store(&self, key: &CacheKey, payload: &[u8]) -> Result<(), CacheError> {
         let name = key.file_name();
+        let size = (HEADER_LEN + payload.len()) as u64;
+        if size > self.max_bytes {
+            return Err(CacheError::TooLarge {
+                name: name.to_string(),
+                size,
+                max: self.max_bytes,
+            });
+        }
         let err = |source| CacheError::Write {
             name: name.to_string(),
             source,
@@ -262,7 +280,44 @@ impl ArtifactCache {
             return Err(err(e));
         }
         self.evict(name);
+        self.sweep_temps(STALE_TEMP);
         Ok(())
+    }
+
+    /// Removes temp files (`.…tmp`) not modified for `age`: left by a writer that died.
+    fn sweep_temps(&self, age: std::time::Duration) {
+        let Ok(dir) = rustix::fs::openat(
+            &self.dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(iter) = rustix::fs::Dir::read_from(&dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for e in iter.flatten() {
+            let Ok(name) = e.file_name().to_str() else {
+                continue;
+            };
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let modified = u64::try_from(st.st_mtime).unwrap_or(0);
+            if now.saturating_sub(modified) >= age.as_secs()
+                && rustix::fs::unlinkat(&self.dir, name, AtFlags::empty()).is_ok()
+            {
+                tracing::info!("removed stale cache temp file {name}");
+            }
+        }
     }
 
     /// Removes an entry (an untrusted, stale or unloadable one).
@@ -380,34 +435,63 @@ fn node_key(dir: &OwnedFd) -> Result<[u8; KEY_LEN], String> {
                 let mut file = File::from(fd);
                 match file.read_exact(&mut key) {
                     Ok(()) => return Ok(key),
-                    // Being written by a concurrent first start: retry.
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    // Keys are renamed into place whole, so a short one is damage (or an older
+                    // shim's crash): replace it; the entries it signed become misses.
+                    Err(_) => {
+                        tracing::warn!("replacing the damaged cache key (every entry is rebuilt)");
+                        let _ = rustix::fs::unlinkat(dir, KEY_FILE, AtFlags::empty());
+                    }
                 }
             }
             Err(rustix::io::Errno::NOENT) => {
                 let mut key = [0u8; KEY_LEN];
                 random(&mut key).map_err(|e| format!("cannot make a key: {e}"))?;
-                match rustix::fs::openat(
-                    dir,
-                    KEY_FILE,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                ) {
-                    Ok(fd) => {
-                        let mut file = File::from(fd);
-                        file.write_all(&key)
-                            .and_then(|()| file.sync_all())
-                            .map_err(|e| format!("cannot write the key: {e}"))?;
-                        return Ok(key);
-                    }
-                    Err(rustix::io::Errno::EXIST) => continue,
-                    Err(e) => return Err(format!("cannot create the key: {e}")),
+                match write_key(dir, &key) {
+                    Ok(true) => return Ok(key),
+                    // Another first start put its key in place first: read that one.
+                    Ok(false) => continue,
+                    Err(e) => return Err(format!("cannot write the key: {e}")),
                 }
             }
             Err(e) => return Err(format!("cannot open the key: {e}")),
         }
     }
     Err("the key file is unreadable or keeps changing".into())
+}
+
+/// Writes `key` to a temp file and renames it to [`KEY_FILE`] unless that exists: the key is
+/// never seen half-written. `Ok(false)` when another key was there first.
+fn write_key(dir: &OwnedFd, key: &[u8; KEY_LEN]) -> std::io::Result<bool> {
+    let mut nonce = [0u8; 8];
+    random(&mut nonce)?;
+    let tmp = format!(".{KEY_FILE}.{}.tmp", hex::encode(nonce));
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut file = File::from(fd);
+    let placed = file
+        .write_all(key)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            match rustix::fs::renameat_with(
+                dir,
+                tmp.as_str(),
+                dir,
+                KEY_FILE,
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => Ok(true),
+                Err(rustix::io::Errno::EXIST) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        });
+    if !matches!(placed, Ok(true)) {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+    }
+    placed
 }
 
 fn random(buf: &mut [u8]) -> std::io::Result<()> {

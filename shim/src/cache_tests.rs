@@ -209,9 +209,62 @@ fn the_least_recently_used_entries_go_first_past_the_bound() {
     assert!(left.contains(&key(3).file_name().to_string()), "{left:?}");
     assert!(left.contains(&key(4).file_name().to_string()), "{left:?}");
 
-    // An entry bigger than the whole bound is still kept (the one just written).
-    cache.store(&key(5), &[1u8; 1000]).expect("store");
-    assert!(cache.load(&key(5)).is_some());
+    // An artefact bigger than the whole bound is refused, and evicts nothing.
+    let refused = cache.store(&key(5), &[1u8; 1000]);
+    assert!(
+        matches!(
+            refused,
+            Err(CacheError::TooLarge {
+                size: 1036,
+                max: 408,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(refused
+        .err()
+        .is_some_and(|e| e.to_string().contains(CACHE_MAX_ENV)));
+    assert_eq!(names(cache.path()), left, "nothing evicted for it");
+    assert!(cache.load(&key(5)).is_none());
+}
+
+#[test]
+fn stale_temp_files_are_swept_and_fresh_ones_kept() {
+    let (_tmp, cache) = fresh(DEFAULT_MAX_BYTES);
+    let stale = cache.path().join(".dead.cwasm.1.00.tmp");
+    let fresh_tmp = cache.path().join(".live.cwasm.2.00.tmp");
+    for p in [&stale, &fresh_tmp] {
+        std::fs::write(p, b"half").expect("write");
+    }
+    let old = std::time::SystemTime::now() - STALE_TEMP - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .expect("open")
+        .set_modified(old)
+        .expect("mtime");
+    cache.store(&key(1), &[0u8; 10]).expect("store");
+    assert!(!stale.exists(), "a dead writer's temp file is removed");
+    assert!(fresh_tmp.exists(), "a live writer's temp file stays");
+}
+
+#[test]
+fn a_damaged_key_is_replaced_whole_and_no_temp_is_left() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cache");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let key_path = dir.join(KEY_FILE);
+    std::fs::write(&key_path, [7u8; 10]).expect("short key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let cache = ArtifactCache::open(&config(&dir, DEFAULT_MAX_BYTES)).expect("open");
+    assert_eq!(std::fs::read(&key_path).expect("key").len(), KEY_LEN);
+    assert_eq!(mode(&key_path), 0o600);
+    assert_eq!(names(&dir), vec![KEY_FILE.to_string()], "no temp file left");
+    cache.store(&key(1), &[1u8; 10]).expect("store");
+    let again = ArtifactCache::open(&config(&dir, DEFAULT_MAX_BYTES)).expect("reopen");
+    assert!(again.load(&key(1)).is_some(), "the new key is the one kept");
 }
 
 #[test]

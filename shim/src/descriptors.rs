@@ -1,14 +1,25 @@
-//! Host filesystem descriptors a wasm container process must not keep.
+//! Descriptors a wasm container process or a compile process must not keep.
 //!
-//! A wasm guest runs in the container's init process, which runwasi forks from its zygote and
-//! libcontainer sets up; it never `execve`s, so close-on-exec descriptors of the shim and of
-//! libcontainer survive into it. Among them are handles rooted outside the container: the
-//! `O_PATH` roots of the private procfs mounts that libpathrs caches for libcontainer (a
-//! procfs of the host's PID namespace) and directories libcontainer opened before `pivot_root`.
-//! None is used once the container is set up (the process exits when the guest ends), so the
-//! shim closes them before any guest code runs: every directory, `O_PATH` or regular-file
-//! descriptor whose mount is not in this process's mount namespace. Sockets, pipes, FIFOs
-//! (containerd's stdio and log FIFOs), character devices and wasmtime's memfds stay.
+//! containerd starts the shim daemon with its TTRPC listening socket at fd 3, not close-on-exec,
+//! so every process the shim starts or forks inherits it: the compile broker and its workers
+//! (re-executed as roles of the same binary) and every container process. A process holding it
+//! could `accept()` containerd's Task API calls for the pod. Two rules keep it, and every other
+//! inherited handle, out of reach:
+//!
+//! - **Roles** (the broker, a worker) close every descriptor from 3 up before anything else
+//!   ([`close_from`]): they need only their standard streams (stdin is their socket).
+//! - **Guests**: a wasm guest runs in the container's init process, which runwasi forks from
+//!   its zygote and libcontainer sets up; it never `execve`s, so close-on-exec descriptors
+//!   survive into it: the daemon's, libcontainer's (the `O_PATH` roots of the private procfs
+//!   mounts libpathrs caches, directories opened before `pivot_root`). Their numbers and
+//!   identities are listed when the sandbox is made ([`Inherited::list`], in libcontainer's
+//!   `validate`, before runwasi's async runtime exists), and all of them are closed before the
+//!   guest is loaded ([`Inherited::close_all_but`]) except an allow-list: stdio and the broker's
+//!   client socket. A descriptor whose number now names another file (one the process opened
+//!   since, e.g. the runtime's epoll) is not inherited and stays. If the list cannot be read,
+//!   the guest does not start.
+//!
+//! [`host_rooted`] and its helpers describe the host-filesystem handles the live tests look for.
 use std::collections::HashSet;
 
 /// `O_PATH` in `/proc/<pid>/fdinfo` flags (octal).
@@ -55,50 +66,99 @@ pub fn parse_fdinfo(text: &str) -> (String, u32) {
     (field("mnt_id:"), flags)
 }
 
-/// Closes this process's host-rooted descriptors (see the module docs); returns what it closed.
-/// Must run before the guest and before any other thread opens files.
-pub fn close_host_rooted() -> Result<Vec<String>, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let own = own_mounts(&mountinfo);
-    let numbers: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| format!("cannot list /proc/self/fd: {e}"))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&n| n > 2)
-        .collect();
-    let mut closed = Vec::new();
-    for n in numbers {
-        let Some(facts) = facts(n) else {
-            continue; // gone (it was read_dir's own descriptor)
-        };
-        if host_rooted(&facts, &own) {
-            close(n);
-            closed.push(format!("{n} -> {}", facts.link));
-        }
-    }
-    Ok(closed)
+/// The descriptors (above stdio) a process holds at one moment, by number and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inherited {
+    fds: Vec<(i32, Identity)>,
 }
 
-fn facts(n: i32) -> Option<FdFacts> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{n}")).ok()?;
-    let (mnt_id, flags) =
-        parse_fdinfo(&std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).ok()?);
-    let st = rustix::fs::stat(format!("/proc/self/fd/{n}")).ok()?;
-    Some(FdFacts {
-        link: link.display().to_string(),
-        mnt_id,
-        flags,
-        file_type: rustix::fs::FileType::from_raw_mode(st.st_mode),
-    })
+/// What a descriptor refers to: device and inode of the open file.
+type Identity = (u64, u64);
+
+impl Inherited {
+    /// Lists this process's descriptors above 2. Fails when `/proc/self/fd` cannot be read.
+    pub fn list() -> Result<Self, String> {
+        let numbers: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map_err(|e| format!("cannot list /proc/self/fd: {e}"))?
+            .map(|e| e.map_err(|e| format!("cannot list /proc/self/fd: {e}")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|&n| n > 2)
+            .collect();
+        // read_dir's own descriptor is among the numbers and closed by now: `identity` skips it.
+        Ok(Inherited {
+            fds: numbers
+                .into_iter()
+                .filter_map(|n| Some((n, identity(n)?)))
+                .collect(),
+        })
+    }
+
+    /// Only the given descriptors (tests: the test process's own are not to be closed).
+    #[cfg(test)]
+    fn only(numbers: &[i32]) -> Self {
+        Inherited {
+            fds: numbers
+                .iter()
+                .filter_map(|&n| Some((n, identity(n)?)))
+                .collect(),
+        }
+    }
+
+    /// The listed descriptor numbers.
+    pub fn numbers(&self) -> Vec<i32> {
+        self.fds.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Closes every listed descriptor that still refers to the same file, except `keep`;
+    /// returns what it closed (`"<n> -> <target>"`). Run single-threaded, before the guest.
+    pub fn close_all_but(&self, keep: &[i32]) -> Vec<String> {
+        let mut closed = Vec::new();
+        for &(n, id) in &self.fds {
+            if keep.contains(&n) || identity(n) != Some(id) {
+                continue;
+            }
+            let target = std::fs::read_link(format!("/proc/self/fd/{n}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            close(n);
+            closed.push(format!("{n} -> {target}"));
+        }
+        closed
+    }
+}
+
+/// Device and inode of descriptor `n`, `None` when it is not open.
+fn identity(n: i32) -> Option<Identity> {
+    #[allow(unsafe_code)]
+    // SAFETY: the borrow lives only for this `fstat`; an fd that is not open makes it fail with
+    // EBADF, which is the `None` case.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+    let st = rustix::fs::fstat(fd).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Closes every descriptor from `first` up (`close_range`): the first thing a re-executed role
+/// does, before any thread or file of its own exists.
+pub fn close_from(first: u32) -> std::io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: called at the top of a role's `run`, single-threaded, before the process opened
+    // anything of its own: no Rust object owns a descriptor at or above `first`.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[allow(unsafe_code)]
 fn close(n: i32) {
-    // SAFETY: `n` is an open descriptor of this process (just listed) that no live Rust object
-    // of ours owns: it belongs to libcontainer/libpathrs state that is never used after the
-    // container is set up, and this runs before the guest, single-threaded. Closing a raw
-    // number is what `close_range` in a runtime's init would do.
+    // SAFETY: `n` is an open descriptor this process inherited (listed before the async runtime
+    // existed, same file now) that no live Rust object of ours owns: it belongs to the shim
+    // daemon or to libcontainer/libpathrs state that is never used after the container is set
+    // up, and this runs before the guest, single-threaded.
     unsafe {
         rustix::io::close(n);
     }
@@ -176,6 +236,41 @@ mod tests {
             ),
             &own
         ));
+    }
+
+    #[test]
+    fn inherited_descriptors_close_except_the_kept_and_the_reused() {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (r, w) = std::io::pipe().expect("pipe");
+        let (r, w) = (r.into_raw_fd(), w.into_raw_fd());
+        let listed = Inherited::only(&[r, w]);
+        assert_eq!(listed.numbers(), vec![r, w]);
+        let closed = listed.close_all_but(&[w]);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert!(
+            closed[0].starts_with(&format!("{r} -> pipe:")),
+            "{closed:?}"
+        );
+        assert_eq!(identity(r), None, "the inherited end is closed");
+        assert!(identity(w).is_some(), "the kept end stays");
+        // A number that names another file since the listing is not inherited: it stays.
+        let mut old = std::fs::File::create(tmp.path().join("old")).expect("old");
+        let listed = Inherited::only(&[old.as_raw_fd()]);
+        let new = std::fs::File::create(tmp.path().join("new")).expect("new");
+        let n = old.as_raw_fd();
+        {
+            use std::os::fd::AsFd;
+            let mut target = std::os::fd::OwnedFd::from(old);
+            rustix::io::dup2(new.as_fd(), &mut target).expect("dup2");
+            old = std::fs::File::from(target);
+        }
+        assert!(listed.close_all_but(&[]).is_empty());
+        assert!(identity(n).is_some(), "the reused number stays open");
+        drop(old);
+        #[allow(unsafe_code)]
+        // SAFETY: `w` was leaked from the pipe above and is owned by nothing else.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(w) });
     }
 
     #[test]

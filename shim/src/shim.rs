@@ -3,7 +3,11 @@ use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{Shim, Version};
 
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+
 use crate::broker::{client::ClientError, protocol::Response};
+use crate::descriptors::Inherited;
 use crate::engine::{self, Program};
 use crate::error::ShimError;
 use crate::state::GuestConfig;
@@ -40,20 +44,45 @@ pub struct WasmkubeSandbox;
 /// for `can_handle`): the one point where a capability change reaches every thread the guest
 /// will run on. See [`crate::privileges`].
 ///
-/// The same single-threaded point is where the host-rooted descriptors the process inherited
-/// are closed, before any guest code exists (see [`crate::descriptors`]).
+/// The same single-threaded point is where the descriptors the process inherited are listed,
+/// to be closed before the guest is loaded (see [`crate::descriptors`]): libcontainer still
+/// needs its own until it starts the payload, runwasi's async runtime does not exist yet.
 impl Default for WasmkubeSandbox {
     fn default() -> Self {
         crate::privileges::drop_for_guest();
-        match crate::descriptors::close_host_rooted() {
-            Ok(closed) if !closed.is_empty() => {
-                tracing::debug!(?closed, "closed host-rooted descriptors")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot check inherited descriptors: {e}"),
-        }
+        let _ = INHERITED.set(Inherited::list());
         WasmkubeSandbox
     }
+}
+
+/// What the container process held when the sandbox was made.
+static INHERITED: OnceLock<Result<Inherited, String>> = OnceLock::new();
+
+/// Closes every inherited descriptor but stdio and the compile broker's client socket; fails
+/// (the guest does not start) when they could not be listed.
+fn close_inherited() -> Result<(), ShimError> {
+    let inherited = match INHERITED.get() {
+        Some(Ok(inherited)) => inherited,
+        Some(Err(e)) => {
+            return Err(ShimError::Setup(format!(
+                "not starting the guest: {e}, so inherited descriptors cannot be closed"
+            )))
+        }
+        None => {
+            return Err(ShimError::Setup(
+                "not starting the guest: its inherited descriptors were never listed".into(),
+            ))
+        }
+    };
+    let keep: Vec<i32> = crate::broker::socket()
+        .map(|fd| fd.as_raw_fd())
+        .into_iter()
+        .collect();
+    let closed = inherited.close_all_but(&keep);
+    if !closed.is_empty() {
+        tracing::debug!(?closed, "closed inherited descriptors");
+    }
+    Ok(())
 }
 
 impl Sandbox for WasmkubeSandbox {
@@ -77,6 +106,7 @@ impl Sandbox for WasmkubeSandbox {
 }
 
 async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
+    close_inherited()?;
     if let Some(why) = crate::privileges::drop_failure() {
         return Err(ShimError::Setup(format!(
             "cannot lower the guest's capabilities to what an exec would leave: {why}"

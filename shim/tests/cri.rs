@@ -200,3 +200,112 @@ fn cri_http_app_in_a_pod_network_serves_and_stops_promptly() {
     cri.remove_pod(&pod_id).expect("remove pod");
     drop(net);
 }
+
+/// A request socket for the broker: one end goes to the broker in an `SCM_RIGHTS` message on
+/// `broker`; the other is returned.
+fn hand_over(broker: &std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
+    use rustix::net::{
+        sendmsg, socketpair, AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+        SocketFlags, SocketType,
+    };
+    use std::os::fd::AsFd;
+    let (mine, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair");
+    let fds = [theirs.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    sendmsg(
+        broker,
+        &[std::io::IoSlice::new(&[1])],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .expect("hand a request to the broker");
+    mine
+}
+
+/// A client of the pod's compile broker that sends an empty record, leaves a request
+/// half-sent, and floods it with 300 more that never send a byte (all held open) cannot stop or
+/// wedge it: the pod's next container still gets its module compiled by the broker at once
+/// (well within the 60 s a worker waits for a stalled request), not in its own process.
+#[test]
+fn cri_a_flooding_client_cannot_stop_or_wedge_the_pods_broker() {
+    skip_unless!(missing_prerequisites());
+    use wasmkube_test_harness::procs::{seqpacket_fds, shim_roles};
+    let (ctd, mut cri, work) = node(&[("hello", "docker.io/wasmkube/hello:flood")]);
+    let pod = pod("flood", true, work.path());
+    let pod_id = cri.run_pod(&pod).expect("RunPodSandbox");
+    let roles = shim_roles(&ctd.address(), &pod_id).expect("the pod's shim daemon and broker");
+    let broker = roles.broker.expect("broker");
+    // The broker's client end, taken from the shim daemon as a process of the pod could hold it.
+    let fds = seqpacket_fds(roles.daemon);
+    assert_eq!(fds.len(), 1, "one SEQPACKET socket in the daemon: {fds:?}");
+    let daemon = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(i32::try_from(roles.daemon).expect("pid")).expect("pid"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("pidfd_open");
+    let client =
+        rustix::process::pidfd_getfd(&daemon, fds[0], rustix::process::PidfdGetfdFlags::empty())
+            .expect("pidfd_getfd");
+
+    // An empty record (it used to read as the end of the stream).
+    rustix::net::send(&client, &[], rustix::net::SendFlags::empty()).expect("empty record");
+    // A request that never finishes sending: a tag byte, then nothing.
+    let stalled = hand_over(&client);
+    rustix::io::write(&stalled, &[1]).expect("one byte");
+    // Hundreds more that never send a byte.
+    let held: Vec<_> = (0..300).map(|_| hand_over(&client)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        std::fs::metadata(format!("/proc/{broker}")).is_ok(),
+        "the broker is still running"
+    );
+
+    let spec = ContainerSpec {
+        name: "hello".into(),
+        image: "docker.io/wasmkube/hello:flood".into(),
+        ..Default::default()
+    };
+    // Which shim daemons exist while hello runs: the pod's containers share the pod's daemon
+    // (runwasi groups them by sandbox id), so the broker that serves hello is the flooded one.
+    let address = ctd.address();
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    let (hello, daemons) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut ids = std::collections::BTreeSet::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                ids.extend(wasmkube_test_harness::procs::shim_ids(&address));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ids
+        });
+        let started = Instant::now();
+        let hello = cri.run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(45));
+        println!("hello ran in {:?} beside the flood", started.elapsed());
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        (hello, watcher.join().expect("watcher"))
+    });
+    let hello = hello.expect("hello runs to exit while the flood is held open");
+    assert_eq!(
+        daemons.into_iter().collect::<Vec<_>>(),
+        vec![pod_id.clone()],
+        "one shim daemon, the pod's, served hello"
+    );
+    assert_eq!(hello.code, 0, "{:?}", hello.log);
+    assert!(hello.stream("stdout").starts_with("hello from wasm"));
+    let err = hello.stream("stderr");
+    assert!(
+        !err.contains("compiling in the container process"),
+        "the broker served it: {err}"
+    );
+    assert!(!ctd.cache_entries().is_empty(), "compiled by a worker");
+    drop((stalled, held, client));
+    cri.remove_pod(&pod_id).expect("remove pod");
+}

@@ -35,6 +35,13 @@ pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
 /// How often the default readiness probe ([`default_readiness`]) looks, in seconds: short, so a
 /// pod joins its Service soon after its listener opens.
 pub const DEFAULT_READINESS_PERIOD_SECONDS: i32 = 2;
+/// How long a pod behind a Service must stay ready before the Deployment counts it available
+/// (`minReadySeconds`), and so before the WasmApp is `Ready`. A pod's readiness reaches the
+/// Service's EndpointSlice and then every node's kube-proxy, which rewrites its rules at most
+/// once a second (`iptables.minSyncPeriod`): in between, the Service refuses connections
+/// although the pod answers. Five seconds cover that path on a loaded node; a rollout waits as
+/// long per new pod, so an old pod leaves only once its successor is reachable.
+pub const SERVICE_MIN_READY_SECONDS: i32 = 5;
 /// The uid and gid app pods run as: numeric, so the kubelet can prove `runAsNonRoot` for an
 /// image without a `USER` (a wasm image has none); 65532 is the distroless `nonroot` user.
 pub const APP_UID: i64 = 65532;
@@ -202,6 +209,8 @@ pub fn deployment(app: &WasmApp) -> Deployment {
                 Some(_) => None,
                 None => Some(spec.replicas.unwrap_or(1)),
             },
+            min_ready_seconds: (spec.service_config().type_ != ServiceType::None)
+                .then_some(SERVICE_MIN_READY_SECONDS),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(app)),
                 ..LabelSelector::default()

@@ -62,7 +62,7 @@ fn exchange(conn: &UnixStream, request: &Request<'_>) -> Result<Response, Client
 }
 
 /// Asks the broker for the compiled form of `wasm`. Gives up at once when `stop` fires (the
-/// worker finishes on its own and fills the cache). Returns the module bytes back with the
+/// worker sees the container hang up when it exits, and stops too). Returns the module bytes back with the
 /// answer, for a caller that falls back to compiling in-process.
 pub async fn load(
     what: String,

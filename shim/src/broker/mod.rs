@@ -20,10 +20,16 @@
 //! - **Compiler memory is returned.** Each request runs in a fresh worker process that exits
 //!   after answering, so the first instance of an app does not keep Cranelift's heap.
 //! - **Stop works during compilation.** The container waits for its answer asynchronously and
-//!   gives up at SIGTERM ([`client`]); the worker finishes and fills the cache for the next start.
+//!   gives up at SIGTERM ([`client`]); its worker sees the hang-up and exits, so a stopped
+//!   container's compile does not go on using the node's CPU.
+//! - **No containerd handle.** Each role closes every descriptor above stdio first
+//!   ([`crate::descriptors::close_from`]): the shim daemon's TTRPC listener is not close-on-exec.
 //! - **Workers are contained.** They drop every capability before reading a request (the cache
 //!   is their own user's, so none is needed), run at most ten minutes, accept at most
-//!   [`protocol::MAX_WASM`] bytes, and the broker runs at most `max(2, CPUs)` at once.
+//!   [`protocol::MAX_WASM`] bytes, and the broker runs at most `max(2, CPUs)` at once, one per
+//!   container process, with at most eight more of its requests waiting (see [`server`]): a
+//!   client that floods the broker or never finishes a request delays only itself. A client
+//!   hands its request over within five seconds or compiles in its own process.
 //!
 //! If the broker cannot start, containers compile in their own process without a cache and say so.
 use std::ffi::OsString;
@@ -43,14 +49,24 @@ pub const WORKER_ARG: &str = "--wasmkube-compile-worker";
 
 static SOCKET: OnceLock<OwnedFd> = OnceLock::new();
 
+/// How long a container may wait to hand a request to the broker.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs this process as the broker or a worker when its arguments say so, and returns the exit
 /// code; `None` for every other invocation.
 pub fn run_role(args: &[OsString]) -> Option<i32> {
-    match args.get(1)?.to_str()? {
-        BROKER_ARG => Some(server::run()),
-        WORKER_ARG => Some(worker::run()),
-        _ => None,
+    let (name, role): (&str, fn() -> i32) = match args.get(1)?.to_str()? {
+        BROKER_ARG => ("compile broker", server::run),
+        WORKER_ARG => ("compile worker", worker::run),
+        _ => return None,
+    };
+    // Inherited from the shim daemon: containerd's TTRPC listener (fd 3, not close-on-exec)
+    // and whatever else it held. A role needs only stdio; stdin is its socket.
+    if let Err(e) = crate::descriptors::close_from(3) {
+        eprintln!("wasmkube {name}: cannot close inherited descriptors: {e}");
+        return Some(1);
     }
+    Some(role())
 }
 
 /// Whether these are the arguments of the long-running shim (containerd runs the binary with
@@ -84,6 +100,14 @@ fn spawn() -> std::io::Result<OwnedFd> {
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
+    )?;
+    // A client hands a request over within this time or compiles in its own process: a
+    // broker that stopped reading cannot block a container's start (the timeout belongs to the
+    // open socket, so it holds in every process that inherits it).
+    rustix::net::sockopt::set_socket_timeout(
+        &client,
+        rustix::net::sockopt::Timeout::Send,
+        Some(SEND_TIMEOUT),
     )?;
     // Not waited for: it outlives nothing it serves (it exits when the last holder of the
     // client end, this shim's zygote or a container process, is gone).

@@ -1,5 +1,6 @@
 //! A worker process: answers one request on its standard input (a stream socket whose other
 //! end a container process holds), then exits, returning the compiler's memory to the node.
+//! It also exits as soon as the container hangs up (stopped, or gave up waiting).
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -59,11 +60,37 @@ fn serve() -> Result<(), super::protocol::WireError> {
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let request = Request::decode(&mut BufReader::new(&conn))?;
+    end_on_hang_up(&conn)?;
     let response = match request {
         Request::Load { what, wasm } => load(&what, &wasm),
         Request::Limits => Response::Limits(peer_limits(&conn)),
     };
     (&conn).write_all(&response.encode())?;
+    Ok(())
+}
+
+/// Ends this process when the container hangs up (it stopped, or gave up waiting): nobody
+/// waits for the answer, and the compile's CPU and memory go back to the node at once.
+fn end_on_hang_up(conn: &UnixStream) -> std::io::Result<()> {
+    let watched = conn.try_clone()?;
+    std::thread::spawn(move || {
+        use rustix::event::{poll, PollFd, PollFlags};
+        loop {
+            let mut fds = [PollFd::new(&watched, PollFlags::RDHUP)];
+            match poll(&mut fds, None) {
+                Ok(_)
+                    if fds[0]
+                        .revents()
+                        .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) =>
+                {
+                    eprintln!("wasmkube compile worker: the container hung up, stopping");
+                    std::process::exit(1);
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+        }
+    });
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod guests;
 pub mod images;
+pub mod procs;
 pub mod wasm_gen;
 
 pub use containerd::{Containerd, CtrRun, Output};

@@ -363,6 +363,27 @@ fn image_pull_policy_defaults_like_kubernetes_and_can_be_set() {
 }
 
 #[test]
+fn an_app_behind_a_service_counts_available_only_after_the_proxy_had_time() {
+    let min_ready = |spec: WasmAppSpec| {
+        serde_json::to_value(deployment(&app(spec))).expect("json")["spec"]
+            .get("minReadySeconds")
+            .cloned()
+    };
+    assert_eq!(
+        min_ready(basic()),
+        Some(serde_json::json!(SERVICE_MIN_READY_SECONDS))
+    );
+    let worker = WasmAppSpec {
+        service: Some(ServiceConfig {
+            type_: ServiceType::None,
+            ..ServiceConfig::default()
+        }),
+        ..basic()
+    };
+    assert_eq!(min_ready(worker), None, "nothing routes to a worker");
+}
+
+#[test]
 fn an_app_behind_a_service_gets_a_tcp_readiness_probe_by_default() {
     let c = |spec: WasmAppSpec| {
         serde_json::to_value(deployment(&app(spec))).expect("json")["spec"]["template"]["spec"]

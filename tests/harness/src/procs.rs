@@ -1,0 +1,155 @@
+//! Processes on the host as the live tests look at them: the shim daemon of a task, its compile
+//! broker and workers, and the sockets they hold.
+use std::path::Path;
+
+/// `(pid, ppid, argv)` of every process on the host.
+pub fn processes() -> Vec<(u32, u32, Vec<String>)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+        ) else {
+            continue;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        let argv = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push((pid, ppid, argv));
+    }
+    found
+}
+
+/// The shim's processes for one task or sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShimRoles {
+    /// The long-running shim (`-address <containerd> -id <id>`).
+    pub daemon: u32,
+    /// Its compile broker, if running.
+    pub broker: Option<u32>,
+    /// A compile worker of that broker, if one runs now.
+    pub worker: Option<u32>,
+}
+
+/// The wasmkube shim daemon serving task or sandbox `id` of the containerd at `address`, with
+/// its broker and a worker of it.
+pub fn shim_roles(address: &Path, id: &str) -> Option<ShimRoles> {
+    let address = address.display().to_string();
+    let all = processes();
+    let child_with = |parent: u32, arg: &str| {
+        all.iter()
+            .find(|(_, ppid, argv)| *ppid == parent && argv.iter().any(|a| a == arg))
+            .map(|(pid, _, _)| *pid)
+    };
+    let daemon = all
+        .iter()
+        .filter(|(_, _, argv)| {
+            argv.first()
+                .is_some_and(|a| a.ends_with("containerd-shim-wasmkube-v1"))
+                && argv.contains(&address)
+                && argv.iter().any(|a| a == id)
+                && !argv.iter().any(|a| a == "start" || a == "delete")
+        })
+        .map(|(pid, _, _)| *pid)
+        .find(|&d| child_with(d, "--wasmkube-compile-broker").is_some())?;
+    let broker = child_with(daemon, "--wasmkube-compile-broker");
+    let worker = broker.and_then(|b| child_with(b, "--wasmkube-compile-worker"));
+    Some(ShimRoles {
+        daemon,
+        broker,
+        worker,
+    })
+}
+
+/// The `-id` of every long-running wasmkube shim process of the containerd at `address` (a
+/// daemon, its zygote and container processes carry the daemon's arguments): one per daemon.
+pub fn shim_ids(address: &Path) -> std::collections::BTreeSet<String> {
+    let address = address.display().to_string();
+    processes()
+        .into_iter()
+        .filter(|(_, _, argv)| {
+            argv.first()
+                .is_some_and(|a| a.ends_with("containerd-shim-wasmkube-v1"))
+                && argv.contains(&address)
+                // containerd's `start` and `delete` calls name the container, not the daemon.
+                && !argv.iter().any(|a| a == "start" || a == "delete")
+        })
+        .filter_map(|(_, _, argv)| {
+            let at = argv.iter().position(|a| a == "-id")?;
+            argv.get(at + 1).cloned()
+        })
+        .collect()
+}
+
+/// `(fd, inode)` of every socket `pid` holds.
+pub fn sockets(pid: u32) -> Vec<(i32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|fd| {
+                    let n = fd.file_name().to_str()?.parse().ok()?;
+                    let link = std::fs::read_link(fd.path()).ok()?;
+                    let inode = link
+                        .to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string();
+                    Some((n, inode))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The inodes of the sockets `pid` holds.
+pub fn socket_inodes(pid: u32) -> Vec<String> {
+    sockets(pid).into_iter().map(|(_, i)| i).collect()
+}
+
+/// The inodes of the listening Unix sockets (`/proc/net/unix`, flag `__SO_ACCEPTCON`).
+pub fn listening_unix_sockets() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(cols.get(3)?, 16).ok()?;
+            (flags & 0x0001_0000 != 0).then(|| cols.get(6).map(|s| s.to_string()))?
+        })
+        .collect()
+}
+
+/// The SEQPACKET Unix sockets of `pid` (`/proc/net/unix` type 5), by descriptor number: the
+/// compile broker's client end in a shim daemon.
+pub fn seqpacket_fds(pid: u32) -> Vec<i32> {
+    let seqpacket: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (*cols.get(4)? == "0005").then(|| cols.get(6).map(|s| s.to_string()))?
+        })
+        .collect();
+    sockets(pid)
+        .into_iter()
+        .filter(|(_, i)| seqpacket.contains(i))
+        .map(|(n, _)| n)
+        .collect()
+}
