@@ -20,15 +20,10 @@ use crate::wasm_check;
 pub fn check(o: &Options, repeat: u32, mut line: impl FnMut(&str)) -> Report {
     let total = Instant::now();
     let mut r = Report::new(State::Checked);
-    let node = match Node::new(o) {
-        Ok(n) => n,
-        Err(e) => {
-            r.fail(Failure::NothingChanged, e.reason(), e.to_string());
-            r.time("total", total);
-            return r;
-        }
+    let Some(node) = Node::for_report(o, &mut r) else {
+        r.time("total", total);
+        return r;
     };
-    r.flavour = Some(node.layout.flavour);
     let mut took: Vec<Duration> = Vec::new();
     let mut first_failure: Option<String> = None;
     for n in 1..=repeat {

@@ -23,11 +23,9 @@ pub fn install(o: &Options) -> Report {
 
 fn run(o: &Options, r: &mut Report) {
     let t = Instant::now();
-    let node = match Node::new(o) {
-        Ok(n) => n,
-        Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
+    let Some(node) = Node::for_report(o, r) else {
+        return;
     };
-    r.flavour = Some(node.layout.flavour);
     r.config_path = Some(node.layout.config.display().to_string());
     let shim_src = o.shim_source();
     r.shim_version = shim_version(&shim_src);

@@ -89,6 +89,25 @@ pub struct Node {
 }
 
 impl Node {
+    /// [`Node::new`] for a command that reports: on failure the report says why (nothing was
+    /// changed); on success it names the containerd flavour.
+    pub fn for_report(o: &Options, r: &mut crate::report::Report) -> Option<Self> {
+        match Node::new(o) {
+            Ok(node) => {
+                r.flavour = Some(node.layout.flavour);
+                Some(node)
+            }
+            Err(e) => {
+                r.fail(
+                    crate::report::Failure::NothingChanged,
+                    e.reason(),
+                    e.to_string(),
+                );
+                None
+            }
+        }
+    }
+
     /// Detects the layout and resolves its paths under `--host-root`.
     pub fn new(o: &Options) -> Result<Self, ResolveError> {
         let root = &o.host_root;

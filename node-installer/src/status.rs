@@ -11,15 +11,10 @@ use crate::verify;
 pub fn status(o: &Options) -> Report {
     let total = Instant::now();
     let mut r = Report::new(State::NotInstalled);
-    let node = match Node::new(o) {
-        Ok(n) => n,
-        Err(e) => {
-            r.fail(Failure::NothingChanged, e.reason(), e.to_string());
-            r.time("total", total);
-            return r;
-        }
+    let Some(node) = Node::for_report(o, &mut r) else {
+        r.time("total", total);
+        return r;
     };
-    r.flavour = Some(node.layout.flavour);
     r.config_path = Some(node.layout.config.display().to_string());
     let configured = match node
         .read_config()

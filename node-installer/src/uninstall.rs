@@ -24,11 +24,9 @@ pub fn uninstall(o: &Options) -> Report {
 
 fn run(o: &Options, r: &mut Report) {
     let t = Instant::now();
-    let node = match Node::new(o) {
-        Ok(n) => n,
-        Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
+    let Some(node) = Node::for_report(o, r) else {
+        return;
     };
-    r.flavour = Some(node.layout.flavour);
     r.config_path = Some(node.layout.config.display().to_string());
     r.shim_version = shim_version(&node.shim_dest);
     // A dry run restarts nothing, so it does not need a way to restart.

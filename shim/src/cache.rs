@@ -286,34 +286,21 @@ impl ArtifactCache {
 
     /// Removes temp files (`.…tmp`) not modified for `age`: left by a writer that died.
     fn sweep_temps(&self, age: std::time::Duration) {
-        let Ok(dir) = rustix::fs::openat(
-            &self.dir,
-            ".",
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return;
-        };
-        let Ok(iter) = rustix::fs::Dir::read_from(&dir) else {
-            return;
-        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        for e in iter.flatten() {
-            let Ok(name) = e.file_name().to_str() else {
-                continue;
-            };
+        for name in self.names() {
             if !(name.starts_with('.') && name.ends_with(".tmp")) {
                 continue;
             }
-            let Ok(st) = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            let Ok(st) = rustix::fs::statat(&self.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
                 continue;
             };
             let modified = u64::try_from(st.st_mtime).unwrap_or(0);
             if now.saturating_sub(modified) >= age.as_secs()
-                && rustix::fs::unlinkat(&self.dir, name, AtFlags::empty()).is_ok()
+                && rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty()).is_ok()
             {
                 tracing::info!("removed stale cache temp file {name}");
             }
@@ -349,6 +336,22 @@ impl ArtifactCache {
 
     /// `(name, size, mtime)` of every entry.
     fn entries(&self) -> Vec<(String, u64, (i64, i64))> {
+        self.names()
+            .into_iter()
+            .filter_map(|name| {
+                if !name.ends_with(ENTRY_SUFFIX) || name.starts_with('.') {
+                    return None;
+                }
+                let st =
+                    rustix::fs::statat(&self.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                let size = u64::try_from(st.st_size).unwrap_or(0);
+                Some((name, size, (st.st_mtime, st.st_mtime_nsec as i64)))
+            })
+            .collect()
+    }
+
+    /// The names in the directory (none when it cannot be read).
+    fn names(&self) -> Vec<String> {
         let Ok(dir) = rustix::fs::openat(
             &self.dir,
             ".",
@@ -361,16 +364,7 @@ impl ArtifactCache {
             return Vec::new();
         };
         iter.flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_str().ok()?.to_string();
-                if !name.ends_with(ENTRY_SUFFIX) || name.starts_with('.') {
-                    return None;
-                }
-                let st =
-                    rustix::fs::statat(&self.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
-                let size = u64::try_from(st.st_size).unwrap_or(0);
-                Some((name, size, (st.st_mtime, st.st_mtime_nsec as i64)))
-            })
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
             .collect()
     }
 

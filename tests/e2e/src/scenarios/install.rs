@@ -24,6 +24,19 @@ pub const OPERATOR: &str = "wasmkube-operator";
 pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=wasmkube-operator";
 
 /// The operator's running pods.
+/// `kubectl set env` on the operator's Deployment: `NAME=value`, or `NAME-` to remove it.
+pub fn set_operator_env(c: &Cluster, assignment: &str) -> Result<()> {
+    c.kubectl(&[
+        "-n",
+        NS,
+        "set",
+        "env",
+        &format!("deployment/{OPERATOR}"),
+        assignment,
+    ])?;
+    Ok(())
+}
+
 pub async fn operator_pods(c: &Cluster) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     Ok(pods

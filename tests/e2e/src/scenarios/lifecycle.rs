@@ -7,7 +7,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{Api, ResourceExt};
 use wasmkube_operator::names::{FIELD_MANAGER, RUNTIME_REASON_ANNOTATION};
 
-use super::install::{leader, operator_available, operator_pods, NS, OPERATOR};
+use super::install::{leader, operator_available, operator_pods, set_operator_env, NS};
 use crate::node;
 use crate::wait::{within, Poll};
 use crate::Cluster;
@@ -132,15 +132,7 @@ const GOOD_IMAGE: &str = "docker.io/wasmkube/node-installer:0.1.0";
 const BAD_IMAGE: &str = "docker.io/wasmkube/Node-Installer:0.1.0";
 
 fn set_installer_image(c: &Cluster, image: &str) -> Result<()> {
-    c.kubectl(&[
-        "-n",
-        NS,
-        "set",
-        "env",
-        &format!("deployment/{OPERATOR}"),
-        &format!("WASMKUBE_INSTALLER_IMAGE={image}"),
-    ])?;
-    Ok(())
+    set_operator_env(c, &format!("WASMKUBE_INSTALLER_IMAGE={image}"))
 }
 
 pub async fn bad_installer_image(c: &Cluster) -> Result<()> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use wasmkube_operator::names::{RUNTIME_ATTEMPTS_ANNOTATION, RUNTIME_REASON_ANNOTATION};
 
-use super::install::{operator_available, NS, OPERATOR};
+use super::install::{operator_available, set_operator_env};
 use crate::wait::{within, Poll};
 use crate::{events, node, Cluster};
 
@@ -22,15 +22,7 @@ fn set_lock_timeout(c: &Cluster, secs: Option<u32>) -> Result<()> {
         Some(s) => format!("{LOCK_TIMEOUT_ENV}={s}"),
         None => format!("{LOCK_TIMEOUT_ENV}-"),
     };
-    c.kubectl(&[
-        "-n",
-        NS,
-        "set",
-        "env",
-        &format!("deployment/{OPERATOR}"),
-        &assignment,
-    ])?;
-    Ok(())
+    set_operator_env(c, &assignment)
 }
 
 /// Waits until the node's install pod runs the installer with (or without) `--lock-timeout`
