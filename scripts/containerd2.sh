@@ -17,7 +17,8 @@ export GOCACHE=/var/tmp/wasmkube-go/cache GOMODCACHE=/var/tmp/wasmkube-go/mod GO
 export CGO_ENABLED=1 GOFLAGS=-buildvcs=false
 mkdir -p "$out"
 # The tags containerd's own release builds use without btrfs/devmapper/zfs headers.
-go install -tags "no_btrfs no_devmapper no_zfs" \
+# Stripped, and no DWARF generated for it (less compile work; a test binary).
+go install -trimpath -gcflags "all=-dwarf=false" -ldflags "-s -w" -tags "no_btrfs no_devmapper no_zfs" \
   "github.com/containerd/containerd/v2/cmd/containerd@$VERSION" \
   "github.com/containerd/containerd/v2/cmd/ctr@$VERSION"
 "$out/containerd" --version

@@ -24,6 +24,10 @@ k8s_build=$!
 ctd2_log=$CARGO_TARGET_DIR/containerd2-build.log
 scripts/containerd2.sh >"$ctd2_log" 2>&1 &
 ctd2_build=$!
+# The manifest validator's Python venv (pip from PyPI) needs no build either.
+venv_log=$CARGO_TARGET_DIR/validate-venv.log
+scripts/validate-manifests.sh --venv >"$venv_log" 2>&1 &
+venv_build=$!
 collect() { # collect PID LOG WHAT
   if ! wait "$1"; then
     cat "$2" >&2
@@ -55,6 +59,7 @@ phase "cargo test (unit, controller, real containerd)"
 WASMKUBE_SHIM_BIN=$BIN_DIR/containerd-shim-wasmkube-v1 WASMKUBE_GUESTS_DIR=$GUESTS_DIR \
   cargo test --release --workspace --locked --exclude wasmkube-e2e -- --test-threads="${TEST_THREADS:-4}"
 phase "manifests: kubernetes-validate --strict (1.30, 1.37) and the WasmApp schema"
+collect "$venv_build" "$venv_log" "scripts/validate-manifests.sh --venv"
 scripts/validate-manifests.sh
 phase "Kubernetes components (tests/cluster/build.sh, built in the background)"
 collect "$k8s_build" "$k8s_log" tests/cluster/build.sh

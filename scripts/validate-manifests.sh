@@ -6,6 +6,8 @@
 #   - each example WasmApp against the CRD's openAPIV3Schema (JSON Schema), plus a known-bad
 #     WasmApp that must be rejected (so a validator that accepts everything fails the check).
 # Usage: scripts/validate-manifests.sh        (exit status non-zero on any failure)
+#        scripts/validate-manifests.sh --venv (only make the Python venv; scripts/test.sh runs
+#                                              this beside the Rust build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -17,6 +19,9 @@ if [ ! -x "$VENV/bin/kubernetes-validate" ] || ! "$VENV/bin/python" -c 'import j
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet kubernetes-validate jsonschema pyyaml
+fi
+if [ "${1:-}" = --venv ]; then
+    exit 0
 fi
 
 echo "== wasmkube and wasmkube-operator (scripts/build.sh; a no-op when built)"

@@ -1,15 +1,17 @@
 //! The compile broker under a real containerd (`ctr run`): compiled code comes only from the
 //! shim's host-side workers, the cache refuses what they did not write, the guest process holds
 //! no descriptor of the host's filesystem, no process but the shim daemon holds its containerd
-//! socket, and a stop during a long compile is prompt.
+//! socket, a stop during a long compile is prompt, the compiler is confined (a hostPID root
+//! cannot look into it) and a module that fails to compile is not compiled again at each restart.
 //! Needs root, containerd and runc; see `wasmkube_test_harness::skip_unless!`.
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use wasmkube_shim::broker::confine::DEFAULT_COMPILER_ID;
 use wasmkube_test_harness::containerd::wait_child;
 use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::procs::{listening_unix_sockets, shim_roles, socket_inodes};
+use wasmkube_test_harness::procs::{listening_unix_sockets, shim_roles, socket_inodes, status};
 use wasmkube_test_harness::wasm_gen::big_module;
 use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun};
 
@@ -328,4 +330,219 @@ fn a_cache_directory_others_can_read_is_refused_with_a_message() {
         0o755,
         "left as it was"
     );
+}
+
+/// The capabilities containerd and Docker give a container by default (no `CAP_SYS_PTRACE`).
+const DEFAULT_CONTAINER_CAPS: &str = "+chown,+dac_override,+fowner,+fsetid,+kill,+setgid,+setuid,\
+                                      +setpcap,+net_bind_service,+net_raw,+sys_chroot,+mknod,\
+                                      +audit_write,+setfcap";
+
+/// What the root of a hostPID pod can open of each process in `pids`: a probe in the host's PID
+/// namespace as uid 0 with only a container's default capabilities (`setpriv` drops the rest
+/// from its bounding set, so its exec keeps no more). `(pid, what) -> opened`.
+fn probe_as_a_host_pid_pods_root(pids: &[u32]) -> std::collections::HashMap<(u32, String), bool> {
+    let script = r#"
+for pid in "$@"; do
+  for p in mem environ; do
+    if ( exec 3</proc/$pid/$p ) 2>/dev/null; then echo "$pid $p open"; else echo "$pid $p denied"; fi
+  done
+  if /bin/busybox ls /proc/$pid/root/ >/dev/null 2>&1; then echo "$pid root open"; else echo "$pid root denied"; fi
+  # The numbers in fd/ are listable with CAP_DAC_OVERRIDE; following one is the access.
+  if /bin/busybox readlink /proc/$pid/fd/0 >/dev/null 2>&1; then echo "$pid fd open"; else echo "$pid fd denied"; fi
+done
+"#;
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .arg(format!("--bounding-set=-all,{DEFAULT_CONTAINER_CAPS}"))
+        .args([
+            "--inh-caps=-all",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+            "probe",
+        ])
+        .args(pids.iter().map(u32::to_string))
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "probe: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (pid, what, verdict) = (w.next()?.parse().ok()?, w.next()?, w.next()?);
+            Some(((pid, what.to_string()), verdict == "open"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_compiler_holds_nothing_and_a_host_pid_root_cannot_look_into_it_or_its_worker() {
+    skip_unless!(missing_prerequisites());
+    skip_unless!((!std::path::Path::new("/bin/busybox").exists())
+        .then(|| "static busybox (apt-get install -y busybox-static)".to_string()));
+    skip_unless!((!std::path::Path::new("/usr/bin/setpriv").exists())
+        .then(|| "setpriv (util-linux)".to_string()));
+    let ctd = containerd();
+    // The control: what the worker used to be, uid 0 without capabilities but dumpable. A
+    // hostPID root can walk its root and descriptors (else the probe proves nothing).
+    let mut control = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "sleep", "300"])
+        .spawn()
+        .expect("setpriv");
+    let dir = tempfile::tempdir().expect("tmp");
+    let wasm = dir.path().join("big.wasm");
+    std::fs::write(&wasm, big_module(40 << 20, false)).expect("write");
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("big.wasm", &wasm)]);
+    let id = unique_id("confined");
+    let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/big.wasm"]));
+    let start = Instant::now();
+    let (worker, compiler) = loop {
+        if let Some(seen) =
+            shim_roles(&ctd.address(), &id).and_then(|r| Some((r.worker?, r.compiler?)))
+        {
+            break seen;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no compiler for the task"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Once it has read the module, it compiles under its seccomp filter.
+    let reading = Instant::now();
+    while status(compiler).get("Seccomp").map(String::as_str) != Some("2") {
+        assert!(
+            reading.elapsed() < Duration::from_secs(60),
+            "the compiler never loaded its seccomp filter: {:?}",
+            status(compiler)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let opened = probe_as_a_host_pid_pods_root(&[worker, compiler, control.id()]);
+    // Looked at while it compiled (the cache still empty, the process still there).
+    let facts = status(compiler);
+    let still_compiling = !facts.is_empty() && ctd.cache_entries().is_empty();
+    assert!(still_compiling, "the compiler was probed while it worked");
+    let uid = DEFAULT_COMPILER_ID.to_string();
+    let id4 = format!("{uid}\t{uid}\t{uid}\t{uid}");
+    assert_eq!(facts.get("Uid"), Some(&id4), "{facts:?}");
+    assert_eq!(facts.get("Gid"), Some(&id4), "{facts:?}");
+    assert_eq!(
+        facts.get("Groups").map(String::as_str),
+        Some(""),
+        "{facts:?}"
+    );
+    for caps in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(
+            facts.get(caps).map(String::as_str),
+            Some("0000000000000000"),
+            "{caps}: {facts:?}"
+        );
+    }
+    assert_eq!(facts.get("NoNewPrivs").map(String::as_str), Some("1"));
+    assert_eq!(
+        facts.get("Seccomp").map(String::as_str),
+        Some("2"),
+        "filtered"
+    );
+    let chroot = std::fs::read_link(format!("/proc/{compiler}/root")).expect("root");
+    assert_eq!(chroot, std::path::Path::new("/run/wasmkube/empty"));
+    let cache = ctd.cache_dir();
+    for fd in std::fs::read_dir(format!("/proc/{compiler}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        let meta = std::fs::metadata(fd.path());
+        assert!(
+            !target.starts_with(&cache) && !meta.is_ok_and(|m| m.is_dir()),
+            "the compiler holds {} -> {}",
+            fd.path().display(),
+            target.display()
+        );
+    }
+    // The worker (the cache's owner, uid 0) holds no capability either.
+    assert_eq!(
+        status(worker).get("CapEff").map(String::as_str),
+        Some("0000000000000000")
+    );
+    for (pid, who) in [(compiler, "compiler"), (worker, "worker")] {
+        for what in ["mem", "environ", "root", "fd"] {
+            assert_eq!(
+                opened.get(&(pid, what.to_string())),
+                Some(&false),
+                "a hostPID root opened the {who}'s /proc/{pid}/{what}: {opened:?}"
+            );
+        }
+    }
+    let control_pid = control.id();
+    for what in ["root", "fd"] {
+        assert_eq!(
+            opened.get(&(control_pid, what.to_string())),
+            Some(&true),
+            "the probe cannot even open a dumpable capability-less root process's {what}: \
+             {opened:?}"
+        );
+    }
+    let _ = control.kill();
+    let _ = control.wait();
+    let task = rustix::process::Pid::from_raw(i32::try_from(ctd.task_pid(&id)).expect("pid"))
+        .expect("pid");
+    rustix::process::kill_process(task, rustix::process::Signal::TERM).expect("kill");
+    wait_child(&mut child, Duration::from_secs(120)).expect("stopped");
+    let asked = Instant::now();
+    while !process_gone(compiler) {
+        assert!(
+            asked.elapsed() < Duration::from_secs(60),
+            "the compiler {compiler} outlived its container"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_module_that_fails_to_compile_is_compiled_once_for_ten_restarts() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let dir = tempfile::tempdir().expect("tmp");
+    // Valid functions first, the type error in the last one: it fails late.
+    let mut wat = String::from("(module\n");
+    for i in 0..2000 {
+        wat.push_str(&format!(
+            "  (func (param i32) (result i32) local.get 0 i32.const {i} i32.add)\n"
+        ));
+    }
+    wat.push_str("  (func (result i32) i64.const 0)\n  (func (export \"_start\")))\n");
+    let path = dir.path().join("late.wat");
+    std::fs::write(&path, wat).expect("write");
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("late.wat", &path)]);
+    let mut outputs = Vec::new();
+    for _ in 0..10 {
+        let out = ctd.run(&CtrRun::rootfs(
+            unique_id("late"),
+            root.path(),
+            &["/late.wat"],
+        ));
+        assert_eq!(out.code, Some(126), "{out:#?}");
+        outputs.push(out.stderr);
+    }
+    assert!(
+        outputs[0].contains("type mismatch") && !outputs[0].contains("failed to compile on"),
+        "the first start compiles and names the error: {}",
+        outputs[0]
+    );
+    for (i, err) in outputs.iter().enumerate().skip(1) {
+        assert!(
+            err.contains("type mismatch")
+                && err.contains("this module failed to compile on this node"),
+            "restart {i} compiled again instead of recalling the failure: {err}"
+        );
+    }
+    let remembered: Vec<_> = std::fs::read_dir(ctd.cache_dir())
+        .expect("cache")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("module-failed-"))
+        .collect();
+    assert_eq!(remembered.len(), 1, "{remembered:?}");
 }

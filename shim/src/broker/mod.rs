@@ -38,14 +38,21 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 pub mod client;
+mod compiler;
+pub mod confine;
+mod failures;
+mod peer;
 pub mod protocol;
 mod server;
+pub mod slots;
 mod worker;
 
 /// argv\[1\] of the broker process.
 pub const BROKER_ARG: &str = "--wasmkube-compile-broker";
 /// argv\[1\] of a worker process.
 pub const WORKER_ARG: &str = "--wasmkube-compile-worker";
+/// argv\[1\] of a compiler process.
+pub const COMPILER_ARG: &str = "--wasmkube-compiler";
 
 static SOCKET: OnceLock<OwnedFd> = OnceLock::new();
 
@@ -58,6 +65,7 @@ pub fn run_role(args: &[OsString]) -> Option<i32> {
     let (name, role): (&str, fn() -> i32) = match args.get(1)?.to_str()? {
         BROKER_ARG => ("compile broker", server::run),
         WORKER_ARG => ("compile worker", worker::run),
+        COMPILER_ARG => ("compiler", compiler::run),
         _ => return None,
     };
     // Inherited from the shim daemon: containerd's TTRPC listener (fd 3, not close-on-exec)

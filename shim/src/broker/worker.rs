@@ -1,19 +1,30 @@
 //! A worker process: answers one request on its standard input (a stream socket whose other
-//! end a container process holds), then exits, returning the compiler's memory to the node.
-//! It also exits as soon as the container hangs up (stopped, or gave up waiting).
+//! end a container process holds), then exits. It holds the compiled-module cache and the node
+//! key, so it never parses or compiles the module itself: on a miss it starts a confined
+//! compiler ([`super::compiler`]) in the container's cgroups, once a node-wide compile slot
+//! ([`super::slots`]) is free, forwards the bytes, and stores what comes back under the key it
+//! derived from those bytes. A module that failed to compile is remembered
+//! ([`super::failures`]). The worker exits as soon as the container hangs up (stopped, or gave
+//! up waiting), and its compiler dies with it.
 use std::io::{BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::cache::{ArtifactCache, ArtifactKind, CacheConfig, CacheKey};
 use crate::engine::{self, Allocation};
 use crate::error::ShimError;
 
+use super::peer::{self, Peer};
 use super::protocol::{HostLimits, Request, Response};
+use super::{compiler, confine, failures, slots, COMPILER_ARG};
 
 /// A worker never lives longer than this (a 20 MB module compiles in well under a minute).
 const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a worker waits for a node-wide compile slot.
+const SLOT_PATIENCE: Duration = Duration::from_secs(540);
 /// How long a container may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a container may take to read the answer.
@@ -21,8 +32,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Serves the request on stdin; returns the exit code.
 pub fn run() -> i32 {
-    // Before any thread exists, so that every thread (the compiler's too) inherits it.
-    if let Err(e) = contain() {
+    // Before any thread exists, so that every thread inherits it.
+    if let Err(e) = confine::worker_gives_up_privileges() {
         eprintln!("wasmkube compile worker: cannot drop privileges: {e}");
         return 1;
     }
@@ -40,21 +51,6 @@ pub fn run() -> i32 {
     }
 }
 
-/// No capabilities (the cache directory is this user's own, so none is needed) and no way to
-/// gain any.
-fn contain() -> rustix::io::Result<()> {
-    use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};
-    set_capabilities(
-        None,
-        CapabilitySets {
-            effective: CapabilitySet::empty(),
-            permitted: CapabilitySet::empty(),
-            inheritable: CapabilitySet::empty(),
-        },
-    )?;
-    rustix::thread::set_no_new_privs(true)
-}
-
 fn serve() -> Result<(), super::protocol::WireError> {
     let conn = UnixStream::from(super::stdin_fd()?);
     conn.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -62,7 +58,7 @@ fn serve() -> Result<(), super::protocol::WireError> {
     let request = Request::decode(&mut BufReader::new(&conn))?;
     end_on_hang_up(&conn)?;
     let response = match request {
-        Request::Load { what, wasm } => load(&what, &wasm),
+        Request::Load { what, wasm } => load(&conn, &what, &wasm),
         Request::Limits => Response::Limits(peer_limits(&conn)),
     };
     (&conn).write_all(&response.encode())?;
@@ -70,7 +66,8 @@ fn serve() -> Result<(), super::protocol::WireError> {
 }
 
 /// Ends this process when the container hangs up (it stopped, or gave up waiting): nobody
-/// waits for the answer, and the compile's CPU and memory go back to the node at once.
+/// waits for the answer, and the compile's CPU and memory go back to the node at once (the
+/// compiler gets SIGKILL when its worker dies).
 fn end_on_hang_up(conn: &UnixStream) -> std::io::Result<()> {
     let watched = conn.try_clone()?;
     std::thread::spawn(move || {
@@ -94,8 +91,9 @@ fn end_on_hang_up(conn: &UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens the cache (if configured and trustworthy) and answers a load request.
-fn load(what: &str, wasm: &[u8]) -> Response {
+/// Opens the cache (if configured and trustworthy) and answers a load request, compiling in a
+/// confined compiler charged to the container at the other end of `conn`.
+fn load(conn: &UnixStream, what: &str, wasm: &[u8]) -> Response {
     let mut notes = Vec::new();
     let cache = match CacheConfig::from_env() {
         Ok(Some(config)) => match ArtifactCache::open(&config) {
@@ -111,65 +109,243 @@ fn load(what: &str, wasm: &[u8]) -> Response {
             None
         }
     };
-    match artefact(what, wasm, cache.as_ref(), &mut notes) {
+    let peer = Peer::of(conn.as_fd());
+    let mut compile = |what: &str, wasm: &[u8], notes: &mut Vec<String>| {
+        compile_confined(peer.as_ref().ok(), what, wasm, notes)
+    };
+    match artefact(what, wasm, cache.as_ref(), &mut notes, &mut compile) {
         Ok((allocation, kind, artefact)) => Response::Loaded {
             allocation,
             kind,
             artefact,
             notes,
         },
-        Err(ShimError::Invalid { detail, .. }) => Response::Invalid { detail },
-        Err(e) => Response::Invalid {
-            detail: e.to_string(),
-        },
+        Err(detail) => Response::Invalid { detail },
     }
 }
 
+/// How a compile ended.
+#[derive(Debug)]
+pub enum Compiled {
+    Done {
+        allocation: Allocation,
+        kind: ArtifactKind,
+        artefact: Vec<u8>,
+    },
+    /// It failed; `remember` when the module is at fault (not the node, not a hang-up).
+    Failed { detail: String, remember: bool },
+}
+
+impl From<Response> for Compiled {
+    fn from(response: Response) -> Self {
+        match response {
+            Response::Loaded {
+                allocation,
+                kind,
+                artefact,
+                ..
+            } => Compiled::Done {
+                allocation,
+                kind,
+                artefact,
+            },
+            Response::Invalid { detail } => Compiled::Failed {
+                detail,
+                remember: true,
+            },
+            Response::Limits(_) => Compiled::Failed {
+                detail: "the compiler answered something else".into(),
+                remember: false,
+            },
+        }
+    }
+}
+
+/// Compiles `(what, wasm)`, adding notes for the container.
+pub type Compiler<'a> = dyn FnMut(&str, &[u8], &mut Vec<String>) -> Compiled + 'a;
+
 /// The compiled artefact for `wasm`: from the cache when an authenticated entry exists for any
-/// allocation strategy the program may use (pooled first), else compiled — pooled first for
-/// components, on demand when it does not fit the pool — and stored under its own strategy's
-/// key, so a component too big for the pool compiles once, not on every start.
+/// allocation strategy the program may use (pooled first); else the remembered failure, if it
+/// failed recently; else what `compile` makes of it, stored under the key for the strategy it
+/// fitted (so a component too big for the pool compiles once, not on every start) — or, if it
+/// fails, remembered. Errors are the detail for the container.
 pub fn artefact(
     what: &str,
     wasm: &[u8],
     cache: Option<&ArtifactCache>,
     notes: &mut Vec<String>,
-) -> Result<(Allocation, ArtifactKind, Vec<u8>), ShimError> {
-    let kind = engine::kind_of(what, wasm)?;
-    let mut candidates = Vec::new();
+    compile: &mut Compiler<'_>,
+) -> Result<(Allocation, ArtifactKind, Vec<u8>), String> {
+    let detail = |e: ShimError| match e {
+        ShimError::Invalid { detail, .. } => detail,
+        e => e.to_string(),
+    };
+    let kind = engine::kind_of(what, wasm).map_err(detail)?;
+    let mut engines = Vec::new();
     for &allocation in engine::allocations_for(kind) {
-        let engine = engine::new_engine(allocation)?;
-        let key = CacheKey::new(
-            kind,
-            allocation.name(),
-            wasm,
-            engine.precompile_compatibility_hash(),
-        );
-        candidates.push((allocation, engine, key));
+        engines.push((allocation, engine::new_engine(allocation).map_err(detail)?));
     }
+    let keys: Vec<(Allocation, CacheKey)> = engines
+        .iter()
+        .map(|(allocation, engine)| {
+            let key = CacheKey::new(
+                kind,
+                allocation.name(),
+                wasm,
+                engine.precompile_compatibility_hash(),
+            );
+            (*allocation, key)
+        })
+        .collect();
+    let failure_key = engines
+        .first()
+        .map(|(_, engine)| failures::key(kind, wasm, engine.precompile_compatibility_hash()))
+        .ok_or_else(|| "no allocation strategy".to_string())?;
     if let Some(cache) = cache {
-        for (allocation, _, key) in &candidates {
+        for (allocation, key) in &keys {
             if let Some(artefact) = cache.load(key) {
                 return Ok((*allocation, kind, artefact));
             }
         }
-    }
-    let mut last = None;
-    for (allocation, engine, key) in &candidates {
-        match engine::compile(engine, kind, what, wasm) {
-            Ok(program) => {
-                let artefact = program.serialize().map_err(ShimError::setup)?;
-                if let Some(cache) = cache {
-                    if let Err(e) = cache.store(key, &artefact) {
-                        notes.push(e.to_string());
-                    }
-                }
-                return Ok((*allocation, kind, artefact));
-            }
-            Err(e) => last = Some(e),
+        if let Some(failed) = failures::recall(cache, &failure_key) {
+            return Err(failed);
         }
     }
-    Err(last.unwrap_or_else(|| ShimError::setup("no allocation strategy")))
+    match compile(what, wasm, notes) {
+        Compiled::Done {
+            allocation,
+            kind: compiled_kind,
+            artefact,
+        } => {
+            let key = keys
+                .iter()
+                .find(|(a, _)| *a == allocation)
+                .map(|(_, key)| key)
+                .filter(|_| compiled_kind == kind)
+                .ok_or_else(|| {
+                    format!(
+                        "the compiler answered a {compiled_kind:?} for {} allocation, not what \
+                         was asked",
+                        allocation.name()
+                    )
+                })?;
+            if let Some(cache) = cache {
+                if let Err(e) = cache.store(key, &artefact) {
+                    notes.push(e.to_string());
+                }
+            }
+            Ok((allocation, kind, artefact))
+        }
+        Compiled::Failed { detail, remember } => {
+            if let (Some(cache), true) = (cache, remember) {
+                failures::remember(cache, &failure_key, &detail);
+            }
+            Err(detail)
+        }
+    }
+}
+
+/// Compiles in a confined compiler process, once a node-wide slot is free, charged to the
+/// peer's cgroups.
+fn compile_confined(
+    peer: Option<&Peer>,
+    what: &str,
+    wasm: &[u8],
+    notes: &mut Vec<String>,
+) -> Compiled {
+    let env = |k: &str| std::env::var(k).ok();
+    let limit = slots::node_limit(env);
+    let slot_dir = confine::run_dir(env).join("compile-slots");
+    let _slot = match slots::acquire(&slot_dir, limit, SLOT_PATIENCE) {
+        Ok(slot) => Some(slot),
+        Err(e @ slots::SlotError::TimedOut(_)) => {
+            return Compiled::Failed {
+                detail: e.to_string(),
+                remember: false,
+            }
+        }
+        Err(e) => {
+            notes.push(format!("node-wide compile limit not applied: {e}"));
+            None
+        }
+    };
+    let spawned = Command::new("/proc/self/exe")
+        .arg(COMPILER_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            return Compiled::Failed {
+                detail: format!("cannot start the compiler: {e}"),
+                remember: false,
+            }
+        }
+    };
+    let charged = peer
+        .ok_or_else(|| "the container process is not known".to_string())
+        .and_then(|p| p.proc_cgroup().map_err(|e| e.to_string()))
+        .and_then(|text| peer::charge_to(child.id(), &text, Path::new(crate::cgroup::CGROUP_ROOT)));
+    if let Err(e) = charged {
+        notes.push(format!(
+            "the compile is not charged to the container's cgroups: {e}"
+        ));
+    }
+    let sent = child.stdin.take().map(|mut stdin| {
+        Request::Load {
+            what: what.into(),
+            wasm: wasm.into(),
+        }
+        .write_to(&mut stdin)
+    });
+    let answer = child
+        .stdout
+        .take()
+        .map(|out| Response::decode(&mut BufReader::new(out)));
+    let status = child.wait();
+    match (answer, status) {
+        (Some(Ok(response)), Ok(status)) if status.success() => response.into(),
+        (_, Ok(status)) if status.code() == Some(compiler::EXIT_UNCONFINED) => Compiled::Failed {
+            detail: "the compiler could not confine itself (see the shim's log); nothing was \
+                     compiled"
+                .into(),
+            remember: false,
+        },
+        (_, Ok(status)) => Compiled::Failed {
+            detail: format!(
+                "the compiler ended without an answer ({}){}",
+                ended(status),
+                match sent {
+                    Some(Err(e)) => format!("; sending it the module failed: {e}"),
+                    _ => String::new(),
+                }
+            ),
+            remember: true,
+        },
+        (_, Err(e)) => Compiled::Failed {
+            detail: format!("cannot wait for the compiler: {e}"),
+            remember: false,
+        },
+    }
+}
+
+/// How a compiler ended, in words.
+fn ended(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(libc::SIGXCPU)) => format!(
+            "SIGXCPU: it used its {} s of CPU time",
+            confine::CPU_SECONDS
+        ),
+        (None, Some(libc::SIGKILL)) => {
+            "SIGKILL: out of memory in the container's cgroup, or out of CPU time".into()
+        }
+        (None, Some(libc::SIGABRT)) => "SIGABRT: most likely out of its address-space limit".into(),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => "unknown".into(),
+    }
 }
 
 /// The cgroup limits of the process at the other end of `conn`, read from the host's cgroupfs
@@ -199,6 +375,15 @@ mod tests {
     const TOO_BIG_FOR_THE_POOL: &str =
         r#"(component (core module (table 300000 funcref)) (core instance (instantiate 0)))"#;
 
+    /// What a compiler process would answer, compiled in this one.
+    fn in_process(what: &str, wasm: &[u8], _: &mut Vec<String>) -> Compiled {
+        let engines: Vec<_> = Allocation::ALL
+            .iter()
+            .map(|&a| (a, engine::new_engine(a).expect("engine")))
+            .collect();
+        compiler::compile(&engines, what, wasm).into()
+    }
+
     fn cache(dir: &Path) -> ArtifactCache {
         ArtifactCache::open(&CacheConfig {
             dir: dir.to_path_buf(),
@@ -223,10 +408,12 @@ mod tests {
         let cache = cache(&tmp.path().join("c"));
         let wat = br#"(module (func (export "_start")))"#;
         let mut notes = Vec::new();
-        let (alloc, kind, first) = artefact("m", wat, Some(&cache), &mut notes).expect("compile");
+        let (alloc, kind, first) =
+            artefact("m", wat, Some(&cache), &mut notes, &mut in_process).expect("compile");
         assert_eq!((alloc, kind), (Allocation::OnDemand, ArtifactKind::Module));
         assert_eq!(entries(cache.path()).len(), 1);
-        let (_, _, second) = artefact("m", wat, Some(&cache), &mut notes).expect("hit");
+        let (_, _, second) =
+            artefact("m", wat, Some(&cache), &mut notes, &mut in_process).expect("hit");
         assert_eq!(first, second);
         assert!(notes.is_empty(), "{notes:?}");
         let engine = engine::new_engine(alloc).expect("engine");
@@ -239,7 +426,8 @@ mod tests {
         let cache = cache(&tmp.path().join("c"));
         let wasm = TOO_BIG_FOR_THE_POOL.as_bytes();
         let mut notes = Vec::new();
-        let (alloc, kind, _) = artefact("c", wasm, Some(&cache), &mut notes).expect("compile");
+        let (alloc, kind, _) =
+            artefact("c", wasm, Some(&cache), &mut notes, &mut in_process).expect("compile");
         assert_eq!(
             (alloc, kind),
             (Allocation::OnDemand, ArtifactKind::Component)
@@ -251,7 +439,8 @@ mod tests {
         let ino =
             |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
         let before = ino(&path);
-        let (alloc, _, _) = artefact("c", wasm, Some(&cache), &mut notes).expect("hit");
+        let (alloc, _, _) =
+            artefact("c", wasm, Some(&cache), &mut notes, &mut in_process).expect("hit");
         assert_eq!(alloc, Allocation::OnDemand);
         assert_eq!(ino(&path), before, "served from the cache, not rewritten");
         assert_eq!(
@@ -262,14 +451,55 @@ mod tests {
     }
 
     #[test]
-    fn invalid_wasm_names_the_cause_and_stores_nothing() {
+    fn a_module_that_fails_is_remembered_and_not_compiled_again() {
         let tmp = tempfile::tempdir().expect("tmp");
         let cache = cache(&tmp.path().join("c"));
-        let resp = {
-            let mut notes = Vec::new();
-            artefact("bad", b"\0asm\x01\0\0\0\x05", Some(&cache), &mut notes)
+        let mut compiles = 0;
+        let mut counting = |what: &str, wasm: &[u8], notes: &mut Vec<String>| {
+            compiles += 1;
+            in_process(what, wasm, notes)
         };
-        assert!(matches!(resp, Err(ShimError::Invalid { .. })), "{resp:?}");
+        let bad = b"\0asm\x01\0\0\0\x05";
+        let first = artefact("bad", bad, Some(&cache), &mut Vec::new(), &mut counting)
+            .expect_err("invalid");
+        let again = artefact("bad", bad, Some(&cache), &mut Vec::new(), &mut counting)
+            .expect_err("remembered");
+        assert_eq!(compiles, 1, "compiled once");
+        assert!(again.starts_with(&first), "{again}");
+        assert!(again.contains("failed to compile on this node"), "{again}");
+        let stored = entries(cache.path());
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert!(stored[0].starts_with("module-failed-"), "{stored:?}");
+    }
+
+    #[test]
+    fn a_failure_of_the_node_is_not_held_against_the_module() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = cache(&tmp.path().join("c"));
+        let wat = br#"(module (func (export "_start")))"#;
+        let mut node_fails = |_: &str, _: &[u8], _: &mut Vec<String>| Compiled::Failed {
+            detail: "no compile slot".into(),
+            remember: false,
+        };
+        let e =
+            artefact("m", wat, Some(&cache), &mut Vec::new(), &mut node_fails).expect_err("failed");
+        assert_eq!(e, "no compile slot");
+        assert!(entries(cache.path()).is_empty());
+        artefact("m", wat, Some(&cache), &mut Vec::new(), &mut in_process).expect("compiles");
+    }
+
+    #[test]
+    fn an_answer_for_another_kind_is_refused_and_not_stored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cache = cache(&tmp.path().join("c"));
+        let wat = br#"(module (func (export "_start")))"#;
+        let mut lying = |_: &str, _: &[u8], _: &mut Vec<String>| Compiled::Done {
+            allocation: Allocation::Pooling,
+            kind: ArtifactKind::Component,
+            artefact: b"not an artefact".to_vec(),
+        };
+        let e = artefact("m", wat, Some(&cache), &mut Vec::new(), &mut lying).expect_err("refused");
+        assert!(e.contains("not what was asked"), "{e}");
         assert!(entries(cache.path()).is_empty());
     }
 }

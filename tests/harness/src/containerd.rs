@@ -555,6 +555,8 @@ pub struct CtrRun {
     pub runtime: Option<String>,
     /// Share the host's network namespace (`--net-host`).
     pub net_host: bool,
+    /// Share the host's PID namespace (`--with-ns pid:/proc/1/ns/pid`), as a hostPID pod.
+    pub host_pid: bool,
 }
 
 impl CtrRun {
@@ -606,6 +608,9 @@ impl CtrRun {
         }
         if self.net_host {
             a.push("--net-host".into());
+        }
+        if self.host_pid {
+            a.push("--with-ns=pid:/proc/1/ns/pid".into());
         }
         match (&self.rootfs, &self.image) {
             (Some(r), _) => {

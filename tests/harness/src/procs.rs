@@ -44,6 +44,8 @@ pub struct ShimRoles {
     pub broker: Option<u32>,
     /// A compile worker of that broker, if one runs now.
     pub worker: Option<u32>,
+    /// The compiler that worker started, if one runs now.
+    pub compiler: Option<u32>,
 }
 
 /// The wasmkube shim daemon serving task or sandbox `id` of the containerd at `address`, with
@@ -69,11 +71,48 @@ pub fn shim_roles(address: &Path, id: &str) -> Option<ShimRoles> {
         .find(|&d| child_with(d, "--wasmkube-compile-broker").is_some())?;
     let broker = child_with(daemon, "--wasmkube-compile-broker");
     let worker = broker.and_then(|b| child_with(b, "--wasmkube-compile-worker"));
+    let compiler = worker.and_then(|w| child_with(w, "--wasmkube-compiler"));
     Some(ShimRoles {
         daemon,
         broker,
         worker,
+        compiler,
     })
+}
+
+/// Every compiler process started for the shims of the containerd at `address` (a compiler's
+/// parent is a worker, whose parent is a broker, whose parent is a shim daemon of `address`).
+pub fn compilers(address: &Path) -> Vec<u32> {
+    let address = address.display().to_string();
+    let all = processes();
+    let by_pid: std::collections::HashMap<u32, (u32, &Vec<String>)> =
+        all.iter().map(|(p, pp, a)| (*p, (*pp, a))).collect();
+    let role = |pid: u32, arg: &str| {
+        by_pid
+            .get(&pid)
+            .filter(|(_, argv)| argv.get(1).is_some_and(|a| a == arg))
+            .map(|(ppid, _)| *ppid)
+    };
+    all.iter()
+        .filter(|(pid, _, _)| {
+            role(*pid, "--wasmkube-compiler")
+                .and_then(|worker| role(worker, "--wasmkube-compile-worker"))
+                .and_then(|broker| role(broker, "--wasmkube-compile-broker"))
+                .and_then(|daemon| by_pid.get(&daemon))
+                .is_some_and(|(_, argv)| argv.contains(&address))
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect()
+}
+
+/// The `Name:\tvalue` fields of `/proc/<pid>/status`.
+pub fn status(pid: u32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// The `-id` of every long-running wasmkube shim process of the containerd at `address` (a
