@@ -1,35 +1,47 @@
 //! The compile broker: wasm is compiled, and the compiled-module cache read and written, only by
-//! short-lived worker processes with the shim's host privileges, never inside a container.
+//! processes outside every container, started for each request.
 //!
 //! ```text
 //!  shim daemon ──spawn──▶ broker (`--wasmkube-compile-broker`, stdin = SEQPACKET server end)
 //!     │ (client end, CLOEXEC)      │ one message per request, carrying a fresh stream socket
 //!     ▼ fork                       ▼ spawn, at most `max(2, CPUs)` at once
 //!  zygote ─clone─▶ container process ══ private socket pair ══▶ worker (`--wasmkube-compile-worker`)
-//!                  (after pivot_root)      request: the wasm      cache lookup (MAC-checked) or
-//!                                          response: artefact     compile + store; then exits
+//!                  (after pivot_root)      request: the wasm      cache lookup (MAC-checked); on a
+//!                                          response: artefact     miss, a node-wide slot, then:
+//!                                                                   │ spawn, stdin/stdout pipes
+//!                                                                   ▼
+//!                                                      compiler (`--wasmkube-compiler`): own uid,
+//!                                                      chroot, seccomp, rlimits, in the
+//!                                                      container's cgroups; compiles, answers
 //! ```
 //!
 //! - **Cache trust.** Only workers open the cache ([`crate::cache`]); a container process gets
 //!   artefact bytes over a socket pair that only it and its worker hold. A tenant that broke out
 //!   of its wasm sandbox still cannot write an entry another tenant's container will load.
+//! - **Privilege separation.** The worker (uid 0, no capabilities, not dumpable) holds the cache
+//!   and the node key but never parses the module; the compiler parses and compiles it holding
+//!   nothing worth stealing ([`confine`]), and the worker stores its answer under the key it
+//!   derived from the bytes it forwarded ([`compiler`]).
+//! - **Node-wide limits.** At most [`slots::node_limit`] compiles run on the node at once
+//!   ([`slots`]); each compiler joins the requesting container's cgroups before it reads the
+//!   module ([`peer`]), so the pod pays for its compile; a module that failed to compile is
+//!   remembered for ten minutes ([`failures`]).
 //! - **No host descriptors in containers.** The shim opens no host directory before runwasi
 //!   forks its zygote: a container process inherits only the client socket (close-on-exec, so
 //!   native containers lose it at `execve`). The host-side memory limit and CPU quota of a cgroup v1 container
 //!   is asked of a worker too ([`protocol::Request::Limits`]).
-//! - **Compiler memory is returned.** Each request runs in a fresh worker process that exits
-//!   after answering, so the first instance of an app does not keep Cranelift's heap.
+//! - **Compiler memory is returned.** Each compile runs in a fresh process that exits after
+//!   answering, so the first instance of an app does not keep Cranelift's heap.
 //! - **Stop works during compilation.** The container waits for its answer asynchronously and
-//!   gives up at SIGTERM ([`client`]); its worker sees the hang-up and exits, so a stopped
-//!   container's compile does not go on using the node's CPU.
+//!   gives up at SIGTERM ([`client`]); its worker sees the hang-up and exits, and its compiler
+//!   gets SIGKILL with it, so a stopped container's compile does not go on using the node's CPU.
 //! - **No containerd handle.** Each role closes every descriptor above stdio first
 //!   ([`crate::descriptors::close_from`]): the shim daemon's TTRPC listener is not close-on-exec.
-//! - **Workers are contained.** They drop every capability before reading a request (the cache
-//!   is their own user's, so none is needed), run at most ten minutes, accept at most
-//!   [`protocol::MAX_WASM`] bytes, and the broker runs at most `max(2, CPUs)` at once, one per
-//!   container process, with at most eight more of its requests waiting (see [`server`]): a
-//!   client that floods the broker or never finishes a request delays only itself. A client
-//!   hands its request over within five seconds or compiles in its own process.
+//! - **Bounded.** Workers run at most ten minutes and accept at most [`protocol::MAX_WASM`]
+//!   bytes; the broker runs at most `max(2, CPUs)` at once, one per container process, with at
+//!   most eight more of its requests waiting (see [`server`]): a client that floods the broker
+//!   or never finishes a request delays only itself. A client hands its request over within
+//!   five seconds or compiles in its own process.
 //!
 //! If the broker cannot start, containers compile in their own process without a cache and say so.
 use std::ffi::OsString;
