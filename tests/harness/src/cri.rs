@@ -24,9 +24,6 @@ pub struct PodSpec {
     pub handler: String,
     pub host_network: bool,
     pub log_dir: PathBuf,
-    /// The pod's cgroup (its containers' cgroups are under it), as the kubelet's
-    /// `/kubepods/…/pod<uid>`; `None` leaves it to the runtime.
-    pub cgroup_parent: Option<String>,
 }
 
 /// A container as a test describes it.
@@ -133,7 +130,6 @@ impl Cri {
             },
             log_directory: pod.log_dir.display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: pod.cgroup_parent.clone().unwrap_or_default(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
                         network: network as i32,
