@@ -5,6 +5,9 @@
 #   node-installer.tar  docker.io/wasmkube/node-installer:VERSION  (images/node-installer.Dockerfile)
 #   pause.tar           localhost/wasmkube/pause:VERSION           (images/pause.Dockerfile)
 #   hello-http.tar      docker.io/wasmkube/hello-http:VERSION      (wasmkube pack, tests/guests/http-hello)
+#   http-outbound.tar   docker.io/wasmkube/http-outbound:VERSION   (wasmkube pack, tests/guests/http-outbound)
+#   late-fail.tar       docker.io/wasmkube/late-fail:VERSION       (wasmkube pack of a module that
+#                                                 fails to compile, tests/guests/assets/late_fail.py)
 # The native images come from the Dockerfiles through `wasmkube image build`, which interprets
 # their subset (FROM scratch, COPY, config) exactly; so does `docker build` over the same context.
 #
@@ -115,11 +118,16 @@ build node-installer "docker.io/wasmkube/node-installer:$version"
 build pause "localhost/wasmkube/pause:$version"
 timed hello-http "$wasmkube" pack "$guest" --name "docker.io/wasmkube/hello-http:$version" \
   -o "$out/hello-http.tar"
+timed http-outbound "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_outbound.wasm" \
+  --name "docker.io/wasmkube/http-outbound:$version" -o "$out/http-outbound.tar"
+python3 tests/guests/assets/late_fail.py >"$work/late-fail.wasm"
+timed late-fail "$wasmkube" pack "$work/late-fail.wasm" \
+  --name "docker.io/wasmkube/late-fail:$version" -o "$out/late-fail.tar"
 
 step "images in $out"
 human() { numfmt --to=iec-i --suffix=B --round=nearest --format='%.1f' "$1"; }
 printf '%-20s %-42s %-73s %10s %10s\n' ARCHIVE REFERENCE "MANIFEST DIGEST" COMPRESSED UNPACKED
-for name in operator node-installer pause hello-http; do
+for name in operator node-installer pause hello-http http-outbound late-fail; do
   # "<ref> manifest <digest> platform <p> archive <n> bytes content <n> bytes"
   read -r ref _ digest _ _ _ archive _ _ content _ < <("$wasmkube" image inspect "$out/$name.tar")
   printf '%-20s %-42s %-73s %10s %10s\n' "$name.tar" "$ref" "$digest" "$(human "$archive")" "$(human "$content")"

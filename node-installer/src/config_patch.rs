@@ -18,9 +18,9 @@ use std::ops::Range;
 use toml_edit::{Document, DocumentMut, InlineTable, Item, Key, Table, TableLike, Value};
 
 /// The CRI runtime handler (and RuntimeClass) name.
-pub const HANDLER: &str = "wasmkube";
+pub const HANDLER: &str = wasmkube_contract::names::RUNTIME_HANDLER;
 /// containerd's runtime type for the shim `containerd-shim-wasmkube-v1`.
-pub const RUNTIME_TYPE: &str = "io.containerd.wasmkube.v1";
+pub const RUNTIME_TYPE: &str = wasmkube_contract::names::RUNTIME_TYPE;
 /// The CRI plugin holding runtimes in schema version 2.
 pub const V2_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 /// The CRI runtime plugin holding runtimes in schema version 3.

@@ -62,7 +62,7 @@ impl PlanError {
 /// The shim's compiled-module cache on the host: the shim's default (`DEFAULT_CACHE_DIR` in
 /// `shim/src/host.rs`, duplicated here so the installer does not depend on the shim crate; keep
 /// the two in step). `uninstall` removes it.
-pub const SHIM_CACHE_HOST_DIR: &str = "/var/lib/wasmkube/cache";
+pub const SHIM_CACHE_HOST_DIR: &str = wasmkube_contract::names::CACHE_DIR;
 
 /// The node under `--host-root`. Every path in it is resolved as the host sees it (see
 /// [`host_path`]): a symlinked config is the file it points at, inside the host root.

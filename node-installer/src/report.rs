@@ -8,42 +8,9 @@ use crate::flavour::Flavour;
 /// Kubernetes truncates termination messages at 4096 bytes; we stay under it.
 pub const MAX_RESULT_BYTES: usize = 4096;
 
-/// What happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// Something was written (shim, config) or containerd restarted; the handler is verified.
-    Installed,
-    /// Everything was already in place; nothing written, nothing restarted.
-    Unchanged,
-    /// Our runtime and shim are gone and the handler is no longer served.
-    Uninstalled,
-    /// `status`: nothing of ours is on the node.
-    NotInstalled,
-    /// `status`: some of it is there (see the message).
-    Partial,
-    /// `--dry-run`: the diff was printed, nothing changed.
-    DryRun,
-    /// `check`: every wasm check run passed (see the message).
-    Checked,
-    /// It did not work; see `message`, `reason` and the exit code.
-    Failed,
-}
-
-/// How a failure left the node. Decides the exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Failure {
-    /// Refused or failed before changing anything (exit 1).
-    NothingChanged,
-    /// Changed, failed verification, and was rolled back (exit 3).
-    RolledBack,
-    /// Changed, failed, and the rollback failed too: the node needs a human (exit 4).
-    RollbackFailed,
-    /// Changed, failed, and someone else edited the config meanwhile: their edit is kept, so the
-    /// config was not rolled back and the node needs a human (exit 4).
-    RollbackConflict,
-}
+/// What happened, and how a failure left the node (which decides the exit code): the types
+/// the operator reads back (`wasmkube-contract`).
+pub use wasmkube_contract::installer::{InstallerFailure as Failure, InstallerState as State};
 
 /// The JSON result.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic_write::sync_dir;
 
 /// The shim's file name: containerd derives it from runtime_type `io.containerd.wasmkube.v1`.
-pub const SHIM_NAME: &str = "containerd-shim-wasmkube-v1";
+pub const SHIM_NAME: &str = wasmkube_contract::names::SHIM_BINARY;
 /// Where the shim goes on the host.
 pub const SHIM_HOST_DIR: &str = "/opt/wasmkube/bin";
 

@@ -187,6 +187,44 @@ pub struct WasmAppSpec {
     /// Horizontal autoscaling on CPU; when set, an HPA owns the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+
+    /// Where the app may connect: outgoing wasi:http requests and wasi:sockets connections.
+    /// Absent: nowhere (no requests, no sockets, no name lookups), as in Spin and wasmCloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundSpec>,
+}
+
+/// `spec.outbound`: the destinations granted, in Spin's `allowed_outbound_hosts` syntax.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundSpec {
+    /// `SCHEME://HOST[:PORT]` entries (`*` alone: anything): e.g. `https://api.example.com`,
+    /// `http://*.default.svc.cluster.local:8080`, `*://db.internal:5432`, `redis://cache:6379`,
+    /// `*://10.0.0.0/8:*`. The port defaults to the scheme's (80, 443, 6379, 5432, 3306, 1883);
+    /// other schemes and `*` need one. wasi:sockets connections match any entry's host and port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 128),
+        inner(
+            length(min = 1, max = 300),
+            regex(
+                pattern = r"^(\*|(\*|[A-Za-z][A-Za-z0-9+.-]*)://(\*|(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?|[0-9.]+(/[0-9]{1,2})?|\[[0-9A-Fa-f:.]+(/[0-9]{1,3})?\])(:(\*|[0-9]{1,5}(-[0-9]{1,5})?))?)$"
+            )
+        )
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// CIDRs (or addresses) refused even when an allowed name resolves into them; checked on
+    /// the resolved address. Link-local (169.254.0.0/16, fe80::/10: cloud metadata) is refused
+    /// unless an `allowedHosts` entry names it by address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 128),
+        inner(
+            length(min = 2, max = 50),
+            regex(pattern = r"^([0-9.]+(/[0-9]{1,2})?|[0-9A-Fa-f:.]+(/[0-9]{1,3})?)$")
+        )
+    )]
+    pub blocked_networks: Vec<String>,
 }
 
 /// A container's `imagePullPolicy`.

@@ -9,6 +9,7 @@
 //! moves the node to `failed` at once, and so does the last allowed attempt.
 
 use k8s_openapi::api::core::v1::ContainerStatus;
+use wasmkube_contract::installer::InstallerFailure;
 
 /// Default of `--max-install-attempts`: the attempts of one installer pod after which a
 /// retryable failure is `failed`.
@@ -68,10 +69,6 @@ pub enum Retry {
     Permanent,
 }
 
-/// The installer result's `failure` values that say the node needs a person whatever the
-/// reason: the rollback failed, or someone else's edit of the config was kept.
-const NEEDS_A_PERSON: &[&str] = &["rollback-failed", "rollback-conflict"];
-
 const PERMANENT: &[&str] = &[
     installer_reasons::PARSE_ERROR,
     installer_reasons::SCHEMA_V1,
@@ -93,9 +90,9 @@ const PERMANENT: &[&str] = &[
 /// Classifies a failure by its `reason` and the installer's `failure` field. A reason this
 /// operator does not know (a newer installer's, or none: a crash before the result) is
 /// retryable: the attempt limit still ends it.
-pub fn classify(reason: Option<&str>, failure: Option<&str>) -> Retry {
+pub fn classify(reason: Option<&str>, failure: Option<InstallerFailure>) -> Retry {
     let permanent = reason.is_some_and(|r| PERMANENT.contains(&r))
-        || failure.is_some_and(|f| NEEDS_A_PERSON.contains(&f));
+        || failure.is_some_and(InstallerFailure::needs_a_person);
     if permanent {
         Retry::Permanent
     } else {
@@ -180,7 +177,7 @@ mod tests {
             "RestartFailed",
         ] {
             assert_eq!(
-                classify(Some(retryable), Some("rolled-back")),
+                classify(Some(retryable), Some(InstallerFailure::RolledBack)),
                 Retry::Retryable,
                 "{retryable}"
             );
@@ -190,11 +187,17 @@ mod tests {
         assert_eq!(classify(None, None), Retry::Retryable);
         // A failed rollback needs a person whatever the cause.
         assert_eq!(
-            classify(Some("VerifyTimeout"), Some("rollback-failed")),
+            classify(
+                Some("VerifyTimeout"),
+                Some(InstallerFailure::RollbackFailed)
+            ),
             Retry::Permanent
         );
         assert_eq!(
-            classify(Some("WasmCheckFailed"), Some("rollback-conflict")),
+            classify(
+                Some("WasmCheckFailed"),
+                Some(InstallerFailure::RollbackConflict)
+            ),
             Retry::Permanent
         );
     }

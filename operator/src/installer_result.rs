@@ -7,23 +7,15 @@
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use serde::Deserialize;
+use wasmkube_contract::installer::InstallerFailure;
 
 use crate::{
     install_failure::{self, classify, operator_reasons, Failure},
     names::installer,
 };
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ResultState {
-    Installed,
-    Unchanged,
-    Uninstalled,
-    Failed,
-    /// `not-installed`, `partial`, `dry-run` (from `status` / `--dry-run`) or a future state.
-    #[serde(other)]
-    Other,
-}
+/// The result's `state` (an unknown one reads as `Unknown`).
+pub use wasmkube_contract::installer::InstallerState as ResultState;
 
 /// The JSON object, tolerant of fields it does not know.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -42,8 +34,8 @@ pub struct InstallerResult {
     pub message: Option<String>,
     /// A stable name for the failure cause (`SchemaV1`, `ParseError`, …).
     pub reason: Option<String>,
-    /// `nothing-changed`, `rolled-back` or `rollback-failed`.
-    pub failure: Option<String>,
+    /// How the failure left the node (`rolled-back`, `rollback-conflict`, …).
+    pub failure: Option<InstallerFailure>,
 }
 
 impl InstallerResult {
@@ -51,7 +43,7 @@ impl InstallerResult {
     fn failure(&self) -> Failure {
         let reason = self.reason.clone().filter(|r| !r.is_empty());
         Failure {
-            retry: classify(reason.as_deref(), self.failure.as_deref()),
+            retry: classify(reason.as_deref(), self.failure),
             message: truncate(&self.failure_message()),
             reason,
             attempt: None,
@@ -68,8 +60,15 @@ impl InstallerResult {
             Some(r) if !r.is_empty() => format!("{r}: {message}"),
             _ => message.to_string(),
         };
-        if self.failure.as_deref() == Some("rollback-failed") {
-            out.push_str(" (rollback failed too: the node needs attention)");
+        match self.failure {
+            Some(InstallerFailure::RollbackFailed) => {
+                out.push_str(" (rollback failed too: the node needs attention)")
+            }
+            Some(InstallerFailure::RollbackConflict) => out.push_str(
+                " (not rolled back: someone else edited the config meanwhile; the node needs \
+                 attention)",
+            ),
+            _ => {}
         }
         out
     }

@@ -13,7 +13,7 @@ pub const PART_OF: &str = "wasmkube";
 /// RuntimeClass name and CRI runtime handler.
 pub const RUNTIME_CLASS: &str = "wasmkube";
 /// CRI handler the node installer configures in containerd.
-pub const RUNTIME_HANDLER: &str = "wasmkube";
+pub const RUNTIME_HANDLER: &str = wasmkube_contract::names::RUNTIME_HANDLER;
 
 /// Node opt-in: an annotation (or a label) with this key and the value `"true"`.
 pub const WASM_NODE: &str = "wasmkube.dev/wasm-node";

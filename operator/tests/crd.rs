@@ -132,6 +132,7 @@ fn schema_pin() {
             "imagePullPolicy",
             "imagePullSecrets",
             "nodeSelector",
+            "outbound",
             "probes",
             "replicas",
             "resources",
@@ -220,4 +221,41 @@ fn schema_pin() {
         status["conditions"]["x-kubernetes-list-map-keys"],
         json!(["type"])
     );
+}
+
+#[test]
+fn outbound_entries_are_checked_by_the_schema() {
+    let s = schema();
+    let outbound = &s["properties"]["spec"]["properties"]["outbound"]["properties"];
+    let pattern = |field: &str| {
+        let p = outbound[field]["items"]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: no pattern: {outbound}"));
+        regex::Regex::new(p).expect("the pattern is a regex")
+    };
+    let hosts = pattern("allowedHosts");
+    for ok in [
+        "*",
+        "https://api.example.com",
+        "http://*.default.svc.cluster.local:8080",
+        "*://db.internal:5432",
+        "redis://cache:6379",
+        "*://10.0.0.0/8:*",
+        "*://[fd00::/8]:80-89",
+        "http://127.0.0.1:8080",
+    ] {
+        assert!(hosts.is_match(ok), "{ok} refused");
+        wasmkube_contract::HostGrant::parse(ok).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for bad in [
+        "ht!tp://x",
+        "api.example.com",
+        "https://x/path",
+        "http://x:port",
+    ] {
+        assert!(!hosts.is_match(bad), "{bad} accepted");
+    }
+    let nets = pattern("blockedNetworks");
+    assert!(nets.is_match("10.0.0.0/8") && nets.is_match("fd00::/8") && nets.is_match("192.0.2.1"));
+    assert!(!nets.is_match("ten/8"));
 }

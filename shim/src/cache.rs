@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 /// Empty or `off` disables the cache.
 pub const CACHE_DIR_ENV: &str = "WASMKUBE_CACHE_DIR";
 /// Default cache directory on a node (the node installer's uninstall removes it).
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmkube/cache";
+pub const DEFAULT_CACHE_DIR: &str = wasmkube_contract::names::CACHE_DIR;
 /// Environment variable bounding the cache's size (bytes, or `Ki`/`Mi`/`Gi`).
 pub const CACHE_MAX_ENV: &str = "WASMKUBE_CACHE_MAX_BYTES";
 /// Default size bound.

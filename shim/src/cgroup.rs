@@ -19,12 +19,7 @@ pub struct CgroupPaths {
 /// Parses `/proc/<pid>/cgroup`.
 pub fn parse_proc_cgroup(text: &str) -> CgroupPaths {
     let mut out = CgroupPaths::default();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
+    for (id, controllers, path) in proc_cgroup_lines(text) {
         if id == "0" && controllers.is_empty() {
             out.v2 = Some(path.to_string());
             continue;
@@ -38,6 +33,15 @@ pub fn parse_proc_cgroup(text: &str) -> CgroupPaths {
         }
     }
     out
+}
+
+/// The `(hierarchy id, controllers, path)` of each well-formed line of a `/proc/<pid>/cgroup`
+/// (`0`, empty, path for the unified hierarchy).
+pub fn proc_cgroup_lines(text: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        Some((parts.next()?, parts.next()?, parts.next()?))
+    })
 }
 
 /// `dir/file` relative to a cgroupfs root (`file` alone for the root itself).

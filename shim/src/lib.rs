@@ -22,6 +22,7 @@ pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod memory;
+pub mod outbound;
 pub mod preopens;
 pub mod privileges;
 pub mod shim;

@@ -150,7 +150,7 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
         Loaded::Stopped(signo) => return Ok(128 + signo),
     };
     // After loading, so the memory already used (the compiled code) counts against the budget.
-    let cfg = GuestConfig::from_context(ctx, what);
+    let cfg = GuestConfig::from_context(ctx, what)?;
     match program {
         Program::Module(module) => {
             stop.interrupt_on_stop(engine.clone());

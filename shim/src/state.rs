@@ -6,8 +6,19 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use std::sync::Arc;
+
+use wasmkube_contract::{Grants, GRANTS_ENV};
+use wasmtime_wasi::sockets::SocketAddrUse;
+
 use crate::budget::GuestLimiter;
+use crate::error::ShimError;
+use crate::outbound::hooks::OutboundHooks;
+use crate::outbound::Policy;
 use crate::preopens::Preopen;
+
+/// A `NAME=value` pair of the container's environment.
+type EnvVar = (String, String);
 
 /// Environment variable (in the container) with the address wasi:http apps listen on.
 pub const HTTP_ADDR_ENV: &str = "WASMKUBE_HTTP_ADDR";
@@ -27,11 +38,15 @@ pub struct GuestConfig {
     /// Bytes of wasm memory (compiled code and every store's linear memory together) the
     /// container's memory limit leaves; see [`crate::budget::MemoryBudget`].
     pub memory_budget: Option<usize>,
+    /// What the guest may reach on the network (`spec.outbound`).
+    pub outbound: Arc<Policy>,
 }
 
 impl GuestConfig {
-    /// Reads args and env from runwasi's context and the rest from inside the container.
-    pub fn from_context(ctx: &impl RuntimeContext, what: String) -> Self {
+    /// Reads args and env from runwasi's context and the rest from inside the container. The
+    /// grants document ([`GRANTS_ENV`]) is taken out of the guest's environment; a malformed one
+    /// stops the container with a message naming it.
+    pub fn from_context(ctx: &impl RuntimeContext, what: String) -> Result<Self, ShimError> {
         let mut args: Vec<String> = ctx.args().to_vec();
         if let Some(arg0) = args.first_mut() {
             // `module.wasm#func` selects an export; the guest's argv[0] is the path.
@@ -39,26 +54,36 @@ impl GuestConfig {
                 *arg0 = path.to_string();
             }
         }
-        let envs = ctx
+        let (grants, envs): (Vec<EnvVar>, Vec<EnvVar>) = ctx
             .envs()
             .iter()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+            .partition(|(k, _)| k == GRANTS_ENV);
+        let grants = match grants.last() {
+            Some((_, text)) => Grants::from_env_value(text).map_err(|e| ShimError::Config {
+                var: GRANTS_ENV.into(),
+                value: "(the grants document)".into(),
+                detail: e.to_string(),
+            })?,
+            None => Grants::none(),
+        };
+        let outbound = Arc::new(Policy::new(grants.outbound.as_ref())?);
         let cwd = std::env::current_dir()
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| p != "/");
         let memory_budget = crate::memory::container_memory()
             .map(|(limit, usage)| crate::memory::store_budget(limit, usage));
-        GuestConfig {
+        Ok(GuestConfig {
             what,
             args,
             envs,
             preopens: crate::preopens::discover(),
             cwd,
             memory_budget,
-        }
+            outbound,
+        })
     }
 
     /// The value of a container environment variable.
@@ -73,9 +98,32 @@ impl GuestConfig {
     /// A WASI context builder with stdio, args, env, preopens and cwd.
     pub fn wasi_builder(&self) -> WasiCtxBuilder {
         let mut b = WasiCtxBuilder::new();
+        let policy = self.outbound.clone();
         b.inherit_stdio()
-            .inherit_network()
-            .allow_ip_name_lookup(true);
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(self.outbound.allows_lookups())
+            .socket_addr_check(move |addr, use_| {
+                let policy = policy.clone();
+                Box::pin(async move {
+                    match use_ {
+                        // Local ends (binding, also the implicit bind before a connect, and
+                        // listening) and what arrives: not outbound.
+                        SocketAddrUse::TcpBind
+                        | SocketAddrUse::TcpListen
+                        | SocketAddrUse::TcpAccept
+                        | SocketAddrUse::UdpBind
+                        | SocketAddrUse::UdpReceive => true,
+                        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => {
+                            // Resolving a granted name runs on its own task: the check's
+                            // future must be Sync.
+                            tokio::spawn(async move { policy.allows_socket(addr).await })
+                                .await
+                                .unwrap_or(false)
+                        }
+                    }
+                })
+            });
         b.args(&self.args).envs(&self.envs);
         // `.` first: it must not shadow `/` (see `preopens::guest_dirs`).
         for d in crate::preopens::guest_dirs(&self.preopens, self.cwd.as_deref()) {
@@ -105,6 +153,7 @@ pub struct P1State {
 pub struct P2State {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
+    pub http_hooks: OutboundHooks,
     pub table: ResourceTable,
     pub limiter: GuestLimiter,
 }
@@ -115,6 +164,9 @@ impl P2State {
         P2State {
             wasi: cfg.wasi_builder().build(),
             http: WasiHttpCtx::new(),
+            http_hooks: OutboundHooks {
+                policy: cfg.outbound.clone(),
+            },
             table: ResourceTable::new(),
             limiter,
         }
@@ -135,7 +187,7 @@ impl WasiHttpView for P2State {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -5,40 +5,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wasmkube_test_harness::containerd::HANDLER;
-use wasmkube_test_harness::cri::{BridgeCni, ContainerSpec, Cri, PodSpec};
-use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::images::{pack, pause_archive};
-use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
+use wasmkube_test_harness::cri::{BridgeCni, ContainerSpec};
+use wasmkube_test_harness::{missing_prerequisites, skip_unless};
 
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
-
-/// A containerd with the pause image and the named guests imported into `k8s.io`.
-fn node(guests: &[(&str, &str)]) -> (Containerd, Cri, tempfile::TempDir) {
-    let ctd = Containerd::builder().shim(SHIM).start();
-    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    ctd.import("k8s.io", pause).ok();
-    let work = tempfile::tempdir().expect("tmp");
-    for (name, reference) in guests {
-        let archive = work.path().join(format!("{name}.tar"));
-        pack(&guest(name), reference, &archive);
-        ctd.import("k8s.io", &archive).ok();
-    }
-    let mut cri = Cri::connect(&ctd.address()).expect("CRI connect");
-    let (name, version) = cri.version().expect("CRI version");
-    assert_eq!(name, "containerd");
-    assert!(!version.is_empty());
-    (ctd, cri, work)
-}
-
-fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
-    PodSpec {
-        name: unique_id(name),
-        handler: HANDLER.into(),
-        host_network,
-        log_dir: logs.join(name),
-    }
-}
+mod support;
+use support::{node, pod};
 
 #[test]
 fn cri_runs_a_wasm_container_in_a_host_network_pod() {

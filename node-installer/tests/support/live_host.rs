@@ -183,6 +183,7 @@ impl Host {
             handler: "wasmkube".into(),
             host_network: true,
             log_dir: log_dir.to_path_buf(),
+            cgroup_parent: None,
         };
         let pod_id = cri
             .run_pod(&pod)

@@ -177,7 +177,20 @@ pub fn deployment(app: &WasmApp) -> Deployment {
             ..EnvVar::default()
         });
     }
-    env.extend(spec.env.iter().cloned());
+    env.extend(
+        spec.env
+            .iter()
+            .filter(|e| e.name != wasmkube_contract::GRANTS_ENV)
+            .cloned(),
+    );
+    // Last, so no entry of spec.env can stand in for it (validation also refuses one).
+    if let Some(grants) = spec.grants() {
+        env.push(EnvVar {
+            name: wasmkube_contract::GRANTS_ENV.to_string(),
+            value: Some(grants.to_env_value()),
+            ..EnvVar::default()
+        });
+    }
 
     let probes = spec.probes.clone().unwrap_or_default();
     let container = Container {

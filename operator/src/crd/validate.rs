@@ -78,11 +78,51 @@ impl WasmAppSpec {
                 }
             }
         }
+        if self
+            .env
+            .iter()
+            .any(|e| e.name == wasmkube_contract::GRANTS_ENV)
+        {
+            problems.push(format!(
+                "env {} is reserved for the grants the operator writes; grant through \
+                 spec.outbound",
+                wasmkube_contract::GRANTS_ENV
+            ));
+        }
+        if let Some(outbound) = &self.outbound {
+            for (i, entry) in outbound.allowed_hosts.iter().enumerate() {
+                if let Err(e) = wasmkube_contract::HostGrant::parse(entry) {
+                    problems.push(format!("outbound.allowedHosts[{i}]: {e}"));
+                }
+            }
+            for (i, net) in outbound.blocked_networks.iter().enumerate() {
+                let ok =
+                    net.parse::<ipnet::IpNet>().is_ok() || net.parse::<std::net::IpAddr>().is_ok();
+                if !ok {
+                    problems.push(format!(
+                        "outbound.blockedNetworks[{i}]: {net:?} is not a CIDR or an address"
+                    ));
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+
+    /// The grants document for the pods ([`wasmkube_contract::GRANTS_ENV`]), when the app
+    /// grants anything.
+    pub fn grants(&self) -> Option<wasmkube_contract::Grants> {
+        let outbound = self.outbound.as_ref()?;
+        Some(wasmkube_contract::Grants {
+            outbound: Some(wasmkube_contract::Outbound {
+                allowed_hosts: outbound.allowed_hosts.clone(),
+                blocked_networks: outbound.blocked_networks.clone(),
+            }),
+            ..wasmkube_contract::Grants::none()
+        })
     }
 }
 

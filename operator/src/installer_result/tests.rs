@@ -264,3 +264,16 @@ fn an_unverified_install_is_not_ready() {
         Outcome::Installed { .. }
     ));
 }
+
+#[test]
+fn a_rollback_conflict_needs_a_person_and_says_why() {
+    let msg = r#"{"state":"failed","reason":"WasmCheckFailed","failure":"rollback-conflict","message":"exited 143"}"#;
+    let r: InstallerResult = serde_json::from_str(msg).expect("parse");
+    let f = r.failure();
+    assert_eq!(f.retry, Retry::Permanent);
+    assert!(
+        f.message.contains("someone else edited the config"),
+        "{}",
+        f.message
+    );
+}

@@ -94,12 +94,7 @@ pub fn charge_files(proc_cgroup: &str, root: &Path) -> Vec<PathBuf> {
         None
     };
     let mut out = Vec::new();
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
+    for (id, controllers, path) in crate::cgroup::proc_cgroup_lines(proc_cgroup) {
         let rel = path.trim_start_matches('/');
         if rel.split('/').any(|c| c == "..") {
             continue;

@@ -94,6 +94,21 @@ impl Cluster {
         ))
     }
 
+    /// Namespace `ns`, empty: deleted first (with all it holds, if an earlier run left it), then
+    /// created.
+    pub fn fresh_namespace(&self, ns: &str) -> Result<()> {
+        self.kubectl(&[
+            "delete",
+            "namespace",
+            ns,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ])?;
+        self.kubectl(&["create", "namespace", ns])?;
+        Ok(())
+    }
+
     /// Runs `sh -c SCRIPT` on the node (as root); returns stdout, fails with stderr.
     pub fn node_sh(&self, script: &str) -> Result<String> {
         // Local cluster: the node is this host. Otherwise: `<prefix> sh -c SCRIPT`.

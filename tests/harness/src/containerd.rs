@@ -5,9 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The shim's containerd runtime type.
-pub const RUNTIME_TYPE: &str = "io.containerd.wasmkube.v1";
+pub const RUNTIME_TYPE: &str = wasmkube_contract::names::RUNTIME_TYPE;
 /// The CRI runtime handler (and RuntimeClass) name.
-pub const HANDLER: &str = "wasmkube";
+pub const HANDLER: &str = wasmkube_contract::names::RUNTIME_HANDLER;
 /// Name of the locally built pause image used as the CRI sandbox image.
 pub const PAUSE_IMAGE: &str = "wasmkube.test/pause:3.9";
 

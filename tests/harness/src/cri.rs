@@ -24,6 +24,9 @@ pub struct PodSpec {
     pub handler: String,
     pub host_network: bool,
     pub log_dir: PathBuf,
+    /// The pod's cgroup (its containers' cgroups are under it), as the kubelet's
+    /// `/kubepods/…/pod<uid>`; `None` leaves it to the runtime.
+    pub cgroup_parent: Option<String>,
 }
 
 /// A container as a test describes it.
@@ -34,6 +37,8 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub memory_limit: Option<i64>,
+    /// Read-only bind mounts (host path, container path), as the kubelet adds `/etc/hosts`.
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 fn err(e: tonic::Status) -> String {
@@ -130,6 +135,7 @@ impl Cri {
             },
             log_directory: pod.log_dir.display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: pod.cgroup_parent.clone().unwrap_or_default(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
                         network: network as i32,
@@ -181,6 +187,16 @@ impl Cri {
                 })
                 .collect(),
             log_path: format!("{}.log", c.name),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|(host, path)| cri::Mount {
+                    container_path: path.clone(),
+                    host_path: host.display().to_string(),
+                    readonly: true,
+                    ..Default::default()
+                })
+                .collect(),
             linux: Some(cri::LinuxContainerConfig {
                 resources: Some(cri::LinuxContainerResources {
                     memory_limit_in_bytes: c.memory_limit.unwrap_or(0),

@@ -444,3 +444,80 @@ fn an_app_behind_a_service_gets_a_tcp_readiness_probe_by_default() {
     });
     assert!(worker.get("readinessProbe").is_none(), "{worker}");
 }
+
+#[test]
+fn outbound_grants_reach_the_pod_as_the_last_env_entry_and_spec_env_cannot_forge_them() {
+    use crate::crd::OutboundSpec;
+    use k8s_openapi::api::core::v1::EnvVar;
+    let mut spec = basic();
+    spec.env = vec![EnvVar {
+        name: wasmkube_contract::GRANTS_ENV.into(),
+        value: Some(
+            r#"{"apiVersion":"wasmkube.dev/grants/v1","outbound":{"allowedHosts":["*"]}}"#.into(),
+        ),
+        ..EnvVar::default()
+    }];
+    // Without spec.outbound: no grants document at all (the shim grants nothing).
+    let d = serde_json::to_value(deployment(&app(spec.clone()))).expect("json");
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    assert!(
+        !env.iter()
+            .any(|e| e["name"] == wasmkube_contract::GRANTS_ENV),
+        "{env:?}"
+    );
+    assert!(spec
+        .validate("hello")
+        .expect_err("reserved")
+        .iter()
+        .any(|p| p.contains("reserved")));
+    spec.outbound = Some(OutboundSpec {
+        allowed_hosts: vec!["http://hello-http.apps.svc.cluster.local".into()],
+        blocked_networks: vec!["10.0.0.0/8".into()],
+    });
+    let d = serde_json::to_value(deployment(&app(spec))).expect("json");
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    let grants: Vec<_> = env
+        .iter()
+        .filter(|e| e["name"] == wasmkube_contract::GRANTS_ENV)
+        .collect();
+    assert_eq!(grants.len(), 1, "{env:?}");
+    assert_eq!(env.last(), Some(grants[0]));
+    let doc =
+        wasmkube_contract::Grants::from_env_value(grants[0]["value"].as_str().expect("value"))
+            .expect("a grants document");
+    let outbound = doc.outbound.expect("outbound");
+    assert_eq!(
+        outbound.allowed_hosts,
+        ["http://hello-http.apps.svc.cluster.local"]
+    );
+    assert_eq!(outbound.blocked_networks, ["10.0.0.0/8"]);
+}
+
+#[test]
+fn bad_outbound_entries_are_reported_by_field() {
+    use crate::crd::OutboundSpec;
+    let mut spec = basic();
+    spec.outbound = Some(OutboundSpec {
+        allowed_hosts: vec!["https://ok.example".into(), "*://db".into()],
+        blocked_networks: vec!["10.0.0.0/33".into()],
+    });
+    let problems = spec.validate("hello").expect_err("bad");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("outbound.allowedHosts[1]") && p.contains("port")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("outbound.blockedNetworks[0]")),
+        "{problems:?}"
+    );
+}

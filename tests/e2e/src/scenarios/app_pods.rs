@@ -1,12 +1,14 @@
 //! How a WasmApp's pods are admitted and when they count as ready: under the `restricted` Pod
-//! Security Standard, and on a node that has never compiled the app (Ready means answering).
-use std::time::Instant;
+//! Security Standard, and on a node that has never compiled the app (Ready means answering);
+//! and what a crash-looping app whose module does not compile costs the node (one compile).
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, core::v1::Service};
 use kube::{api::ListParams, Api};
 
 use super::apps::{selector, serve_and_get, EXAMPLE, NS};
+use crate::wait::{within, Poll};
 use crate::Cluster;
 
 /// Namespace of [`serves_under_restricted_pod_security`].
@@ -17,15 +19,7 @@ const RESTRICTED_NS: &str = "wasmkube-e2e-restricted";
 /// rootfs, RuntimeDefault seccomp) and answer through their Service.
 pub async fn serves_under_restricted_pod_security(c: &Cluster) -> Result<()> {
     let ns = RESTRICTED_NS;
-    c.kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        "--ignore-not-found",
-        "--wait=true",
-        "--timeout=120s",
-    ])?;
-    c.kubectl(&["create", "namespace", ns])?;
+    c.fresh_namespace(ns)?;
     c.kubectl(&[
         "label",
         "namespace",
@@ -163,5 +157,87 @@ pub async fn ready_means_answering_on_a_cold_node(c: &Cluster) -> Result<()> {
         "no compiled entry in {CACHE} after the cold start"
     );
     c.kubectl(&["delete", "-f", &path, "--wait=true", "--timeout=60s"])?;
+    Ok(())
+}
+
+/// Namespace of [`failed_compile_is_compiled_once`].
+const LATE_NS: &str = "wasmkube-e2e-late";
+
+/// A WasmApp whose module fails to compile (`docker.io/wasmkube/late-fail`, its last function
+/// does not type-check): the pod crash-loops with exit 126 and the compiler's error in its log;
+/// the node compiled it once, and the restart gets the remembered error from the shim instead
+/// of compiling again (one failure entry in the node's cache).
+pub async fn failed_compile_is_compiled_once(c: &Cluster) -> Result<()> {
+    const CACHE: &str = "/var/lib/wasmkube/cache";
+    const APP: &str = "late-fail";
+    let ns = LATE_NS;
+    c.fresh_namespace(ns)?;
+    let file = std::env::temp_dir().join(format!("wk-e2e-late-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: wasmkube.dev/v1alpha1\nkind: WasmApp\nmetadata:\n  name: {APP}\n  \
+             namespace: {ns}\nspec:\n  image: docker.io/wasmkube/late-fail:0.1.0\n  \
+             replicas: 1\n  service:\n    type: None\n"
+        ),
+    )?;
+    c.kubectl(&["apply", "-f", &file.to_string_lossy()])?;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={APP}");
+    let (pod, exit, recalled) = within(
+        "a restart of the late-fail pod that recalls the failed compile",
+        Duration::from_secs(150),
+        || async {
+            let Some(pod) = pods
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+                .into_iter()
+                .next()
+            else {
+                return Ok(Poll::NotYet("no pod yet".into()));
+            };
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.first().cloned());
+            let restarts = status.as_ref().map(|s| s.restart_count).unwrap_or(0);
+            let exit = status
+                .as_ref()
+                .and_then(|s| s.last_state.as_ref())
+                .and_then(|l| l.terminated.as_ref())
+                .map(|t| t.exit_code);
+            if restarts < 1 {
+                return Ok(Poll::NotYet(format!("{name}: no restart yet")));
+            }
+            let (ok, logs, _) = c.kubectl_output(&["logs", "-n", ns, &name])?;
+            if ok && logs.contains("failed to compile on this node") {
+                Ok(Poll::Done((name, exit, logs)))
+            } else {
+                Ok(Poll::NotYet(format!(
+                    "{name}: {restarts} restarts, log {logs:?}"
+                )))
+            }
+        },
+    )
+    .await?;
+    println!("  {pod} after a restart: {}", recalled.trim());
+    ensure!(
+        exit == Some(126),
+        "the failed start exited {exit:?}, not 126"
+    );
+    ensure!(
+        recalled.contains("type mismatch"),
+        "the remembered error does not name the cause: {recalled}"
+    );
+    let remembered = c.node_sh(&format!("ls {CACHE} | grep -c '^module-failed-' || true"))?;
+    ensure!(
+        remembered.trim() == "1",
+        "{} failure entries in the node's cache, not 1",
+        remembered.trim()
+    );
+    c.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"])?;
     Ok(())
 }

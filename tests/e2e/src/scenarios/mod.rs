@@ -1,13 +1,15 @@
 //! The scenarios, in the order the suite runs them (each builds on the cluster state the previous
 //! one left): install wasmkube, provision the node (after a failure), run an app (and one the node
-//! compiles cold), change it, hand over leadership, survive a bad installer image and a retried
-//! install, opt the node out (draining a wasm pod), roll out behind a busy slot, re-opt in
-//! mid-removal, remove wasmkube with its uninstall script.
+//! compiles cold, one that does not compile, and one that reaches only what it is granted),
+//! change it, hand over leadership, survive a bad installer image and a retried install, opt the
+//! node out (draining a wasm pod), roll out behind a busy slot, re-opt in mid-removal, remove
+//! wasmkube with its uninstall script.
 pub mod app_pods;
 pub mod apps;
 pub mod install;
 pub mod lifecycle;
 pub mod node_lifecycle;
+pub mod outbound;
 pub mod retries;
 
 use crate::Runner;
@@ -35,6 +37,12 @@ pub fn all() -> Runner {
         })
         .scenario("wasmapp_ready_means_answering_on_a_cold_node", |c| {
             Box::pin(app_pods::ready_means_answering_on_a_cold_node(c))
+        })
+        .scenario("failed_compile_is_compiled_once_across_restarts", |c| {
+            Box::pin(app_pods::failed_compile_is_compiled_once(c))
+        })
+        .scenario("outbound_grants_reach_the_granted_service_only", |c| {
+            Box::pin(outbound::outbound_grants_reach_the_granted_service_only(c))
         })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))

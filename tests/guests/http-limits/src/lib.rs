@@ -79,7 +79,9 @@ fn param(query: &str, name: &str) -> u64 {
 
 /// `mb` MiB, every 4 KiB page written.
 fn allocate(mb: u64) -> Vec<u8> {
-    let len = usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20);
+    let len = usize::try_from(mb)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20);
     let mut block = Vec::with_capacity(len);
     block.resize(len, 0u8);
     for page in block.chunks_mut(4096) {

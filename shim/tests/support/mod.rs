@@ -1,0 +1,51 @@
+//! What the CRI tests share: a containerd with the shim as its `wasmkube` handler, and pods.
+#![allow(dead_code)]
+use std::path::Path;
+
+use wasmkube_test_harness::containerd::HANDLER;
+use wasmkube_test_harness::cri::{Cri, PodSpec};
+use wasmkube_test_harness::guests::guest;
+use wasmkube_test_harness::images::{pack, pause_archive};
+use wasmkube_test_harness::{unique_id, Containerd};
+
+pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
+
+/// A containerd with the pause image and the named guests imported into `k8s.io`.
+pub fn node(guests: &[(&str, &str)]) -> (Containerd, Cri, tempfile::TempDir) {
+    node_with(&[], guests)
+}
+
+/// [`node`], with `env` in containerd's (and so the shim's) environment.
+pub fn node_with(
+    env: &[(&str, &str)],
+    guests: &[(&str, &str)],
+) -> (Containerd, Cri, tempfile::TempDir) {
+    let mut builder = Containerd::builder().shim(SHIM);
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let ctd = builder.start();
+    let pause = pause_archive().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    ctd.import("k8s.io", pause).ok();
+    let work = tempfile::tempdir().expect("tmp");
+    for (name, reference) in guests {
+        let archive = work.path().join(format!("{name}.tar"));
+        pack(&guest(name), reference, &archive);
+        ctd.import("k8s.io", &archive).ok();
+    }
+    let mut cri = Cri::connect(&ctd.address()).expect("CRI connect");
+    let (name, version) = cri.version().expect("CRI version");
+    assert_eq!(name, "containerd");
+    assert!(!version.is_empty());
+    (ctd, cri, work)
+}
+
+pub fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
+    PodSpec {
+        name: unique_id(name),
+        handler: HANDLER.into(),
+        host_network,
+        log_dir: logs.join(name),
+        cgroup_parent: None,
+    }
+}
