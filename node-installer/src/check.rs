@@ -69,7 +69,7 @@ pub fn check(o: &Options, repeat: u32, mut line: impl FnMut(&str)) -> Report {
         }
         Some(first) => r.fail(
             Failure::NothingChanged,
-            "WasmCheckFailed",
+            wasmkube_contract::installer::reasons::WASM_CHECK_FAILED,
             format!("{failed} of {repeat} wasm checks failed; first: {first}; {summary}"),
         ),
     }

@@ -144,12 +144,16 @@ impl PatchError {
     /// A short stable name for the refusal, for reports and tests.
     pub fn reason(&self) -> &'static str {
         match self {
-            PatchError::Parse { .. } => "ParseError",
-            PatchError::SchemaV1 { .. } => "SchemaV1",
-            PatchError::UnsupportedVersion(_) => "UnsupportedVersion",
-            PatchError::NotATable { .. } => "NotATable",
-            PatchError::ForeignRuntime { .. } => "ForeignRuntime",
-            PatchError::SelfCheck(_) => "SelfCheck",
+            PatchError::Parse { .. } => wasmkube_contract::installer::reasons::PARSE_ERROR,
+            PatchError::SchemaV1 { .. } => wasmkube_contract::installer::reasons::SCHEMA_V1,
+            PatchError::UnsupportedVersion(_) => {
+                wasmkube_contract::installer::reasons::UNSUPPORTED_VERSION
+            }
+            PatchError::NotATable { .. } => wasmkube_contract::installer::reasons::NOT_A_TABLE,
+            PatchError::ForeignRuntime { .. } => {
+                wasmkube_contract::installer::reasons::FOREIGN_RUNTIME
+            }
+            PatchError::SelfCheck(_) => wasmkube_contract::installer::reasons::SELF_CHECK,
         }
     }
 }

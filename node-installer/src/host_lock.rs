@@ -45,9 +45,9 @@ pub enum LockError {
 impl LockError {
     pub fn reason(&self) -> &'static str {
         match self {
-            LockError::Busy { .. } => "Locked",
+            LockError::Busy { .. } => wasmkube_contract::installer::reasons::LOCKED,
             LockError::Resolve(e) => e.reason(),
-            LockError::Io { .. } => "LockError",
+            LockError::Io { .. } => wasmkube_contract::installer::reasons::LOCK_ERROR,
         }
     }
 }

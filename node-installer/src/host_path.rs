@@ -48,7 +48,7 @@ pub enum ResolveError {
 
 impl ResolveError {
     pub fn reason(&self) -> &'static str {
-        "HostPath"
+        wasmkube_contract::installer::reasons::HOST_PATH
     }
 }
 

@@ -11,6 +11,7 @@ use crate::rollback::{missing_dirs, rollback, ConfigUndo, ShimUndo, Undo};
 use crate::shim_install::{install_shim, link_shim, sha256_file, shim_version};
 use crate::verify::{self, CriState};
 use crate::wasm_check;
+use wasmkube_contract::installer::reasons;
 
 /// Runs `install`. Never panics; every outcome is in the report.
 pub fn install(o: &Options) -> Report {
@@ -38,7 +39,13 @@ fn run(o: &Options, r: &mut Report) {
     ) {
         Ok(p) => p,
         Err(_) if o.dry_run => RestartPlan::None,
-        Err(e) => return r.fail(Failure::NothingChanged, "RestartPlan", e.to_string()),
+        Err(e) => {
+            return r.fail(
+                Failure::NothingChanged,
+                reasons::RESTART_PLAN,
+                e.to_string(),
+            )
+        }
     };
     let before = if o.skip_verify {
         None
@@ -113,7 +120,7 @@ fn run(o: &Options, r: &mut Report) {
     }
     let shim = match install_shim(&shim_src, &node.shim_dest) {
         Ok(s) => s,
-        Err(e) => return abandon(r, &node, &undo, "ShimCopy", e.to_string()),
+        Err(e) => return abandon(r, &node, &undo, reasons::SHIM_COPY, e.to_string()),
     };
     if shim.changed {
         r.changes.push("shim-installed");
@@ -130,7 +137,7 @@ fn run(o: &Options, r: &mut Report) {
                 undo.link_created = Some(link.clone());
             }
             Ok(false) => {}
-            Err(e) => return abandon(r, &node, &undo, "ShimLink", e.to_string()),
+            Err(e) => return abandon(r, &node, &undo, reasons::SHIM_LINK, e.to_string()),
         }
     }
     r.time("copy", t);
@@ -139,7 +146,7 @@ fn run(o: &Options, r: &mut Report) {
     if config_changed {
         match backup_once(&node.config_file, current.as_deref().map(str::as_bytes)) {
             Ok(taken) => undo.backup_taken = taken,
-            Err(e) => return abandon(r, &node, &undo, "Backup", e.to_string()),
+            Err(e) => return abandon(r, &node, &undo, reasons::BACKUP, e.to_string()),
         }
         if let Err(e) = write_atomic(
             &node.config_file,
@@ -147,7 +154,7 @@ fn run(o: &Options, r: &mut Report) {
             0o644,
             node.validator(true),
         ) {
-            return abandon(r, &node, &undo, "WriteConfig", e.to_string());
+            return abandon(r, &node, &undo, reasons::WRITE_CONFIG, e.to_string());
         }
         r.changes.push("config-written");
         undo.config = Some(ConfigUndo {
@@ -203,7 +210,14 @@ fn run(o: &Options, r: &mut Report) {
     let restarted = plan.run();
     r.time("restart", t);
     if let Err(e) = restarted {
-        return rollback(r, &node, &plan, &undo, "RestartFailed", e.to_string());
+        return rollback(
+            r,
+            &node,
+            &plan,
+            &undo,
+            reasons::RESTART_FAILED,
+            e.to_string(),
+        );
     }
     r.restarted = true;
     r.changes.push("containerd-restarted");

@@ -51,10 +51,10 @@ impl PlanError {
     pub fn reason(&self) -> &'static str {
         match self {
             PlanError::Patch { source, .. } => source.reason(),
-            PlanError::Template { .. } => "TemplateConflict",
-            PlanError::NotUtf8 { .. } => "NotUtf8",
-            PlanError::Resolve { .. } => "HostPath",
-            PlanError::Read { .. } => "ReadError",
+            PlanError::Template { .. } => wasmkube_contract::installer::reasons::TEMPLATE_CONFLICT,
+            PlanError::NotUtf8 { .. } => wasmkube_contract::installer::reasons::NOT_UTF8,
+            PlanError::Resolve { .. } => wasmkube_contract::installer::reasons::HOST_PATH,
+            PlanError::Read { .. } => wasmkube_contract::installer::reasons::READ_ERROR,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::rollback::{describe, rollback, ConfigUndo, Undo};
 use crate::shim_cache::{self, Removal};
 use crate::shim_install::{remove_shim, shim_version, unlink_shim};
 use crate::verify;
+use wasmkube_contract::installer::reasons;
 
 /// Runs `uninstall`. Never panics; every outcome is in the report.
 pub fn uninstall(o: &Options) -> Report {
@@ -38,7 +39,13 @@ fn run(o: &Options, r: &mut Report) {
     ) {
         Ok(p) => p,
         Err(_) if o.dry_run => RestartPlan::None,
-        Err(e) => return r.fail(Failure::NothingChanged, "RestartPlan", e.to_string()),
+        Err(e) => {
+            return r.fail(
+                Failure::NothingChanged,
+                reasons::RESTART_PLAN,
+                e.to_string(),
+            )
+        }
     };
     let before = if o.skip_verify {
         None
@@ -53,7 +60,7 @@ fn run(o: &Options, r: &mut Report) {
     };
     let backup = match read_backup(&node.config_file) {
         Ok(b) => b,
-        Err(e) => return r.fail(Failure::NothingChanged, "ReadBackup", e.to_string()),
+        Err(e) => return r.fail(Failure::NothingChanged, reasons::READ_BACKUP, e.to_string()),
     };
     let desired = match node.desired_uninstall(current.as_deref(), backup.as_ref(), major) {
         Ok(d) => d,
@@ -99,7 +106,7 @@ fn run(o: &Options, r: &mut Report) {
                 .map_err(|e| e.to_string()),
         };
         if let Err(e) = written {
-            return r.fail(Failure::NothingChanged, "WriteConfig", e);
+            return r.fail(Failure::NothingChanged, reasons::WRITE_CONFIG, e);
         }
         let original = match &backup {
             Some(Backup::Bytes(b)) => Some(b.as_slice()),
@@ -127,7 +134,14 @@ fn run(o: &Options, r: &mut Report) {
         let restarted = plan.run();
         r.time("restart", t);
         if let Err(e) = restarted {
-            return rollback(r, &node, &plan, &undo, "RestartFailed", e.to_string());
+            return rollback(
+                r,
+                &node,
+                &plan,
+                &undo,
+                reasons::RESTART_FAILED,
+                e.to_string(),
+            );
         }
         r.restarted = true;
         r.changes.push("containerd-restarted");

@@ -82,9 +82,11 @@ pub enum VerifyError {
 impl VerifyError {
     pub fn reason(&self) -> &'static str {
         match self {
-            VerifyError::Unreachable { .. } => "ContainerdUnreachable",
-            VerifyError::Call { .. } => "CriCallFailed",
-            VerifyError::Timeout { .. } => "VerifyTimeout",
+            VerifyError::Unreachable { .. } => {
+                wasmkube_contract::installer::reasons::CONTAINERD_UNREACHABLE
+            }
+            VerifyError::Call { .. } => wasmkube_contract::installer::reasons::CRI_CALL_FAILED,
+            VerifyError::Timeout { .. } => wasmkube_contract::installer::reasons::VERIFY_TIMEOUT,
         }
     }
 }

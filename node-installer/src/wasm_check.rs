@@ -130,7 +130,7 @@ pub enum CheckError {
 
 impl CheckError {
     pub fn reason(&self) -> &'static str {
-        "WasmCheckFailed"
+        wasmkube_contract::installer::reasons::WASM_CHECK_FAILED
     }
 
     fn code(&self) -> Option<Code> {

@@ -15,35 +15,8 @@ use wasmkube_contract::installer::InstallerFailure;
 /// retryable failure is `failed`.
 pub const DEFAULT_MAX_INSTALL_ATTEMPTS: u32 = 5;
 
-/// The `reason` values the node installer reports (its `fn reason`s, in `node-installer/src`).
-pub mod installer_reasons {
-    // Refusals of the config or the host (config_patch.rs, node.rs, host_path.rs, install.rs):
-    // the same input gives the same answer, so they are permanent.
-    pub const PARSE_ERROR: &str = "ParseError";
-    pub const SCHEMA_V1: &str = "SchemaV1";
-    pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
-    pub const NOT_A_TABLE: &str = "NotATable";
-    pub const FOREIGN_RUNTIME: &str = "ForeignRuntime";
-    pub const SELF_CHECK: &str = "SelfCheck";
-    pub const TEMPLATE_CONFLICT: &str = "TemplateConflict";
-    pub const NOT_UTF8: &str = "NotUtf8";
-    pub const HOST_PATH: &str = "HostPath";
-    /// No way to restart containerd on this node (flavour, `--restart`, `--restart-cmd`).
-    pub const RESTART_PLAN: &str = "RestartPlan";
-    // Conditions of the moment: another attempt may pass.
-    pub const LOCKED: &str = "Locked";
-    pub const LOCK_ERROR: &str = "LockError";
-    pub const READ_ERROR: &str = "ReadError";
-    pub const SHIM_COPY: &str = "ShimCopy";
-    pub const SHIM_LINK: &str = "ShimLink";
-    pub const BACKUP: &str = "Backup";
-    pub const WRITE_CONFIG: &str = "WriteConfig";
-    pub const RESTART_FAILED: &str = "RestartFailed";
-    pub const CONTAINERD_UNREACHABLE: &str = "ContainerdUnreachable";
-    pub const CRI_CALL_FAILED: &str = "CriCallFailed";
-    pub const VERIFY_TIMEOUT: &str = "VerifyTimeout";
-    pub const WASM_CHECK_FAILED: &str = "WasmCheckFailed";
-}
+/// The `reason` values the node installer reports (one list, in the contract crate).
+pub use wasmkube_contract::installer::reasons as installer_reasons;
 
 /// The reasons the operator gives itself, from the installer pod rather than its result.
 pub mod operator_reasons {

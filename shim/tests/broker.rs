@@ -4,6 +4,7 @@
 //! socket, a stop during a long compile is prompt, the compiler is confined (a hostPID root
 //! cannot look into it) and a module that fails to compile is not compiled again at each restart.
 //! Needs root, containerd and runc; see `wasmkube_test_harness::skip_unless!`.
+use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
@@ -216,7 +217,31 @@ fn sigterm_while_a_20_mb_module_compiles_stops_the_container_promptly() {
         "the stop waited for the compile to finish (stopped after {took:?})"
     );
     let status = wait_child(&mut child, Duration::from_secs(120)).expect("ctr run returned");
-    assert_eq!(status.code(), Some(128 + 15), "exit code of a SIGTERM stop");
+    if status.code() != Some(128 + 15) {
+        let mut said = String::new();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut pipe = pipe;
+            let _ = pipe.read_to_string(&mut said);
+        }
+        panic!(
+            "exit code of a SIGTERM stop: {:?}, not 143; ctr and the container said:\n{said}\n\
+             containerd:\n{}",
+            status.code(),
+            ctd.log_tail()
+        );
+    }
     // Its worker saw the hang-up and stopped compiling for nobody.
     let asked = Instant::now();
     while !process_gone(worker) {

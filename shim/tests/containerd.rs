@@ -131,6 +131,52 @@ fn an_entrypoint_can_name_the_export_to_run() {
     }
 }
 
+/// Wasm 3.0's exception handling and GC, as toolchains emit them (yowasp's Yosys throws C++
+/// exceptions as wasm exceptions; Kotlin, Dart and OCaml target GC): a thrown exception is
+/// caught with its payload, and a GC struct is allocated and read back. Exit 0 and the line
+/// prove both ran.
+#[test]
+fn wasm_3_exceptions_and_gc_run() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let dir = tempfile::tempdir().expect("tmp");
+    let wat = dir.path().join("wasm3.wat");
+    std::fs::write(
+        &wat,
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "caught 42, struct 7\n")
+  (type $point (struct (field i32)))
+  (tag $oops (param i32))
+  (func $thrower (throw $oops (i32.const 42)))
+  (func $caught (result i32)
+    (block $handler (result i32)
+      (try_table (catch $oops $handler) (call $thrower))
+      (i32.const 0)))
+  (func (export "_start")
+    (if (i32.ne (call $caught) (i32.const 42)) (then unreachable))
+    (if (i32.ne (struct.get $point 0 (struct.new $point (i32.const 7))) (i32.const 7))
+      (then unreachable))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 20))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .expect("write");
+    let root = rootfs(&[("wasm3.wat", &wat)]);
+    let out = ctd.run(&CtrRun::rootfs(
+        unique_id("wasm3"),
+        root.path(),
+        &["/wasm3.wat"],
+    ));
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.stdout.replace("\r\n", "\n"),
+        "caught 42, struct 7\n",
+        "{out:#?}"
+    );
+}
+
 #[test]
 fn trap_exits_134_with_the_trap_in_stderr() {
     skip_unless!(missing_prerequisites());

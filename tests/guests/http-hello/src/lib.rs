@@ -7,12 +7,8 @@
 //! shim serves wasi:http components (like `wasmtime serve`): the request path and query reach
 //! the guest, headers and body come back, and env from the OCI spec is visible per request.
 
-use std::io::Write as _;
-
 use wasi::exports::http::incoming_handler::Guest;
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 struct HttpHello;
 
@@ -30,17 +26,6 @@ impl Guest for HttpHello {
             format!("hello from wasi:http, path={path}\n")
         };
 
-        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
-            .expect("valid header");
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(200).expect("valid status");
-        let body = response.body().expect("response body");
-        ResponseOutparam::set(response_out, Ok(response));
-
-        let mut stream = body.write().expect("body stream");
-        stream.write_all(body_text.as_bytes()).expect("write body");
-        stream.flush().expect("flush body");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finish body");
+        http_reply::text(response_out, &body_text);
     }
 }

@@ -12,12 +12,10 @@
 //!   and answers `slept <t> ms\n`;
 //! - anything else: 200 `ok <path-with-query>\n`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 
 use wasi::exports::http::incoming_handler::Guest;
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 struct HttpLimits;
 
@@ -45,17 +43,7 @@ impl Guest for HttpLimits {
             }
             _ => format!("ok {path}\n"),
         };
-        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
-            .expect("valid header");
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(200).expect("valid status");
-        let body = response.body().expect("response body");
-        ResponseOutparam::set(response_out, Ok(response));
-        let mut stream = body.write().expect("body stream");
-        stream.write_all(text.as_bytes()).expect("write body");
-        stream.flush().expect("flush body");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finish body");
+        http_reply::text(response_out, &text);
     }
 }
 

@@ -11,13 +11,12 @@
 //!
 //! Any other path: `outbound guest` (a readiness target).
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingRequest, ResponseOutparam,
     Scheme,
 };
 
@@ -39,19 +38,7 @@ impl Guest for HttpOutbound {
                 .join(","),
             _ => "outbound guest".to_string(),
         };
-        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
-            .expect("valid header");
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(200).expect("valid status");
-        let body = response.body().expect("response body");
-        ResponseOutparam::set(response_out, Ok(response));
-        let mut stream = body.write().expect("body stream");
-        stream
-            .write_all(format!("{text}\n").as_bytes())
-            .expect("write body");
-        stream.flush().expect("flush body");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finish body");
+        http_reply::text(response_out, &format!("{text}\n"));
     }
 }
 
