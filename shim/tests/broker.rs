@@ -212,6 +212,7 @@ fn sigterm_while_a_20_mb_module_compiles_stops_the_container_promptly() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let took = asked.elapsed();
+    println!("the container process was gone {took:?} after SIGTERM");
     assert!(
         exited_before_the_compile_ended,
         "the stop waited for the compile to finish (stopped after {took:?})"

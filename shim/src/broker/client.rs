@@ -61,9 +61,14 @@ fn exchange(conn: &UnixStream, request: &Request<'_>) -> Result<Response, Client
     Ok(Response::decode(&mut BufReader::new(conn))?)
 }
 
-/// Asks the broker for the compiled form of `wasm`. Gives up at once when `stop` fires (the
-/// worker sees the container hang up when it exits, and stops too). Returns the module bytes back with the
-/// answer, for a caller that falls back to compiling in-process.
+/// How long a stopped container waits for its worker to end its compile.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Asks the broker for the compiled form of `wasm`. Gives up when `stop` fires: it hangs up and
+/// waits (at most [`STOP_GRACE`]) until the worker has ended its compiler and gone, so no process
+/// of the compile is left in the container's cgroups when the container exits (the runtime
+/// removes them then, and fails on a cgroup that still holds a task). Returns the module bytes
+/// back with the answer, for a caller that falls back to compiling in-process.
 pub async fn load(
     what: String,
     wasm: Vec<u8>,
@@ -73,6 +78,7 @@ pub async fn load(
         Ok(conn) => conn,
         Err(e) => return (Some(wasm), Err(e)),
     };
+    let watched = conn.try_clone();
     let task = tokio::task::spawn_blocking(move || {
         let request = Request::Load {
             what: Cow::Borrowed(&what),
@@ -86,7 +92,37 @@ pub async fn load(
             Ok((wasm, answer)) => (Some(wasm), answer),
             Err(e) => (None, Err(ClientError::Io(std::io::Error::other(e)))),
         },
-        signo = stop.wait() => (None, Err(ClientError::Stopped(signo))),
+        signo = stop.wait() => {
+            if let Ok(conn) = watched {
+                let _ = tokio::task::spawn_blocking(move || hang_up_and_wait(&conn)).await;
+            }
+            (None, Err(ClientError::Stopped(signo)))
+        }
+    }
+}
+
+/// Shuts the sending half of `conn` (the worker sees the hang-up) and waits, at most [`STOP_GRACE`], until the worker's end closes.
+fn hang_up_and_wait(conn: &UnixStream) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    // Writes only: a socket shut both ways reports HUP at once, before the worker has gone.
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            eprintln!(
+                "wasmkube: the compile broker did not end its compile within {STOP_GRACE:?} of \
+                 the stop"
+            );
+            return;
+        }
+        let mut fds = [PollFd::new(conn, PollFlags::RDHUP)];
+        let timeout = Timespec::try_from(left).ok();
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => return,
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use crate::cache::{ArtifactCache, ArtifactKind, CacheConfig, CacheKey};
@@ -22,6 +23,12 @@ use super::protocol::{HostLimits, Request, Response};
 use super::{compiler, confine, failures, slots, COMPILER_ARG};
 
 /// A worker never lives longer than this (a 20 MB module compiles in well under a minute).
+/// The running compiler's pid (0: none), for the hang-up watcher: it moves the compiler out of
+/// the container's cgroups before the worker exits, so nothing of the compile is left in them by
+/// the time the container's process (which waits for this worker to hang up) exits and the
+/// runtime removes them.
+static COMPILER_PID: AtomicI32 = AtomicI32::new(0);
+
 const MAX_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a worker waits for a node-wide compile slot.
 const SLOT_PATIENCE: Duration = Duration::from_secs(540);
@@ -81,6 +88,7 @@ fn end_on_hang_up(conn: &UnixStream) -> std::io::Result<()> {
                         .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) =>
                 {
                     eprintln!("wasmkube compile worker: the container hung up, stopping");
+                    release_compiler();
                     std::process::exit(1);
                 }
                 Ok(_) | Err(rustix::io::Errno::INTR) => continue,
@@ -89,6 +97,24 @@ fn end_on_hang_up(conn: &UnixStream) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Moves the running compiler, if any, out of the container's cgroups and back into this
+/// worker's. The worker cannot signal it (another uid, no capabilities); the kernel kills it
+/// (`PR_SET_PDEATHSIG`) when the worker exits right after, but that takes a moment the runtime
+/// does not give: it removes the container's cgroups as soon as the container's process has
+/// gone, and a cgroup that still holds a task cannot be removed ("could not delete").
+fn release_compiler() {
+    let pid = COMPILER_PID.swap(0, Ordering::SeqCst);
+    let Ok(pid) = u32::try_from(pid) else { return };
+    if pid == 0 {
+        return;
+    }
+    if let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") {
+        if let Err(e) = peer::charge_to(pid, &own, Path::new(crate::cgroup::CGROUP_ROOT)) {
+            eprintln!("wasmkube compile worker: cannot move the compiler out of the container's cgroups: {e}");
+        }
+    }
 }
 
 /// Opens the cache (if configured and trustworthy) and answers a load request, compiling in a
@@ -283,6 +309,7 @@ fn compile_confined(
             }
         }
     };
+    COMPILER_PID.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
     let charged = peer
         .ok_or_else(|| "the container process is not known".to_string())
         .and_then(|p| p.proc_cgroup().map_err(|e| e.to_string()))
@@ -304,6 +331,7 @@ fn compile_confined(
         .take()
         .map(|out| Response::decode(&mut BufReader::new(out)));
     let status = child.wait();
+    COMPILER_PID.store(0, Ordering::SeqCst);
     match (answer, status) {
         (Some(Ok(response)), Ok(status)) if status.success() => response.into(),
         (_, Ok(status)) if status.code() == Some(compiler::EXIT_UNCONFINED) => Compiled::Failed {
