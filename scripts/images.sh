@@ -4,8 +4,10 @@
 #   operator.tar        docker.io/wasmkube/operator:VERSION        (images/operator.Dockerfile)
 #   node-installer.tar  docker.io/wasmkube/node-installer:VERSION  (images/node-installer.Dockerfile)
 #   pause.tar           localhost/wasmkube/pause:VERSION           (images/pause.Dockerfile)
+#   redis.tar           docker.io/wasmkube/redis:VERSION           (images/redis.Dockerfile: Debian's redis-server)
 #   hello-http.tar      docker.io/wasmkube/hello-http:VERSION      (wasmkube pack, tests/guests/http-hello)
 #   http-outbound.tar   docker.io/wasmkube/http-outbound:VERSION   (wasmkube pack, tests/guests/http-outbound)
+#   http-grants.tar     docker.io/wasmkube/http-grants:VERSION     (wasmkube pack, tests/guests/http-grants)
 #   late-fail.tar       docker.io/wasmkube/late-fail:VERSION       (wasmkube pack of a module that
 #                                                 fails to compile, tests/guests/assets/late_fail.py)
 # The native images come from the Dockerfiles through `wasmkube image build`, which interprets
@@ -90,6 +92,15 @@ lay_out_context() {
   ln -s busybox "$ctx/bin/sh"
   ln -s busybox "$ctx/bin/nsenter"
   ln -s busybox "$ctx/bin/chroot"
+  # Debian's redis-server and every library it loads, at their paths (for images/redis.Dockerfile).
+  rm -rf "$ctx/redis"
+  mkdir -p "$ctx/redis/tmp"
+  chmod 1777 "$ctx/redis/tmp"
+  local f
+  for f in /usr/bin/redis-server $(ldd /usr/bin/redis-server | grep -o '/[^ ]*'); do
+    mkdir -p "$ctx/redis$(dirname "$f")"
+    cp -L "$f" "$ctx/redis$f"
+  done
 }
 
 if [[ -n $context_only ]]; then
@@ -116,10 +127,13 @@ build() { # build NAME REFERENCE
 build operator "docker.io/wasmkube/operator:$version"
 build node-installer "docker.io/wasmkube/node-installer:$version"
 build pause "localhost/wasmkube/pause:$version"
+build redis "docker.io/wasmkube/redis:$version"
 timed hello-http "$wasmkube" pack "$guest" --name "docker.io/wasmkube/hello-http:$version" \
   -o "$out/hello-http.tar"
 timed http-outbound "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_outbound.wasm" \
   --name "docker.io/wasmkube/http-outbound:$version" -o "$out/http-outbound.tar"
+timed http-grants "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_grants.wasm" \
+  --name "docker.io/wasmkube/http-grants:$version" -o "$out/http-grants.tar"
 python3 tests/guests/assets/late_fail.py >"$work/late-fail.wasm"
 timed late-fail "$wasmkube" pack "$work/late-fail.wasm" \
   --name "docker.io/wasmkube/late-fail:$version" -o "$out/late-fail.tar"
@@ -127,7 +141,7 @@ timed late-fail "$wasmkube" pack "$work/late-fail.wasm" \
 step "images in $out"
 human() { numfmt --to=iec-i --suffix=B --round=nearest --format='%.1f' "$1"; }
 printf '%-20s %-42s %-73s %10s %10s\n' ARCHIVE REFERENCE "MANIFEST DIGEST" COMPRESSED UNPACKED
-for name in operator node-installer pause hello-http http-outbound late-fail; do
+for name in operator node-installer pause redis hello-http http-outbound http-grants late-fail; do
   # "<ref> manifest <digest> platform <p> archive <n> bytes content <n> bytes"
   read -r ref _ digest _ _ _ archive _ _ content _ < <("$wasmkube" image inspect "$out/$name.tar")
   printf '%-20s %-42s %-73s %10s %10s\n' "$name.tar" "$ref" "$digest" "$(human "$archive")" "$(human "$content")"

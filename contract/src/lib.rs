@@ -13,5 +13,8 @@ pub mod host_grant;
 pub mod installer;
 pub mod names;
 
-pub use grants::{Grants, Outbound, GRANTS_API_VERSION, GRANTS_ENV};
+pub use grants::{
+    Config, ConfigSource, ConfigSourceKind, Grants, KeyValueBackend, KeyValueStore, Outbound,
+    Volume, CONFIG_MOUNT_ROOT, GRANTS_API_VERSION, GRANTS_ENV, KEY_VALUE_MOUNT_ROOT,
+};
 pub use host_grant::{HostGrant, HostGrantError, HostPattern, PortPattern};

@@ -12,7 +12,11 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{Future, StreamExt};
 use k8s_openapi::{
-    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ConfigMap, Secret, Service},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -47,6 +51,9 @@ use crate::{
 const CONTROLLER: &str = "app";
 /// Periodic re-check of an app that is fine (owned-object watches catch the rest).
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon an app waiting for a ConfigMap or Secret looks again: they are not watched (a
+/// cluster-wide watch of Secrets is more than the operator should hold).
+const CONFIG_RECHECK: Duration = Duration::from_secs(15);
 
 /// What the app reconciler needs.
 pub struct Context {
@@ -271,7 +278,11 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
         url: build::service_url(&app),
         selector: Some(build::selector_string(&app)),
     };
-    let new = status::from_deployment(&app, &applied, children, &now());
+    let mut new = status::from_deployment(&app, &applied, children, &now());
+    let missing = missing_config(&ctx, &app, &ns).await?;
+    if !missing.is_empty() {
+        new = status::config_missing(&app, new, &missing.join("; "), &now());
+    }
     if old != Some(&new) {
         patch_status(&apps, &name, &new).await?;
     }
@@ -323,7 +334,49 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     ctx.backoff.reset(&ObjectRef::from_obj(app.as_ref()));
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if missing.is_empty() {
+        RESYNC
+    } else {
+        CONFIG_RECHECK
+    }))
+}
+
+/// The ConfigMaps and Secrets of `spec.config` and `spec.keyValue` that do not exist, each as a message naming it
+/// and its field. Only metadata is read: the operator never sees a Secret's values.
+async fn missing_config(ctx: &Context, app: &WasmApp, ns: &str) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for (i, kv) in app.spec.key_value.iter().enumerate() {
+        if let Some(r) = &kv.redis {
+            if secrets.get_metadata_opt(&r.secret_name).await?.is_none() {
+                missing.push(format!(
+                    "Secret {:?} (spec.keyValue[{i}].redis.secretName) not found; the pods wait for it",
+                    r.secret_name
+                ));
+            }
+        }
+    }
+    let Some(config) = &app.spec.config else {
+        return Ok(missing);
+    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for (i, r) in config.from_config_maps.iter().enumerate() {
+        if config_maps.get_metadata_opt(&r.name).await?.is_none() {
+            missing.push(format!(
+                "ConfigMap {:?} (spec.config.fromConfigMaps[{i}]) not found; the pods wait for it",
+                r.name
+            ));
+        }
+    }
+    for (i, r) in config.from_secrets.iter().enumerate() {
+        if secrets.get_metadata_opt(&r.name).await?.is_none() {
+            missing.push(format!(
+                "Secret {:?} (spec.config.fromSecrets[{i}]) not found; the pods wait for it",
+                r.name
+            ));
+        }
+    }
+    Ok(missing)
 }
 
 /// Counts the error and retries with per-object exponential back-off.

@@ -15,8 +15,14 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod grants;
 pub mod image;
 mod validate;
+
+pub use grants::{
+    ConfigRef, ConfigSpec, FileStoreSpec, KeyValueSpec, MemoryStoreSpec, OutboundSpec,
+    RedisStoreSpec, VolumeSpec, DEFAULT_KV_TIMEOUT_MS,
+};
 
 pub use validate::{is_dns1035_label, is_qualified_name};
 
@@ -54,6 +60,8 @@ pub mod reasons {
     pub const CHILD_CONFLICT: &str = "ChildConflict";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    /// A ConfigMap or Secret named in `spec.config` does not exist: the pods wait for it.
+    pub const CONFIG_MISSING: &str = "ConfigMissing";
     // Events only
     pub const CREATED: &str = "Created";
     pub const BECAME_READY: &str = "BecameReady";
@@ -114,6 +122,12 @@ pub mod reasons {
         "message": "with autoscaling, replicas (if set) must lie within autoscaling.minReplicas..maxReplicas",
         "fieldPath": ".replicas",
         "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.keyValue) || !self.keyValue.exists(s, has(s.file)) || (!has(self.autoscaling) && (!has(self.replicas) || self.replicas <= 1))",
+        "message": "a file key-value store serves one replica: set replicas to at most 1 and no autoscaling, or use redis",
+        "fieldPath": ".keyValue",
+        "reason": "FieldValueForbidden"
     },
     {
         "rule": "!has(self.autoscaling) || (has(self.resources) && ((has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)))",
@@ -192,39 +206,23 @@ pub struct WasmAppSpec {
     /// Absent: nowhere (no requests, no sockets, no name lookups), as in Spin and wasmCloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<OutboundSpec>,
-}
 
-/// `spec.outbound`: the destinations granted, in Spin's `allowed_outbound_hosts` syntax.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OutboundSpec {
-    /// `SCHEME://HOST[:PORT]` entries (`*` alone: anything): e.g. `https://api.example.com`,
-    /// `http://*.default.svc.cluster.local:8080`, `*://db.internal:5432`, `redis://cache:6379`,
-    /// `*://10.0.0.0/8:*`. The port defaults to the scheme's (80, 443, 6379, 5432, 3306, 1883);
-    /// other schemes and `*` need one. wasi:sockets connections match any entry's host and port.
+    /// What the app reads through `wasi:config/store`: inline values, then ConfigMaps, then
+    /// Secrets, a later key replacing an earlier one. Secrets reach the guest only there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigSpec>,
+
+    /// Volumes the app may use, each preopened at its mount path. The guest sees its image's
+    /// files and these, nothing else the pod mounts (`/etc/hosts`, tokens, `/proc`, `/dev`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 128),
-        inner(
-            length(min = 1, max = 300),
-            regex(
-                pattern = r"^(\*|(\*|[A-Za-z][A-Za-z0-9+.-]*)://(\*|(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?|[0-9.]+(/[0-9]{1,2})?|\[[0-9A-Fa-f:.]+(/[0-9]{1,3})?\])(:(\*|[0-9]{1,5}(-[0-9]{1,5})?))?)$"
-            )
-        )
-    )]
-    pub allowed_hosts: Vec<String>,
-    /// CIDRs (or addresses) refused even when an allowed name resolves into them; checked on
-    /// the resolved address. Link-local (169.254.0.0/16, fe80::/10: cloud metadata) is refused
-    /// unless an `allowedHosts` entry names it by address.
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<VolumeSpec>,
+
+    /// Key-value stores the app opens by name through `wasi:keyvalue` (store, atomics, batch):
+    /// Redis (shared by replicas), a file on a claim (one replica), or the pod's memory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(
-        length(max = 128),
-        inner(
-            length(min = 2, max = 50),
-            regex(pattern = r"^([0-9.]+(/[0-9]{1,2})?|[0-9A-Fa-f:.]+(/[0-9]{1,3})?)$")
-        )
-    )]
-    pub blocked_networks: Vec<String>,
+    #[schemars(length(max = 16))]
+    pub key_value: Vec<KeyValueSpec>,
 }
 
 /// A container's `imagePullPolicy`.

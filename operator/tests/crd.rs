@@ -127,10 +127,12 @@ fn schema_pin() {
             "affinity",
             "args",
             "autoscaling",
+            "config",
             "env",
             "image",
             "imagePullPolicy",
             "imagePullSecrets",
+            "keyValue",
             "nodeSelector",
             "outbound",
             "probes",
@@ -138,7 +140,8 @@ fn schema_pin() {
             "resources",
             "runtimeClassName",
             "service",
-            "tolerations"
+            "tolerations",
+            "volumes"
         ]
     );
     assert_eq!(p["image"]["minLength"], 1);
@@ -189,6 +192,7 @@ fn schema_pin() {
         rules(spec),
         [
             "!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)",
+            "!has(self.keyValue) || !self.keyValue.exists(s, has(s.file)) || (!has(self.autoscaling) && (!has(self.replicas) || self.replicas <= 1))",
             "!has(self.autoscaling) || (has(self.resources) && ((has(self.resources.requests) && 'cpu' in self.resources.requests) || (has(self.resources.limits) && 'cpu' in self.resources.limits)))",
         ]
     );

@@ -57,6 +57,7 @@ pub async fn run_component(
 ) -> Result<i32, ShimError> {
     let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(ShimError::setup)?;
+    crate::state::add_grants_to_linker(&mut linker)?;
     let link = |e: wasmtime::Error| ShimError::Link {
         what: cfg.what.clone(),
         detail: format!("{e:#}"),

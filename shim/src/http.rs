@@ -143,6 +143,7 @@ pub async fn serve(
 
     let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(ShimError::setup)?;
+    crate::state::add_grants_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(ShimError::setup)?;
     let link = |e: wasmtime::Error| ShimError::Link {
         what: cfg.what.clone(),

@@ -7,18 +7,24 @@
 //! serves wasi:http within [`limits`] and the shared memory [`budget`]; [`cgroup`], [`memory`],
 //! [`cpu`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into store
 //! limits, defaults, WASI preopens and epoch interruption; [`privileges`] gives the guest
-//! process the capabilities an exec would have left it; [`listen`] binds the wasi:http socket.
+//! process the capabilities an exec would have left it; [`listen`] binds the wasi:http socket;
+//! [`bundle`] gives the guest a root without the container's mounts, [`config`] serves
+//! `wasi:config` from the WasmApp's ConfigMaps and Secrets, and [`keyvalue`] serves
+//! `wasi:keyvalue` on the stores it grants.
 
 pub mod broker;
 pub mod budget;
+pub mod bundle;
 pub mod cache;
 pub mod cgroup;
 pub mod command;
+pub mod config;
 pub mod cpu;
 pub mod descriptors;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod keyvalue;
 pub mod limits;
 pub mod listen;
 pub mod memory;

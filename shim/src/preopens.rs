@@ -1,18 +1,35 @@
-//! WASI preopens from the container's mounts.
+//! WASI preopens: the guest's root view and the volumes it is granted.
 //!
-//! The guest sees the container's root at `/`, and every bind mount the OCI spec added (a
-//! Kubernetes volume, `ctr run --mount`) as its own preopen at the same path, read-only when
-//! the mount is. Mounts are read back from `/proc/self/mountinfo` inside the container, where
-//! the runtime has already mounted them. The working directory is preopened as `.` as well,
-//! registered first so that it never shadows `/` (see [`guest_dirs`]).
+//! The guest's `/` is the root view (see [`crate::bundle`]): the image's files without any of
+//! the mounts the kubelet, the CRI and the runtime add. Each volume the WasmApp grants
+//! (`spec.volumes`, the grants document's `volumes`) is preopened at its mount path, read-only
+//! when the grant or the mount is. A container without a grants document (a plain
+//! `ctr run --mount`, a pod not made by the operator) has every directory bind mount preopened
+//! instead: whoever wrote its spec chose those mounts. `/proc`, `/sys` and `/dev` never are.
+//! Mounts are read back from `/proc/self/mountinfo` inside the container, where the runtime has
+//! already mounted them. The working directory is preopened as `.` as well, registered first so
+//! that it never shadows `/` (see [`guest_dirs`]).
 use std::path::Path;
 
-/// One preopened directory.
+use wasmkube_contract::Volume;
+
+use crate::bundle::ROOT_VIEW;
+
+/// One preopened directory: `host` (a path in the container) is the guest's `guest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Preopen {
-    /// Path inside the container, used both to open it and as the guest path.
-    pub path: String,
+    pub host: String,
+    pub guest: String,
     pub read_only: bool,
+}
+
+/// Which mounts besides the root view the guest gets.
+#[derive(Clone, Copy, Debug)]
+pub enum Granted<'a> {
+    /// Exactly these (a WasmApp's pod).
+    Volumes(&'a [Volume]),
+    /// Every directory bind mount (a container without a grants document).
+    EveryMount,
 }
 
 /// Kernel filesystems and paths a guest has no business seeing as directories.
@@ -51,10 +68,9 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Parses `/proc/self/mountinfo` into preopens: `/` first, then each mount in order, later
-/// mounts of the same path replacing earlier ones.
-pub fn from_mountinfo(text: &str) -> Vec<Preopen> {
-    let mut out: Vec<Preopen> = Vec::new();
+/// One line of mountinfo: mount point, filesystem type, read-only.
+fn mounts(text: &str) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(sep) = fields.iter().position(|f| *f == "-") else {
@@ -64,40 +80,71 @@ pub fn from_mountinfo(text: &str) -> Vec<Preopen> {
             continue;
         }
         let path = unescape(fields[4]);
-        let fstype = fields[sep + 1];
         let read_only = fields[5].split(',').any(|o| o == "ro");
-        let skipped_path = SKIP_PREFIXES
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")));
-        if path != "/" && (SKIP_FS.contains(&fstype) || skipped_path) {
-            continue;
-        }
-        out.retain(|p| p.path != path);
-        out.push(Preopen { path, read_only });
-    }
-    if let Some(i) = out.iter().position(|p| p.path == "/") {
-        let root = out.remove(i);
-        out.insert(0, root);
-    } else {
-        out.insert(
-            0,
-            Preopen {
-                path: "/".into(),
-                read_only: false,
-            },
-        );
+        // A later mount of the same path is the one in effect.
+        out.retain(|(p, _, _)| *p != path);
+        out.push((path, fields[sep + 1].to_string(), read_only));
     }
     out
 }
 
-/// The preopens for this process: mountinfo's mounts that are directories; `/` alone if
-/// `/proc` is not mounted.
-pub fn discover() -> Vec<Preopen> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    from_mountinfo(&text)
+/// The preopens mountinfo gives: the root view as `/` first, then the granted mounts in
+/// mount order. Fails when the root view is not mounted: the guest would otherwise see the
+/// container's whole tree.
+pub fn from_mountinfo(text: &str, granted: Granted<'_>) -> Result<Vec<Preopen>, String> {
+    let all = mounts(text);
+    let (_, _, root_ro) = all
+        .iter()
+        .find(|(p, _, _)| p == ROOT_VIEW)
+        .ok_or_else(|| format!("the guest's root view ({ROOT_VIEW}) is not mounted"))?;
+    let mut out = vec![Preopen {
+        host: ROOT_VIEW.into(),
+        guest: "/".into(),
+        read_only: *root_ro,
+    }];
+    for (path, fstype, mount_ro) in all {
+        let skipped_path = SKIP_PREFIXES
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+        if path == "/" || SKIP_FS.contains(&fstype.as_str()) || skipped_path {
+            continue;
+        }
+        let grant_ro = match granted {
+            Granted::EveryMount => false,
+            Granted::Volumes(volumes) => match volumes.iter().find(|v| v.mount_path == path) {
+                Some(v) => v.read_only,
+                None => continue,
+            },
+        };
+        out.push(Preopen {
+            host: path.clone(),
+            guest: path,
+            read_only: mount_ro || grant_ro,
+        });
+    }
+    Ok(out)
+}
+
+/// The preopens for this process: [`from_mountinfo`]'s that are directories. A granted
+/// volume that is not mounted is named on stderr.
+pub fn discover(granted: Granted<'_>) -> Result<Vec<Preopen>, String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let found: Vec<Preopen> = from_mountinfo(&text, granted)?
         .into_iter()
-        .filter(|p| Path::new(&p.path).is_dir())
-        .collect()
+        .filter(|p| Path::new(&p.host).is_dir())
+        .collect();
+    if let Granted::Volumes(volumes) = granted {
+        for v in volumes {
+            if !found.iter().any(|p| p.guest == v.mount_path) {
+                eprintln!(
+                    "wasmkube: the granted volume at {} is not a mounted directory; the guest does not see it",
+                    v.mount_path
+                );
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// One directory handed to the guest: `host` (a path inside the container) under the name
@@ -109,45 +156,54 @@ pub struct GuestDir {
     pub read_only: bool,
 }
 
-/// The guest's preopens in the order to register them: the working directory `cwd` as `.`
-/// (unless it is `/`), then `preopens` (the rootfs at `/` first, then each mount) at their own
-/// paths.
+/// The guest's preopens in the order to register them: the working directory `cwd` (a guest
+/// path) as `.` (unless it is `/`), then `preopens` (the root view at `/` first, then each
+/// mount).
 ///
 /// The order matters. wasi-libc (Rust and C guests, preview1 and preview2 alike) strips leading
 /// `/` and `./` from preopen names, so `/` and `.` are the same empty prefix to it, and of two
 /// equal prefixes the preopen registered *last* wins. With `.` after `/`, every absolute path
 /// outside a mount would resolve under the working directory (`/etc/x` → `<cwd>/etc/x`).
 /// Registered first, `.` is there for guests that look it up by name, and wasi-libc guests keep
-/// the `/` their `getcwd()` reports. `.` is read-only when the mount holding `cwd` is.
+/// the `/` their `getcwd()` reports. `.` is read-only when the preopen holding `cwd` is.
 pub fn guest_dirs(preopens: &[Preopen], cwd: Option<&str>) -> Vec<GuestDir> {
     let mut out = Vec::with_capacity(preopens.len() + 1);
     if let Some(cwd) = cwd.filter(|c| *c != "/" && !c.is_empty()) {
-        out.push(GuestDir {
-            host: cwd.to_string(),
-            guest: ".".into(),
-            read_only: mount_of(preopens, cwd).is_some_and(|p| p.read_only),
-        });
+        if let Some(p) = preopen_of(preopens, cwd) {
+            let rest = cwd[p.guest.len()..].trim_start_matches('/');
+            let host = if rest.is_empty() {
+                p.host.clone()
+            } else {
+                format!("{}/{rest}", p.host.trim_end_matches('/'))
+            };
+            out.push(GuestDir {
+                host,
+                guest: ".".into(),
+                read_only: p.read_only,
+            });
+        }
     }
     out.extend(preopens.iter().map(|p| GuestDir {
-        host: p.path.clone(),
-        guest: p.path.clone(),
+        host: p.host.clone(),
+        guest: p.guest.clone(),
         read_only: p.read_only,
     }));
     out
 }
 
-/// The preopen whose directory holds `path`: the longest one that is `path` or a parent of it.
-fn mount_of<'a>(preopens: &'a [Preopen], path: &str) -> Option<&'a Preopen> {
+/// The preopen whose guest directory holds `path`: the longest one that is `path` or a parent
+/// of it.
+fn preopen_of<'a>(preopens: &'a [Preopen], path: &str) -> Option<&'a Preopen> {
     preopens
         .iter()
         .filter(|p| {
-            p.path == "/"
-                || path == p.path
+            p.guest == "/"
+                || path == p.guest
                 || path
-                    .strip_prefix(p.path.as_str())
+                    .strip_prefix(p.guest.as_str())
                     .is_some_and(|rest| rest.starts_with('/'))
         })
-        .max_by_key(|p| p.path.len())
+        .max_by_key(|p| p.guest.len())
 }
 
 #[cfg(test)]
@@ -164,58 +220,73 @@ mod tests {
 606 600 8:1 /var/lib/kubelet/pods/x/volumes/data /data rw,relatime - ext4 /dev/vda rw
 607 600 8:1 /srv/config /etc/app\\040config ro,relatime - ext4 /dev/vda rw
 608 600 8:1 /hosts /etc/hosts rw,relatime - ext4 /dev/vda rw
+609 602 8:1 /cm /dev/.wasmkube/config/0 ro,relatime - ext4 /dev/vda rw
+610 602 0:50 / /dev/.wasmkube/root rw,nosuid,nodev - overlay overlay rw,lowerdir=/a
 ";
 
+    fn preopen(host: &str, guest: &str, read_only: bool) -> Preopen {
+        Preopen {
+            host: host.into(),
+            guest: guest.into(),
+            read_only,
+        }
+    }
+
     #[test]
-    fn root_first_then_bind_mounts_with_their_modes() {
-        let p = from_mountinfo(MOUNTINFO);
+    fn without_grants_the_root_view_then_every_bind_mount_with_its_mode() {
+        let p = from_mountinfo(MOUNTINFO, Granted::EveryMount).expect("root view");
         assert_eq!(
             p,
             vec![
-                Preopen {
-                    path: "/".into(),
-                    read_only: false
-                },
-                Preopen {
-                    path: "/data".into(),
-                    read_only: false
-                },
-                Preopen {
-                    path: "/etc/app config".into(),
-                    read_only: true
-                },
-                Preopen {
-                    path: "/etc/hosts".into(),
-                    read_only: false
-                },
-            ]
+                preopen(ROOT_VIEW, "/", false),
+                preopen("/data", "/data", false),
+                preopen("/etc/app config", "/etc/app config", true),
+                preopen("/etc/hosts", "/etc/hosts", false),
+            ],
+            "never /proc, /sys, /dev, the config sources or the container's own /"
         );
     }
 
     #[test]
-    fn read_only_root_and_missing_mountinfo() {
-        let p = from_mountinfo("1 0 0:1 / / ro - overlay overlay ro\n");
+    fn with_grants_only_the_granted_volumes_read_only_when_either_says_so() {
+        let volumes = [
+            Volume {
+                mount_path: "/data".into(),
+                read_only: true,
+            },
+            Volume {
+                mount_path: "/etc/app config".into(),
+                read_only: false,
+            },
+            Volume {
+                mount_path: "/not-mounted".into(),
+                read_only: false,
+            },
+        ];
+        let p = from_mountinfo(MOUNTINFO, Granted::Volumes(&volumes)).expect("root view");
         assert_eq!(
             p,
-            vec![Preopen {
-                path: "/".into(),
-                read_only: true
-            }]
+            vec![
+                preopen(ROOT_VIEW, "/", false),
+                preopen("/data", "/data", true),
+                preopen("/etc/app config", "/etc/app config", true),
+            ],
+            "/etc/hosts is the kubelet's, not granted"
         );
-        assert_eq!(
-            from_mountinfo(""),
-            vec![Preopen {
-                path: "/".into(),
-                read_only: false
-            }]
-        );
+        let p = from_mountinfo(MOUNTINFO, Granted::Volumes(&[])).expect("root view");
+        assert_eq!(p, vec![preopen(ROOT_VIEW, "/", false)]);
     }
 
-    fn preopen(path: &str, read_only: bool) -> Preopen {
-        Preopen {
-            path: path.into(),
-            read_only,
-        }
+    #[test]
+    fn no_root_view_no_preopens() {
+        let e = from_mountinfo("1 0 0:1 / / ro - overlay overlay ro\n", Granted::EveryMount)
+            .expect_err("no view");
+        assert!(e.contains(ROOT_VIEW), "{e}");
+        let ro = format!("1 0 0:1 / {ROOT_VIEW} ro - overlay overlay ro\n");
+        assert_eq!(
+            from_mountinfo(&ro, Granted::EveryMount).expect("view"),
+            vec![preopen(ROOT_VIEW, "/", true)]
+        );
     }
 
     fn dir(host: &str, guest: &str, read_only: bool) -> GuestDir {
@@ -229,15 +300,15 @@ mod tests {
     #[test]
     fn the_working_directory_comes_first_so_it_never_shadows_the_root() {
         let mounts = [
-            preopen("/", false),
-            preopen("/data", true),
-            preopen("/data2", false),
+            preopen(ROOT_VIEW, "/", false),
+            preopen("/data", "/data", true),
+            preopen("/data2", "/data2", false),
         ];
         assert_eq!(
             guest_dirs(&mounts, Some("/srv/work")),
             vec![
-                dir("/srv/work", ".", false),
-                dir("/", "/", false),
+                dir(&format!("{ROOT_VIEW}/srv/work"), ".", false),
+                dir(ROOT_VIEW, "/", false),
                 dir("/data", "/data", true),
                 dir("/data2", "/data2", false),
             ]
@@ -248,11 +319,11 @@ mod tests {
     }
 
     #[test]
-    fn the_working_directory_takes_the_mode_of_its_mount() {
+    fn the_working_directory_takes_the_mode_of_its_preopen() {
         let mounts = [
-            preopen("/", true),
-            preopen("/data", true),
-            preopen("/data/rw", false),
+            preopen(ROOT_VIEW, "/", true),
+            preopen("/data", "/data", true),
+            preopen("/data/rw", "/data/rw", false),
         ];
         let dot = |cwd: &str| guest_dirs(&mounts, Some(cwd))[0].clone();
         assert_eq!(dot("/data/rw/sub"), dir("/data/rw/sub", ".", false));
@@ -260,10 +331,10 @@ mod tests {
         assert_eq!(dot("/data/ro"), dir("/data/ro", ".", true));
         assert_eq!(
             dot("/data2"),
-            dir("/data2", ".", true),
+            dir(&format!("{ROOT_VIEW}/data2"), ".", true),
             "under `/`, not `/data`"
         );
-        assert_eq!(dot("/srv"), dir("/srv", ".", true));
+        assert_eq!(dot("/srv"), dir(&format!("{ROOT_VIEW}/srv"), ".", true));
     }
 
     #[test]

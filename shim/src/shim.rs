@@ -28,6 +28,15 @@ impl Shim for WasmkubeShim {
     /// file: every later cargo command then rebuilds the shim (scripts/build.sh's one build).
     /// The revision is left out as runwasi does without git; the node installer reports the
     /// shim's sha256, which names the binary exactly.
+    /// The container is built from a copy of its spec with the guest's root view (see
+    /// [`crate::bundle`]).
+    fn container_bundle(
+        _id: &str,
+        bundle: &std::path::Path,
+    ) -> anyhow::Result<Option<std::path::PathBuf>> {
+        Ok(crate::bundle::container_bundle(bundle)?)
+    }
+
     fn version() -> Version {
         Version {
             version: env!("CARGO_PKG_VERSION"),

@@ -4,6 +4,7 @@ use containerd_shim_wasm::sandbox::context::RuntimeContext;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use wasmkube_contract::{Grants, GRANTS_ENV};
 use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::budget::GuestLimiter;
+use crate::config::ConfigStore;
 use crate::error::ShimError;
+use crate::keyvalue::{KvView, Stores};
 use crate::outbound::hooks::OutboundHooks;
 use crate::outbound::Policy;
-use crate::preopens::Preopen;
+use crate::preopens::{Granted, Preopen};
 
 /// A `NAME=value` pair of the container's environment.
 type EnvVar = (String, String);
@@ -40,6 +43,10 @@ pub struct GuestConfig {
     pub memory_budget: Option<usize>,
     /// What the guest may reach on the network (`spec.outbound`).
     pub outbound: Arc<Policy>,
+    /// What `wasi:config` answers (`spec.config`).
+    pub config: Arc<ConfigStore>,
+    /// The stores `wasi:keyvalue` opens (`spec.keyValue`).
+    pub key_value: Arc<Stores>,
 }
 
 impl GuestConfig {
@@ -60,6 +67,7 @@ impl GuestConfig {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .partition(|(k, _)| k == GRANTS_ENV);
+        let has_grants = !grants.is_empty();
         let grants = match grants.last() {
             Some((_, text)) => Grants::from_env_value(text).map_err(|e| ShimError::Config {
                 var: GRANTS_ENV.into(),
@@ -69,6 +77,15 @@ impl GuestConfig {
             None => Grants::none(),
         };
         let outbound = Arc::new(Policy::new(grants.outbound.as_ref())?);
+        // A WasmApp's pod (it carries the document) sees the volumes it grants, nothing else.
+        let granted = if has_grants {
+            Granted::Volumes(&grants.volumes)
+        } else {
+            Granted::EveryMount
+        };
+        let preopens = crate::preopens::discover(granted).map_err(ShimError::Setup)?;
+        let config = Arc::new(ConfigStore::new(grants.config.as_ref()));
+        let key_value = Arc::new(Stores::new(&grants.key_value));
         let cwd = std::env::current_dir()
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
@@ -79,10 +96,12 @@ impl GuestConfig {
             what,
             args,
             envs,
-            preopens: crate::preopens::discover(),
+            preopens,
             cwd,
             memory_budget,
             outbound,
+            config,
+            key_value,
         })
     }
 
@@ -152,6 +171,10 @@ pub struct P1State {
 /// Store state for components (CLI and HTTP).
 pub struct P2State {
     pub wasi: WasiCtx,
+    /// This instance's `wasi:config` answers, read when it was made.
+    pub config: WasiConfigVariables,
+    /// The container's key-value stores.
+    pub kv: Arc<Stores>,
     pub http: WasiHttpCtx,
     pub http_hooks: OutboundHooks,
     pub table: ResourceTable,
@@ -163,6 +186,8 @@ impl P2State {
     pub fn new(cfg: &GuestConfig, limiter: GuestLimiter) -> Self {
         P2State {
             wasi: cfg.wasi_builder().build(),
+            config: cfg.config.snapshot().to_wasi(),
+            kv: cfg.key_value.clone(),
             http: WasiHttpCtx::new(),
             http_hooks: OutboundHooks {
                 policy: cfg.outbound.clone(),
@@ -190,4 +215,20 @@ impl WasiHttpView for P2State {
             hooks: &mut self.http_hooks,
         }
     }
+}
+
+/// Adds what a WasmApp grants beyond WASI 0.2 to a component linker: `wasi:config/store`,
+/// answering from the instance's snapshot, and `wasi:keyvalue` on the container's stores.
+pub fn add_grants_to_linker(
+    linker: &mut wasmtime::component::Linker<P2State>,
+) -> Result<(), ShimError> {
+    wasmtime_wasi_config::add_to_linker(linker, |s: &mut P2State| {
+        wasmtime_wasi_config::WasiConfig::from(&s.config)
+    })
+    .map_err(ShimError::setup)?;
+    crate::keyvalue::add_to_linker(linker, |s: &mut P2State| KvView {
+        stores: &s.kv,
+        table: &mut s.table,
+    })
+    .map_err(ShimError::setup)
 }

@@ -49,6 +49,47 @@ fn the_rootfs_is_preopened_at_root() {
 }
 
 #[test]
+fn the_guest_sees_its_image_not_the_mounts_over_it() {
+    skip_unless!(missing_prerequisites());
+    let ctd = containerd();
+    let root = rootfs_with(&[("fileio.wasm", &guest("fileio"))]);
+    std::fs::create_dir(root.path().join("etc")).expect("etc");
+    std::fs::write(root.path().join("etc/hosts"), "from the image\n").expect("image hosts");
+    let host = tempfile::tempdir().expect("host dir");
+    let mounted = host.path().join("hosts");
+    std::fs::write(&mounted, "from the mount\n").expect("mounted hosts");
+    let cat = |path: &str| {
+        let mut run = CtrRun::rootfs(
+            unique_id("fsview"),
+            root.path(),
+            &["/fileio.wasm", "cat", path],
+        );
+        // A file mounted over the image's, as the kubelet mounts /etc/hosts.
+        run.mounts
+            .push((mounted.clone(), "/etc/hosts".into(), true));
+        ctd.run(&run)
+    };
+    let out = cat("/etc/hosts").ok();
+    assert_eq!(
+        out.stdout.replace("\r\n", "\n"),
+        "/etc/hosts: from the image\n",
+        "the image's file, not the mount over it"
+    );
+    // The runtime's /proc and /dev are not the guest's: a process's own memory and environment
+    // files would hand it the shim.
+    for path in ["/proc/self/environ", "/proc/self/mem", "/dev/null"] {
+        let out = cat(path);
+        assert_eq!(out.code, Some(2), "{path}: {out:#?}");
+        assert!(
+            out.stdout.contains(&format!(
+                "fileio: reading {path}: No such file or directory"
+            )),
+            "{path}: {out:#?}"
+        );
+    }
+}
+
+#[test]
 fn bind_mounts_are_preopened_at_the_same_path_with_their_mode() {
     skip_unless!(missing_prerequisites());
     let ctd = containerd();

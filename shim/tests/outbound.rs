@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmkube_contract::{Grants, Outbound, GRANTS_ENV};
 use wasmkube_test_harness::containerd::Containerd;
@@ -14,7 +14,7 @@ use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::{free_port, missing_prerequisites, skip_unless};
 
 mod support;
-use support::{node, pod};
+use support::{ask, node, pod, serve};
 
 const IMAGE: &str = "docker.io/wasmkube/http-outbound:cri";
 
@@ -72,46 +72,20 @@ fn start(
     if let Some(g) = grants {
         env.push((GRANTS_ENV.to_string(), g.to_env_value()));
     }
-    let id = cri
-        .create_container(
-            pod_id,
-            spec,
-            &ContainerSpec {
-                name: name.into(),
-                image: IMAGE.into(),
-                env,
-                mounts: vec![(hosts, "/etc/hosts".into())],
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
-    cri.start_container(&id)
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctd.log_tail()));
-    let started = Instant::now();
-    while ask(port, "/").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{name} never answered on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    id
-}
-
-/// The guest's answer to `path`, by `curl` on the host.
-fn ask(port: u16, path: &str) -> Option<String> {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    serve(
+        ctd,
+        cri,
+        pod_id,
+        spec,
+        &ContainerSpec {
+            name: name.into(),
+            image: IMAGE.into(),
+            env,
+            mounts: vec![(hosts, "/etc/hosts".into())],
+            ..Default::default()
+        },
+        port,
+    )
 }
 
 fn grants(allowed: &[String], blocked: &[&str]) -> Grants {

@@ -35,7 +35,7 @@ cleanup() {
     if [ -z "${KEEP_CLUSTER:-}" ]; then kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
-for image in operator node-installer hello-http http-outbound late-fail; do
+for image in operator node-installer hello-http http-outbound http-grants redis late-fail; do
     kind load image-archive "$IMAGES/$image.tar" --name "$CLUSTER"
 done
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentSpec},
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         autoscaling::v2::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             MetricSpec, MetricTarget, ResourceMetricSource,
@@ -184,13 +184,12 @@ pub fn deployment(app: &WasmApp) -> Deployment {
             .cloned(),
     );
     // Last, so no entry of spec.env can stand in for it (validation also refuses one).
-    if let Some(grants) = spec.grants() {
-        env.push(EnvVar {
-            name: wasmkube_contract::GRANTS_ENV.to_string(),
-            value: Some(grants.to_env_value()),
-            ..EnvVar::default()
-        });
-    }
+    let grants = super::grants::pod_grants(app);
+    env.push(EnvVar {
+        name: wasmkube_contract::GRANTS_ENV.to_string(),
+        value: Some(grants.document.to_env_value()),
+        ..EnvVar::default()
+    });
 
     let probes = spec.probes.clone().unwrap_or_default();
     let container = Container {
@@ -210,6 +209,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
         readiness_probe: readiness_probe(spec, port),
         startup_probe: probes.startup.as_ref().map(|p| http_probe(p, port)),
         security_context: Some(container_security_context()),
+        volume_mounts: non_empty(&grants.mounts),
         ..Container::default()
     };
 
@@ -224,6 +224,11 @@ pub fn deployment(app: &WasmApp) -> Deployment {
             },
             min_ready_seconds: (spec.service_config().type_ != ServiceType::None)
                 .then_some(SERVICE_MIN_READY_SECONDS),
+            // A file key-value store opens in one process at a time: the old pod goes first.
+            strategy: super::grants::has_single_holder_store(app).then(|| DeploymentStrategy {
+                type_: Some("Recreate".to_string()),
+                ..DeploymentStrategy::default()
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(app)),
                 ..LabelSelector::default()
@@ -248,7 +253,8 @@ pub fn deployment(app: &WasmApp) -> Deployment {
                     // A wasm guest cannot use the API token or the service-link variables.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(pod_security_context()),
+                    security_context: Some(pod_security_context(!spec.volumes.is_empty())),
+                    volumes: non_empty(&grants.volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -259,12 +265,14 @@ pub fn deployment(app: &WasmApp) -> Deployment {
 }
 
 /// The pod-level half of the Pod Security Standards' `restricted` profile: a numeric non-root
-/// user and group, and the runtime's default seccomp profile.
-pub fn pod_security_context() -> PodSecurityContext {
+/// user and group, and the runtime's default seccomp profile. With granted volumes, they
+/// belong to the app's group too (`fsGroup`), so a claim or an emptyDir is writable to it.
+pub fn pod_security_context(with_volumes: bool) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(APP_UID),
         run_as_group: Some(APP_UID),
+        fs_group: with_volumes.then_some(APP_UID),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".to_string(),
             ..SeccompProfile::default()

@@ -105,24 +105,33 @@ impl WasmAppSpec {
                 }
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        let mut paths = std::collections::BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            if !names.insert(v.name.as_str()) {
+                problems.push(format!("volumes[{i}]: the name {:?} is used twice", v.name));
+            }
+            if !paths.insert(v.mount_path.trim_end_matches('/')) {
+                problems.push(format!(
+                    "volumes[{i}]: the mountPath {:?} is used twice",
+                    v.mount_path
+                ));
+            }
+        }
+        let mut stores = std::collections::BTreeSet::new();
+        for (i, kv) in self.key_value.iter().enumerate() {
+            if !stores.insert(kv.name.as_str()) {
+                problems.push(format!(
+                    "keyValue[{i}]: the name {:?} is used twice",
+                    kv.name
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
-    }
-
-    /// The grants document for the pods ([`wasmkube_contract::GRANTS_ENV`]), when the app
-    /// grants anything.
-    pub fn grants(&self) -> Option<wasmkube_contract::Grants> {
-        let outbound = self.outbound.as_ref()?;
-        Some(wasmkube_contract::Grants {
-            outbound: Some(wasmkube_contract::Outbound {
-                allowed_hosts: outbound.allowed_hosts.clone(),
-                blocked_networks: outbound.blocked_networks.clone(),
-            }),
-            ..wasmkube_contract::Grants::none()
-        })
     }
 }
 

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 use std::path::Path;
 
+use std::time::{Duration, Instant};
 use wasmkube_test_harness::containerd::HANDLER;
-use wasmkube_test_harness::cri::{Cri, PodSpec};
+
+use wasmkube_test_harness::cri::{ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::images::{pack, pause_archive};
 use wasmkube_test_harness::{unique_id, Containerd};
@@ -48,4 +50,48 @@ pub fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
         log_dir: logs.join(name),
         cgroup_parent: None,
     }
+}
+
+/// Creates and starts `container` in `pod_id`, a wasi:http guest listening on `port` of the
+/// host's loopback (`spec` is a host-network pod), and waits until it answers `/`.
+pub fn serve(
+    ctd: &Containerd,
+    cri: &mut Cri,
+    pod_id: &str,
+    spec: &PodSpec,
+    container: &ContainerSpec,
+    port: u16,
+) -> String {
+    let name = &container.name;
+    let id = cri
+        .create_container(pod_id, spec, container)
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctd.log_tail()));
+    let started = Instant::now();
+    while ask(port, "/").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} never answered on {port}\n{}",
+            ctd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    id
+}
+
+/// The guest's answer to `path`, by `curl` on the host.
+pub fn ask(port: u16, path: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

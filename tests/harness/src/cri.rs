@@ -39,6 +39,8 @@ pub struct ContainerSpec {
     pub memory_limit: Option<i64>,
     /// Read-only bind mounts (host path, container path), as the kubelet adds `/etc/hosts`.
     pub mounts: Vec<(PathBuf, String)>,
+    /// Writable bind mounts (host path, container path), as a claim or an emptyDir.
+    pub writable_mounts: Vec<(PathBuf, String)>,
 }
 
 fn err(e: tonic::Status) -> String {
@@ -190,10 +192,12 @@ impl Cri {
             mounts: c
                 .mounts
                 .iter()
-                .map(|(host, path)| cri::Mount {
+                .map(|m| (m, true))
+                .chain(c.writable_mounts.iter().map(|m| (m, false)))
+                .map(|((host, path), readonly)| cri::Mount {
                     container_path: path.clone(),
                     host_path: host.display().to_string(),
-                    readonly: true,
+                    readonly,
                     ..Default::default()
                 })
                 .collect(),

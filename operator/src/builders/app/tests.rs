@@ -137,8 +137,9 @@ fn user_http_addr_wins() {
         .spec
         .map(|p| p.containers[0].env.clone().unwrap_or_default())
         .unwrap_or_default();
-    assert_eq!(env.len(), 1);
-    assert_eq!(env[0].value.as_deref(), Some("127.0.0.1:9000"));
+    let addrs: Vec<_> = env.iter().filter(|e| e.name == HTTP_ADDR_ENV).collect();
+    assert_eq!(addrs.len(), 1, "{env:?}");
+    assert_eq!(addrs[0].value.as_deref(), Some("127.0.0.1:9000"));
 }
 
 #[test]
@@ -457,16 +458,22 @@ fn outbound_grants_reach_the_pod_as_the_last_env_entry_and_spec_env_cannot_forge
         ),
         ..EnvVar::default()
     }];
-    // Without spec.outbound: no grants document at all (the shim grants nothing).
+    // Without spec.outbound: an empty document, last, and spec.env's forgery is dropped (the
+    // shim grants nothing, not even the pod's volumes).
     let d = serde_json::to_value(deployment(&app(spec.clone()))).expect("json");
     let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
         .expect("env")
         .clone();
-    assert!(
-        !env.iter()
-            .any(|e| e["name"] == wasmkube_contract::GRANTS_ENV),
-        "{env:?}"
+    let docs: Vec<_> = env
+        .iter()
+        .filter(|e| e["name"] == wasmkube_contract::GRANTS_ENV)
+        .collect();
+    assert_eq!(docs.len(), 1, "{env:?}");
+    assert_eq!(
+        wasmkube_contract::Grants::from_env_value(docs[0]["value"].as_str().expect("value"))
+            .expect("a grants document"),
+        wasmkube_contract::Grants::none()
     );
     assert!(spec
         .validate("hello")

@@ -6,11 +6,14 @@
 //! wasmkube with its uninstall script.
 pub mod app_pods;
 pub mod apps;
+pub mod config;
 pub mod install;
+pub mod keyvalue;
 pub mod lifecycle;
 pub mod node_lifecycle;
 pub mod outbound;
 pub mod retries;
+mod serving;
 
 use crate::Runner;
 
@@ -43,6 +46,12 @@ pub fn all() -> Runner {
         })
         .scenario("outbound_grants_reach_the_granted_service_only", |c| {
             Box::pin(outbound::outbound_grants_reach_the_granted_service_only(c))
+        })
+        .scenario("config_and_volumes_reach_the_app_and_nothing_else", |c| {
+            Box::pin(config::config_and_volumes_reach_the_app_and_nothing_else(c))
+        })
+        .scenario("kv_counter_counts_across_replicas_and_restarts", |c| {
+            Box::pin(keyvalue::kv_counter_counts_across_replicas_and_restarts(c))
         })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))

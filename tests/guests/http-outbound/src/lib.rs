@@ -15,10 +15,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::outgoing_handler;
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingRequest, ResponseOutparam,
-    Scheme,
-};
+use wasi::http::types::{Fields, IncomingRequest, OutgoingRequest, ResponseOutparam, Scheme};
 
 struct HttpOutbound;
 
@@ -86,7 +83,9 @@ fn fetch(url: &str) -> Result<String, String> {
 
 /// A wasi:http error code as its variant's name (`HttpRequestDenied`).
 fn code(e: impl std::fmt::Debug) -> String {
-    format!("{e:?}").trim_start_matches("ErrorCode::").to_string()
+    format!("{e:?}")
+        .trim_start_matches("ErrorCode::")
+        .to_string()
 }
 
 fn tcp(addr: &str) -> String {

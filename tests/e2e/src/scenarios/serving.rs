@@ -1,0 +1,63 @@
+//! What the scenarios with HTTP apps share: a WasmApp manifest, `kubectl apply` of one, a
+//! Service's ClusterIP, and a GET through it from the node.
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+
+use crate::wait::{within, Poll};
+use crate::Cluster;
+
+/// A one-replica WasmApp of the project's image `image`, with `extra` appended to its spec
+/// (indented two spaces).
+pub fn wasm_app(ns: &str, name: &str, image: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: wasmkube.dev/v1alpha1\nkind: WasmApp\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\nspec:\n  image: docker.io/wasmkube/{image}:0.1.0\n  replicas: 1\n\
+         {extra}"
+    )
+}
+
+/// `kubectl apply` of `manifest`: (succeeded, stdout, stderr).
+pub fn apply(c: &Cluster, name: &str, manifest: &str) -> Result<(bool, String, String)> {
+    let file = std::env::temp_dir().join(format!("wk-e2e-{name}-{}.yaml", std::process::id()));
+    std::fs::write(&file, manifest)?;
+    c.kubectl_output(&["apply", "-f", &file.to_string_lossy()])
+}
+
+/// The ClusterIP of Service `name`, once it has one.
+pub async fn cluster_ip(c: &Cluster, ns: &str, name: &str) -> Result<String> {
+    let services: Api<Service> = Api::namespaced(c.client.clone(), ns);
+    within(
+        &format!("Service {name}"),
+        Duration::from_secs(60),
+        || async {
+            let ip = services
+                .get_opt(name)
+                .await?
+                .and_then(|s| s.spec)
+                .and_then(|s| s.cluster_ip);
+            Ok(match ip {
+                Some(ip) if !ip.is_empty() && ip != "None" => Poll::Done(ip),
+                _ => Poll::NotYet("no ClusterIP yet".into()),
+            })
+        },
+    )
+    .await
+}
+
+/// GET `path` on `ip` from the node until it answers; the body, trimmed.
+pub async fn get(c: &Cluster, ip: &str, path: &str) -> Result<String> {
+    within(
+        &format!("an answer from http://{ip}{path}"),
+        Duration::from_secs(180),
+        || async {
+            Ok(match c.http_get_from_node(&format!("http://{ip}{path}")) {
+                Ok(body) => Poll::Done(body.trim().to_string()),
+                Err(e) => Poll::NotYet(format!("{e:#}")),
+            })
+        },
+    )
+    .await
+}

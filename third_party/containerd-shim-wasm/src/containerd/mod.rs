@@ -1,0 +1,6 @@
+#![cfg(unix)]
+
+mod client;
+mod lease;
+
+pub(crate) use client::Client;
