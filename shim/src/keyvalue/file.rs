@@ -120,10 +120,10 @@ impl FileStore {
         let key = key.to_string();
         let result = self
             .write(move |t| {
-                let now = match t.get(key.as_str()).map_err(|e| e.to_string())? {
-                    Some(v) => Some(parse_counter(v.value())),
-                    None => None,
-                };
+                let now = t
+                    .get(key.as_str())
+                    .map_err(|e| e.to_string())?
+                    .map(|v| parse_counter(v.value()));
                 let next = match now {
                     Some(Ok(n)) => add(n, delta),
                     Some(Err(e)) => Err(e),
