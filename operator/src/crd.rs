@@ -16,6 +16,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod grants;
+/// An object name (RFC 1123 subdomain), as the API server checks it.
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A label-like name (RFC 1123 label).
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub mod image;
 mod validate;
 
@@ -194,7 +198,7 @@ pub struct WasmAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub runtime_class_name: Option<String>,
 

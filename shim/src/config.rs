@@ -127,22 +127,7 @@ fn read_source(source: &ConfigSource) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use wasmkube_contract::ConfigSourceKind;
-
-    /// A volume laid out as the kubelet's atomic writer does.
-    fn kubelet_volume(dir: &Path, generation: &str, files: &[(&str, &str)]) {
-        let data = dir.join(generation);
-        std::fs::create_dir_all(&data).expect("data");
-        for (k, v) in files {
-            std::fs::write(data.join(k), v).expect("key");
-            let link = dir.join(k);
-            if link.symlink_metadata().is_err() {
-                std::os::unix::fs::symlink(format!("{DATA_LINK}/{k}"), &link).expect("link");
-            }
-        }
-        let tmp = dir.join("..data_tmp");
-        std::os::unix::fs::symlink(generation, &tmp).expect("tmp link");
-        std::fs::rename(&tmp, dir.join(DATA_LINK)).expect("swap");
-    }
+    use wasmkube_test_harness::kubelet::kubelet_volume;
 
     fn source(kind: ConfigSourceKind, name: &str, dir: &Path) -> ConfigSource {
         ConfigSource {

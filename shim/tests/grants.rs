@@ -2,34 +2,17 @@
 //! `http-grants` guest in a host-network pod, with the mounts a kubelet gives a WasmApp's pod
 //! (`/etc/hosts`, a granted volume, a volume the app does not grant, a ConfigMap and a Secret
 //! where the operator mounts them) and the grants document the operator writes.
-use std::path::Path;
 
 use wasmkube_contract::{Config, ConfigSource, ConfigSourceKind, Grants, Volume, GRANTS_ENV};
 use wasmkube_test_harness::cri::{read_log, ContainerSpec};
+use wasmkube_test_harness::kubelet::kubelet_volume;
 use wasmkube_test_harness::{free_port, missing_prerequisites, skip_unless};
 
 mod support;
-use support::{ask, node, pod, serve};
+use support::{ask, granted_app, node, pod, serve};
 
 const IMAGE: &str = "docker.io/wasmkube/http-grants:cri";
 const SECRET_VALUE: &str = "s3cr3t-value-7f0e";
-
-/// A directory laid out as the kubelet's atomic writer lays out a ConfigMap or Secret volume:
-/// `key -> ..data/key`, `..data -> ..<generation>`; a new generation swaps `..data` at once.
-fn kubelet_volume(dir: &Path, generation: &str, files: &[(&str, &str)]) {
-    let data = dir.join(generation);
-    std::fs::create_dir_all(&data).expect("data dir");
-    for (k, v) in files {
-        std::fs::write(data.join(k), v).expect("key");
-        let link = dir.join(k);
-        if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(format!("..data/{k}"), &link).expect("key link");
-        }
-    }
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(generation, &tmp).expect("tmp link");
-    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-}
 
 #[test]
 fn cri_the_guest_sees_its_image_granted_volumes_and_config_nothing_else() {
@@ -91,12 +74,6 @@ fn cri_the_guest_sees_its_image_granted_volumes_and_config_nothing_else() {
         &pod_id,
         &spec,
         &ContainerSpec {
-            name: "app".into(),
-            image: IMAGE.into(),
-            env: vec![
-                ("WASMKUBE_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
-                (GRANTS_ENV.into(), grants.to_env_value()),
-            ],
             mounts: vec![
                 (hosts, "/etc/hosts".into()),
                 (data, "/data".into()),
@@ -104,7 +81,7 @@ fn cri_the_guest_sees_its_image_granted_volumes_and_config_nothing_else() {
                 (config_map.clone(), ConfigSource::mount_path_for(0)),
                 (secret, ConfigSource::mount_path_for(1)),
             ],
-            ..Default::default()
+            ..granted_app(IMAGE, port, &grants)
         },
         port,
     );

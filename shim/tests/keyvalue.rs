@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmkube_contract::{Grants, KeyValueBackend, KeyValueStore, GRANTS_ENV};
+use wasmkube_contract::{Grants, KeyValueBackend, KeyValueStore};
 use wasmkube_test_harness::containerd::Containerd;
 use wasmkube_test_harness::cri::{read_log, ContainerSpec, Cri, PodSpec};
 use wasmkube_test_harness::{free_port, missing_prerequisites, skip_unless};
 
 mod support;
-use support::{ask, node, pod, serve};
+use support::{ask, granted_app, node, pod, serve};
 
 const IMAGE: &str = "docker.io/wasmkube/http-grants:cri";
 
@@ -130,15 +130,9 @@ fn start_app(
         &pod_id,
         &spec,
         &ContainerSpec {
-            name: "app".into(),
-            image: IMAGE.into(),
-            env: vec![
-                ("WASMKUBE_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
-                (GRANTS_ENV.into(), grants.to_env_value()),
-            ],
             mounts,
             writable_mounts,
-            ..Default::default()
+            ..granted_app(IMAGE, port, &grants)
         },
         port,
     );

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the Kubernetes server binaries, kubectl and crictl from their Go modules
-# (pinned in k8s/go.mod+go.sum and crictl/go.mod+go.sum) into
+# Build the Kubernetes server binaries, kubectl, crictl and CoreDNS from their Go modules
+# (pinned in k8s/, crictl/ and coredns/ go.mod+go.sum) into
 #   /var/tmp/wasmkube-k8s/$K8S_VERSION/bin/
 # Needs only a Go toolchain and the Go module proxy. Binaries already built
 # from the same go.mod/go.sum, Go version and flags are skipped (stamp files).
@@ -20,7 +20,7 @@ export GOMODCACHE="${GOMODCACHE_OVERRIDE:-/var/tmp/wasmkube-go/mod}"
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns)
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
 
@@ -60,6 +60,8 @@ build_one() {
     crictl) moddir="$HERE/crictl"; pkg="sigs.k8s.io/cri-tools/cmd/crictl"; ldflags="$CRICTL_LDFLAGS"; tags="" ;;
     apiserver-forward) # ours (k8s/cmd/apiserver-forward): relays the kubernetes Service to 127.0.0.1
       moddir="$HERE/k8s"; pkg="./cmd/apiserver-forward"; ldflags="-s -w"; tags="" ;;
+    coredns) # CoreDNS with the plugins the cluster uses (coredns/main.go)
+      moddir="$HERE/coredns"; pkg="./"; ldflags="-s -w"; tags="" ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl)
       moddir="$HERE/k8s"; pkg="k8s.io/kubernetes/cmd/$name"; ldflags="$K8S_LDFLAGS"; tags="$K8S_TAGS" ;;
     *) die "unknown binary: $name (known: ${ALL[*]})" ;;
@@ -86,7 +88,7 @@ t_all=$SECONDS
 log "Kubernetes $K8S_VERSION + crictl $CRICTL_VERSION with $go_version into $BIN_DIR"
 log "GOCACHE=$GOCACHE GOMODCACHE=$GOMODCACHE"
 t0=$SECONDS
-for d in k8s crictl; do (cd "$HERE/$d" && go mod download) || die "go mod download failed in $d"; done
+for d in k8s crictl coredns; do (cd "$HERE/$d" && go mod download) || die "go mod download failed in $d"; done
 log "modules downloaded/verified in $((SECONDS - t0)) s"
 for b in "${TARGETS[@]}"; do build_one "$b"; done
 # crictl reads crictl.yaml beside its binary when /etc/crictl.yaml is absent.

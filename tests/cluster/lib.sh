@@ -32,6 +32,7 @@ POD_GATEWAY=10.244.0.1   # on $CNI_BRIDGE; the kubernetes Service's endpoint (ap
 CLUSTER_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/24
 KUBERNETES_SVC_IP=10.96.0.1
+DNS_SVC_IP=10.96.0.10   # kube-system/kube-dns (as kubeadm); its endpoint is CoreDNS on $POD_GATEWAY:53
 
 # Ports: all on 127.0.0.1, all away from the defaults.
 ETCD_CLIENT_PORT=12379
@@ -43,9 +44,10 @@ KUBELET_PORT=16250
 KUBELET_HEALTHZ_PORT=16248
 KUBE_PROXY_HEALTHZ_PORT=16256
 KUBE_PROXY_METRICS_PORT=16249
+COREDNS_READY_PORT=16181
 
 # Components in start order (down.sh stops them in reverse; containerd separately).
-COMPONENTS=(etcd kube-apiserver apiserver-forward kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver apiserver-forward coredns kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 # Host paths a node's Kubernetes creates; down.sh removes those that did not exist before up.
 HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/containerd

@@ -23,15 +23,15 @@ for img in "$@"; do [[ -f "$img" ]] || die "image archive not found: $img"; done
 
 # ---------------------------------------------------------------- prerequisites
 phase=$EPOCHREALTIME
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns; do
   if [[ ! -x "$BIN_DIR/$b" ]]; then
     log "$BIN_DIR/$b missing: running build.sh (a cold build takes ~10 min on 2 cores)"
     "$HERE/build.sh"
     break
   fi
 done
-for t in containerd ctr runc openssl jq curl iptables ip6tables iptables-save ip findmnt nsenter setsid; do
-  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install containerd runc openssl jq iptables iproute2 util-linux)"
+for t in containerd ctr runc openssl jq curl dig iptables ip6tables iptables-save ip findmnt nsenter setsid; do
+  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install containerd runc openssl jq dnsutils iptables iproute2 util-linux)"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
   || die "CNI plugins missing in /usr/lib/cni (apt-get install containernetworking-plugins)"
@@ -319,6 +319,58 @@ start apiserver-forward "$BIN_DIR/apiserver-forward" "$POD_GATEWAY:$APISERVER_PO
 AT_APISERVER=$(elapsed)
 log "kube-apiserver ready in $T_APISERVER s (at $AT_APISERVER s)"
 
+# Cluster DNS, as kubeadm sets it up: the kube-dns Service ($DNS_SVC_IP) in kube-system,
+# served by CoreDNS's kubernetes plugin. CoreDNS runs as a host process on the bridge's
+# gateway (like apiserver-forward) and the Service's EndpointSlice points there. It answers
+# for cluster.local only: this host has no upstream resolver to forward to.
+cat > "$CFG_DIR/Corefile" <<EOF
+.:53 {
+    bind $POD_GATEWAY
+    errors
+    ready 127.0.0.1:$COREDNS_READY_PORT
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $ADMIN_KUBECONFIG
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }
+    cache 30
+    loadbalance
+}
+EOF
+start coredns "$BIN_DIR/coredns" -conf "$CFG_DIR/Corefile"
+kube_system() { kubectl_admin get namespace kube-system; }
+wait_for kube-apiserver "namespace kube-system" kube_system
+kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
+spec:
+  clusterIP: $DNS_SVC_IP
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-host
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: kube-dns
+    endpointslice.kubernetes.io/managed-by: up.sh.wasmkube.local
+addressType: IPv4
+endpoints:
+- addresses: ["$POD_GATEWAY"]
+  conditions: {ready: true}
+ports:
+- {name: dns, port: 53, protocol: UDP}
+- {name: dns-tcp, port: 53, protocol: TCP}
+EOF
+
 phase=$EPOCHREALTIME
 start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
@@ -357,7 +409,7 @@ failCgroupV1: false
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 staticPodPath: ""
 clusterDomain: cluster.local
-clusterDNS: []
+clusterDNS: [$DNS_SVC_IP]
 volumePluginDir: $CLUSTER_DIR/kubelet-plugins/volume/exec
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -420,6 +472,11 @@ wait_for kube-proxy "kube-proxy's iptables rules" kube_proxy_synced
 # The apiserver through its ClusterIP (kube-proxy DNAT -> bridge gateway -> apiserver-forward).
 svc_ready() { curl -fsS --max-time 3 --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" "https://$KUBERNETES_SVC_IP/readyz"; }
 wait_for apiserver-forward "https://$KUBERNETES_SVC_IP/readyz (the kubernetes Service)" svc_ready
+coredns_ready() { curl -fsS --max-time 3 "http://127.0.0.1:$COREDNS_READY_PORT/ready"; }
+wait_for coredns "CoreDNS /ready (its kubernetes plugin synced)" coredns_ready
+# A name through the Service address, as a pod asks it (kube-proxy DNAT -> CoreDNS).
+dns_answers() { [[ "$(dig +short +time=2 +tries=1 "@$DNS_SVC_IP" kubernetes.default.svc.cluster.local A)" == "$KUBERNETES_SVC_IP" ]]; }
+wait_for coredns "kubernetes.default.svc.cluster.local from $DNS_SVC_IP" dns_answers
 # The address must survive the kubelet's status updates.
 addr() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
 [[ "$(addr)" == 127.0.0.1 ]] || { warn "node InternalIP lost: setting it again"; set_node_address; }

@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource,
 };
 use schemars::JsonSchema;
+
+use super::{DNS_LABEL, DNS_SUBDOMAIN};
 use serde::{Deserialize, Serialize};
 
 /// `spec.outbound`: the destinations granted, in Spin's `allowed_outbound_hosts` syntax.
@@ -78,7 +80,7 @@ pub struct ConfigSpec {
 pub struct ConfigRef {
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub name: String,
 }
@@ -109,7 +111,7 @@ pub struct VolumeSpec {
     /// The volume's name in the pod (`wasmkube-` is reserved).
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub name: String,
     /// Where the guest sees it (and the container mounts it): an absolute path.
@@ -152,7 +154,7 @@ pub struct KeyValueSpec {
     /// What the app passes to `wasi:keyvalue/store.open` (Spin's default store is `default`).
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub name: String,
     /// A Redis server, its URL (`redis://[user:password@]host:port[/db]`, credentials
@@ -170,7 +172,7 @@ pub struct KeyValueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = DNS_LABEL)
     )]
     pub shared: Option<String>,
     /// The longest one call may take before the app gets an error (default 2000).
@@ -186,7 +188,7 @@ pub struct RedisStoreSpec {
     /// The Secret (in the app's namespace) holding the URL.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub secret_name: String,
     /// The Secret's key holding the URL (default `url`).
@@ -202,7 +204,7 @@ pub struct FileStoreSpec {
     /// The PersistentVolumeClaim (in the app's namespace) the database lives on.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN)
     )]
     pub claim_name: String,
 }

@@ -52,6 +52,20 @@ pub fn pod(name: &str, host_network: bool, logs: &Path) -> PodSpec {
     }
 }
 
+/// The container of the `image` wasi:http app on `port` of the host's loopback, holding
+/// `grants` (mounts left to the caller).
+pub fn granted_app(image: &str, port: u16, grants: &wasmkube_contract::Grants) -> ContainerSpec {
+    ContainerSpec {
+        name: "app".into(),
+        image: image.into(),
+        env: vec![
+            ("WASMKUBE_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
+            (wasmkube_contract::GRANTS_ENV.into(), grants.to_env_value()),
+        ],
+        ..Default::default()
+    }
+}
+
 /// Creates and starts `container` in `pod_id`, a wasi:http guest listening on `port` of the
 /// host's loopback (`spec` is a host-network pod), and waits until it answers `/`.
 pub fn serve(

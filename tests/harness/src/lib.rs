@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod guests;
 pub mod images;
+pub mod kubelet;
 pub mod procs;
 pub mod wasm_gen;
 

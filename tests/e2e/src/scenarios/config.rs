@@ -81,16 +81,19 @@ pub async fn config_and_volumes_reach_the_app_and_nothing_else(c: &Cluster) -> R
     );
 
     // An edit of the ConfigMap reaches the running pod's next instance: no restart.
-    let pods_before = c.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NS,
-        "-l",
-        "app.kubernetes.io/instance=configured",
-        "-o",
-        "jsonpath={.items[*].metadata.uid}",
-    ])?;
+    let pod_uids = || {
+        c.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/instance=configured",
+            "-o",
+            "jsonpath={.items[*].metadata.uid}",
+        ])
+    };
+    let pods_before = pod_uids()?;
     let edited = Instant::now();
     let (ok, _, err) = apply(c, "settings", &config_map("bonjour"))?;
     ensure!(ok, "editing the ConfigMap: {err}");
@@ -105,16 +108,7 @@ pub async fn config_and_volumes_reach_the_app_and_nothing_else(c: &Cluster) -> R
         "  a ConfigMap edit reached the app in {:.1} s, without a restart",
         edited.elapsed().as_secs_f64()
     );
-    let pods_after = c.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        NS,
-        "-l",
-        "app.kubernetes.io/instance=configured",
-        "-o",
-        "jsonpath={.items[*].metadata.uid}",
-    ])?;
+    let pods_after = pod_uids()?;
     ensure!(
         pods_before == pods_after,
         "the pod was replaced: {pods_before} → {pods_after}"

@@ -1,21 +1,14 @@
 //! `spec.keyValue` as a user sees it, with `examples/kv-counter`: two replicas count visits
 //! together in a Redis running in the cluster (Debian's redis-server, in an image built without
-//! Docker), the count survives the pods being replaced, and a `file` store with three replicas
-//! is refused by the API server with the field named.
+//! Docker) that they reach by its Service name through the cluster DNS, the count survives the
+//! pods being replaced, and a `file` store with three replicas is refused by the API server
+//! with the field named.
 use anyhow::{ensure, Context as _, Result};
 
-use super::serving::{apply, cluster_ip, get};
+use super::serving::{apply, cluster_ip, example, get};
 use crate::Cluster;
 
 const NS: &str = "wasmkube-e2e-kv";
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kv-counter");
-
-/// The example's file `name`, in the scenario's namespace.
-fn example(name: &str) -> Result<String> {
-    let text = std::fs::read_to_string(format!("{EXAMPLE}/{name}"))
-        .with_context(|| format!("examples/kv-counter/{name}"))?;
-    Ok(text.replace("namespace: default", &format!("namespace: {NS}")))
-}
 
 /// The app's pod IPs, once `n` pods have one.
 fn pod_ips(c: &Cluster) -> Result<Vec<String>> {
@@ -33,6 +26,19 @@ fn pod_ips(c: &Cluster) -> Result<Vec<String>> {
     Ok(ips.split_whitespace().map(str::to_string).collect())
 }
 
+/// Waits for the example's `Ready` condition.
+fn ready(c: &Cluster) -> Result<()> {
+    c.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "wasmapp/kv-counter",
+        "--for=condition=Ready",
+        "--timeout=240s",
+    ])?;
+    Ok(())
+}
+
 fn count(body: &str) -> Result<u64> {
     body.strip_prefix("visits=")
         .and_then(|n| n.parse().ok())
@@ -41,7 +47,7 @@ fn count(body: &str) -> Result<u64> {
 
 pub async fn kv_counter_counts_across_replicas_and_restarts(c: &Cluster) -> Result<()> {
     c.fresh_namespace(NS)?;
-    let (ok, _, err) = apply(c, "redis", &example("redis.yaml")?)?;
+    let (ok, _, err) = apply(c, "redis", &example("kv-counter/redis.yaml", NS)?)?;
     ensure!(ok, "applying the Redis: {err}");
     c.kubectl(&[
         "rollout",
@@ -51,23 +57,12 @@ pub async fn kv_counter_counts_across_replicas_and_restarts(c: &Cluster) -> Resu
         "deployment/redis",
         "--timeout=180s",
     ])?;
-    // The local cluster has no DNS yet: the Secret names the Service by its address.
-    let redis = cluster_ip(c, NS, "redis").await?;
-    let app = example("wasmapp.yaml")?.replace("redis.default.svc.cluster.local", &redis);
-    ensure!(
-        app.contains(&format!("redis://{redis}:6379")),
-        "the example's URL moved: {app}"
-    );
+    let app = example("kv-counter/wasmapp.yaml", NS)?;
+    let url = format!("redis://redis.{NS}.svc.cluster.local:6379");
+    ensure!(app.contains(&url), "the example's Redis URL moved: {app}");
     let (ok, _, err) = apply(c, "kv-counter", &app)?;
     ensure!(ok, "applying the example: {err}");
-    c.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "wasmapp/kv-counter",
-        "--for=condition=Ready",
-        "--timeout=240s",
-    ])?;
+    ready(c)?;
 
     // Each replica, asked directly, continues the other's count.
     let ips = pod_ips(c)?;
@@ -96,14 +91,7 @@ pub async fn kv_counter_counts_across_replicas_and_restarts(c: &Cluster) -> Resu
         "app.kubernetes.io/instance=kv-counter",
         "--wait=true",
     ])?;
-    c.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "wasmapp/kv-counter",
-        "--for=condition=Ready",
-        "--timeout=240s",
-    ])?;
+    ready(c)?;
     let n = count(&get(c, &service, "/count").await?)?;
     ensure!(
         n == last + 1,

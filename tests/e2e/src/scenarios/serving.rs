@@ -1,8 +1,8 @@
-//! What the scenarios with HTTP apps share: a WasmApp manifest, `kubectl apply` of one, a
-//! Service's ClusterIP, and a GET through it from the node.
+//! What the scenarios with HTTP apps share: a WasmApp manifest or one of `examples/`,
+//! `kubectl apply` of one, a Service's ClusterIP, and a GET through it from the node.
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 
@@ -17,6 +17,20 @@ pub fn wasm_app(ns: &str, name: &str, image: &str, extra: &str) -> String {
          namespace: {ns}\nspec:\n  image: docker.io/wasmkube/{image}:0.1.0\n  replicas: 1\n\
          {extra}"
     )
+}
+
+/// `examples/{file}`, moved from namespace `default` to `ns`: its objects and the Service names
+/// it uses (`*.default.svc.cluster.local`), so the example runs as a user would run it.
+pub fn example(file: &str, ns: &str) -> Result<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/");
+    let text = std::fs::read_to_string(format!("{path}{file}"))
+        .with_context(|| format!("examples/{file}"))?;
+    Ok(text
+        .replace("namespace: default", &format!("namespace: {ns}"))
+        .replace(
+            ".default.svc.cluster.local",
+            &format!(".{ns}.svc.cluster.local"),
+        ))
 }
 
 /// `kubectl apply` of `manifest`: (succeeded, stdout, stderr).
