@@ -2,7 +2,8 @@
 # The main job, on a real Kubernetes: brings up a cluster (kind where Docker and kind exist;
 # otherwise a single-node cluster built from upstream Kubernetes' Go modules on this machine,
 # tests/cluster/), installs wasmkube with `kubectl apply -k manifests/`, opts the node in, applies
-# the example WasmApp and curls it through its Service. The cluster stays up afterwards.
+# the example WasmApp (pushed to the cluster's registry with `wasmkube push`, pulled by the node)
+# and curls it through its Service. The cluster stays up afterwards.
 # Run as root (or with sudo; a fresh Debian has no sudo: run it as root):
 #   scripts/demo.sh
 #   tear down: tests/cluster/down.sh   (kind: kind delete cluster --name wasmkube)
@@ -16,10 +17,31 @@ scripts/prereqs.sh
 if command -v kind >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     phase "images (operator, node installer + shim, example app)"
     scripts/images.sh
+    # kind's documented local registry: a registry container on 127.0.0.1:5001 and the kind
+    # network, each node's containerd told (config_path + hosts.toml) to pull localhost:5001 from
+    # it, and docker.io through it first (the project's docker.io/wasmkube/* images).
+    phase "local registry kind-registry on localhost:5001"
+    REGISTRY=localhost:5001
+    if [ "$(docker inspect -f '{{.State.Running}}' kind-registry 2>/dev/null)" != true ]; then
+        docker run -d --restart=always -p 127.0.0.1:5001:5000 --network bridge --name kind-registry registry:2
+    fi
     phase "kind cluster wasmkube"
-    kind get clusters 2>/dev/null | grep -qx wasmkube || kind create cluster --name wasmkube --wait 120s
-    for image in operator node-installer hello-http; do
-        kind load image-archive "$IMAGES_DIR/$image.tar" --name wasmkube
+    if ! kind get clusters 2>/dev/null | grep -qx wasmkube; then
+        printf '%s\n' 'kind: Cluster' 'apiVersion: kind.x-k8s.io/v1alpha4' 'containerdConfigPatches:' \
+            '- |-' '  [plugins."io.containerd.grpc.v1.cri".registry]' '    config_path = "/etc/containerd/certs.d"' |
+            kind create cluster --name wasmkube --wait 120s --config=-
+    fi
+    for node in $(kind get nodes --name wasmkube); do
+        for host in localhost:5001 docker.io; do
+            docker exec "$node" mkdir -p "/etc/containerd/certs.d/$host"
+            printf '[host."http://kind-registry:5000"]\n  capabilities = ["pull", "resolve"]\n' |
+                docker exec -i "$node" cp /dev/stdin "/etc/containerd/certs.d/$host/hosts.toml"
+        done
+    done
+    docker network connect kind kind-registry 2>/dev/null || true
+    for image in operator node-installer; do
+        name=$(tar -xOf "$IMAGES_DIR/$image.tar" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
+        "$BIN_DIR/wasmkube" push "$IMAGES_DIR/$image.tar" "$REGISTRY/${name#docker.io/}"
     done
     KUBECONFIG=/var/tmp/wasmkube-kind.kubeconfig
     kind get kubeconfig --name wasmkube >"$KUBECONFIG"
@@ -42,7 +64,10 @@ else
     fi
     tail -n 2 "$k8s_log"
     phase "local Kubernetes: start (tests/cluster/up.sh)"
-    tests/cluster/up.sh "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/operator.tar" "$IMAGES_DIR/node-installer.tar" "$IMAGES_DIR/hello-http.tar"
+    # The operator and installer images go to the cluster's registry (the node pulls docker.io
+    # through it); the sandbox image is imported.
+    tests/cluster/up.sh "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/operator.tar" "$IMAGES_DIR/node-installer.tar"
+    REGISTRY=localhost:5001
     # shellcheck disable=SC1091
     source tests/cluster/versions.env
     export KUBECONFIG=${CLUSTER_DIR:-/var/tmp/wasmkube-cluster}/admin.kubeconfig
@@ -51,6 +76,12 @@ else
     down="tests/cluster/down.sh"
 fi
 
+# The example app, as a user ships one: pushed to a registry, pulled by the node. The image
+# layout (a tar layer), which containerd 1.6 unpacks; the WasmApp names docker.io/wasmkube/...,
+# which the node pulls through the registry.
+phase "wasmkube push the example app to $REGISTRY"
+"$BIN_DIR/wasmkube" push "$GUESTS_DIR/wasm32-wasip2/release/http_hello.wasm" \
+    "$REGISTRY/wasmkube/hello-http:$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)" --layout image
 phase "kubectl apply -k manifests/"
 kubectl apply -k manifests/
 kubectl wait --for=condition=Established crd/wasmapps.wasmkube.dev --timeout=60s

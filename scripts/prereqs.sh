@@ -3,11 +3,13 @@
 # real containerd the tests drive), protoc and libseccomp (runwasi's build), static busybox
 # (native-container tests), CNI plugins (pod-network CRI test), the local cluster's tools (jq,
 # openssl, iptables, iproute2, dnsutils for dig), python3-venv (manifest validation), redis-server (the key-value
-# tests run their own), the wasm rustup targets and the clippy and rustfmt components.
+# tests run their own), docker-registry and apache2-utils' htpasswd (a real registry for push/pull
+# and the local cluster's images), the wasm rustup targets and the clippy and rustfmt components.
 # Idempotent: installs only what is missing. Needs root for apt.
 set -euo pipefail
 pkgs=(containerd runc protobuf-compiler libseccomp-dev busybox-static containernetworking-plugins pkg-config gcc libc6-dev curl
-  jq openssl iptables iproute2 dnsutils util-linux binutils python3-venv redis-server)
+  jq openssl iptables iproute2 dnsutils util-linux binutils python3-venv redis-server
+  docker-registry apache2-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,14 +1,16 @@
-//! `wasmkube`: pack wasm into OCI images, build native images from a Dockerfile subset, render
-//! WasmApp manifests.
+//! `wasmkube`: pack wasm into OCI images, push and pull them, build native images from a
+//! Dockerfile subset, render WasmApp manifests.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wasmkube_cli::{
+use wasmkube_oci::{
     archive::write_atomically, build_image, inspect::inspect, pack, ImagePlatform, ImageRef,
     Layout, PackOptions,
 };
+
+mod transfer;
 
 #[derive(Debug, Parser)]
 #[command(name = "wasmkube", version, about, propagate_version = true)]
@@ -25,6 +27,11 @@ enum Command {
     /// Build or inspect native (linux) images without Docker
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Push a .wasm file or an image archive to a registry
+    #[command(after_long_help = transfer::PUSH_NOTES)]
+    Push(transfer::PushArgs),
+    /// Pull an image: the module itself for a Wasm artifact, an image archive otherwise
+    Pull(transfer::PullArgs),
     /// Print the objects the operator would apply for the WasmApps in a file (YAML, `---` separated)
     Render(RenderArgs),
 }
@@ -166,6 +173,8 @@ fn main() -> ExitCode {
         Command::Pack(args) => run_pack(args),
         Command::Image(ImageCommand::Build(args)) => run_build(args),
         Command::Image(ImageCommand::Inspect(args)) => run_inspect(args),
+        Command::Push(args) => transfer::run_push(args),
+        Command::Pull(args) => transfer::run_pull(args),
         Command::Render(args) => run_render(args),
     };
     match result {

@@ -1,8 +1,8 @@
 //! `wasmkube render`: the Kubernetes objects the operator would apply for WasmApps, built by the
-//! operator's own builder code (so the output cannot drift from what runs in the cluster).
+//! operator's own builder code (wasmkube-api) (so the output cannot drift from what runs in the cluster).
 
 use serde::Deserialize;
-use wasmkube_operator::{builders::app::build, crd::WasmApp};
+use wasmkube_api::{builders::app::build, crd::WasmApp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -20,7 +20,7 @@ pub enum RenderError {
     Invalid {
         index: usize,
         name: String,
-        source: wasmkube_operator::Error,
+        source: wasmkube_api::BuildError,
     },
     #[error("no WasmApp found in the input")]
     Empty,

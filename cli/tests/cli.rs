@@ -54,13 +54,13 @@ fn pack_prints_summary_and_is_reproducible() {
     assert_eq!(size, format!("{} bytes", a.len()));
     assert_eq!(second.replace("b.tar", "a.tar"), first);
 
-    let via_lib = wasmkube_cli::build_archive(
+    let via_lib = wasmkube_oci::build_archive(
         "hello.wasm",
         EMPTY_MODULE,
-        &wasmkube_cli::PackOptions {
+        &wasmkube_oci::PackOptions {
             args: vec!["--verbose".into()],
             env: vec!["A=1".into()],
-            ..wasmkube_cli::PackOptions::new("hello".parse().expect("ref"))
+            ..wasmkube_oci::PackOptions::new("hello".parse().expect("ref"))
         },
     )
     .expect("library pack");

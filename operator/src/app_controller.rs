@@ -15,14 +15,14 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ConfigMap, Secret, Service},
+        core::v1::{ConfigMap, Pod, Secret, Service},
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::core::PartialObjectMeta;
 use kube::{
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{
         controller::{Action, Controller},
         events::{Event, EventType},
@@ -44,6 +44,7 @@ use crate::{
     events::Recorder,
     metrics::Metrics,
     names::{FIELD_MANAGER, HANDOVER_FIELD_MANAGER},
+    pod_problems::{self, PodProblem},
     status::{self, Children},
     Error, Result,
 };
@@ -51,8 +52,9 @@ use crate::{
 const CONTROLLER: &str = "app";
 /// Periodic re-check of an app that is fine (owned-object watches catch the rest).
 const RESYNC: Duration = Duration::from_secs(300);
-/// How soon an app waiting for a ConfigMap or Secret looks again: they are not watched (a
-/// cluster-wide watch of Secrets is more than the operator should hold).
+/// How soon an app waiting for a ConfigMap or Secret, or not ready, looks again: those and
+/// pods are not watched (a cluster-wide watch of Secrets or pods is more than the operator
+/// should hold).
 const CONFIG_RECHECK: Duration = Duration::from_secs(15);
 
 /// What the app reconciler needs.
@@ -228,7 +230,7 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     let apps: Api<WasmApp> = Api::namespaced(ctx.client.clone(), &ns);
     let old = app.status.as_ref();
 
-    let objects = match build::build(&app) {
+    let objects = match build::build(&app).map_err(Error::from) {
         Ok(objects) => objects,
         Err(Error::InvalidSpec(message)) => {
             // Not an error of the operator: report it and wait for the user to change the spec.
@@ -280,8 +282,19 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     };
     let mut new = status::from_deployment(&app, &applied, children, &now());
     let missing = missing_config(&ctx, &app, &ns).await?;
+    // Pod states are not watched: while the app is not ready, look at them on each (sooner)
+    // recheck, so a pod that cannot pull its image shows in the status with the kubelet's reason.
+    let recheck = !missing.is_empty() || !new.is_true(conditions::READY);
     if !missing.is_empty() {
         new = status::config_missing(&app, new, &missing.join("; "), &now());
+    } else if new
+        .condition(conditions::READY)
+        .is_some_and(|c| c.reason == reasons::REPLICAS_NOT_READY)
+    {
+        // The Deployment controller made the pods (before that there are none to look at).
+        if let Some(problem) = stuck_pods(&ctx, &app, &ns).await? {
+            new = status::degraded(&app, new, problem.reason, &problem.message, &now());
+        }
     }
     if old != Some(&new) {
         patch_status(&apps, &name, &new).await?;
@@ -334,10 +347,10 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     ctx.backoff.reset(&ObjectRef::from_obj(app.as_ref()));
-    Ok(Action::requeue(if missing.is_empty() {
-        RESYNC
-    } else {
+    Ok(Action::requeue(if recheck {
         CONFIG_RECHECK
+    } else {
+        RESYNC
     }))
 }
 
@@ -377,6 +390,15 @@ async fn missing_config(ctx: &Context, app: &WasmApp, ns: &str) -> Result<Vec<St
         }
     }
     Ok(missing)
+}
+
+/// Why the app's pods do not start, if one is stuck (see [`pod_problems`]).
+async fn stuck_pods(ctx: &Context, app: &WasmApp, ns: &str) -> Result<Option<PodProblem>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&build::selector_string(app)))
+        .await?;
+    Ok(pod_problems::stuck(&list.items))
 }
 
 /// Counts the error and retries with per-object exponential back-off.

@@ -313,9 +313,10 @@ async fn create_applies_deployment_and_service_then_status_and_event() {
         }),
     ];
     let (result, _) = run_reconcile(a, &[], steps).await;
+    // Not ready yet: looked at again soon (pods and their pull errors are not watched).
     assert_eq!(
         result.expect("reconcile"),
-        Action::requeue(Duration::from_secs(300))
+        Action::requeue(Duration::from_secs(15))
     );
 }
 
@@ -354,15 +355,66 @@ async fn scale_sets_deployment_replicas_and_reports_counts() {
             .body(|b| assert_eq!(b["spec"]["replicas"], 5))
             .reply(built_deployment(&a, 3, 3, 5, 2)),
         Step::apply(SERVICE),
+        list_pods(vec![]),
         apply_status(&a).body(|b| {
             assert_eq!(b["status"]["replicas"], 5);
             assert_eq!(b["status"]["readyReplicas"], 2);
             assert_eq!(cond(b, "Ready")["status"], "False");
             assert_eq!(cond(b, "Ready")["message"], "2/5 replicas ready");
+            assert_eq!(cond(b, "Degraded")["status"], "False");
         }),
     ];
     let (result, _) = run_reconcile(a, RUNNING, steps).await;
-    result.expect("reconcile");
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(15))
+    );
+}
+
+/// The app's pods, listed by its selector.
+fn list_pods(items: Vec<Value>) -> Step {
+    Step::get("/api/v1/namespaces/apps/pods")
+        .query(
+            "labelSelector",
+            "app.kubernetes.io/instance=hello,app.kubernetes.io/managed-by=wasmkube-operator,app.kubernetes.io/name=hello",
+        )
+        .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_pull_its_image_makes_the_app_degraded_with_the_kubelet_reason() {
+    let a = app(spec(), 3, Some(old_status(true, 2)));
+    let stuck = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "hello-7d-abc", "namespace": "apps"},
+        "status": {"containerStatuses": [{
+            "name": "app", "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull",
+                "message": "failed to pull and unpack image: 401 Unauthorized"}}
+        }]}
+    });
+    let steps = vec![
+        Step::apply(DEPLOYMENT).reply(built_deployment(&a, 3, 3, 1, 0)),
+        Step::apply(SERVICE),
+        list_pods(vec![stuck]),
+        apply_status(&a).body(|b| {
+            assert_eq!(cond(b, "Ready")["status"], "False");
+            assert_eq!(cond(b, "Degraded")["status"], "True");
+            assert_eq!(cond(b, "Degraded")["reason"], reasons::IMAGE_PULL_FAILED);
+            assert_eq!(
+                cond(b, "Degraded")["message"],
+                "pod hello-7d-abc container app: ErrImagePull: failed to pull and unpack image: 401 Unauthorized"
+            );
+        }),
+        Step::event("apps", "Warning", reasons::BECAME_DEGRADED).body(|b| {
+            assert!(b["note"].as_str().is_some_and(|n| n.starts_with("ImagePullFailed: pod hello-7d-abc")));
+        }),
+    ];
+    let (result, _) = run_reconcile(a, RUNNING, steps).await;
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(15))
+    );
 }
 
 #[tokio::test]

@@ -43,4 +43,12 @@ impl Error {
     }
 }
 
+impl From<wasmkube_api::BuildError> for Error {
+    fn from(e: wasmkube_api::BuildError) -> Self {
+        match e {
+            wasmkube_api::BuildError::InvalidSpec(message) => Error::InvalidSpec(message),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,11 +1,12 @@
 //! The wasmkube operator: the `WasmApp` CRD, the app controller (Deployment, Service, HPA,
 //! status) and the node controller (installer DaemonSets, RuntimeClass, node state label).
 
+pub use wasmkube_api::{crd, names};
+
 pub mod app_controller;
 pub mod backoff;
 pub mod builders;
 pub mod cluster_objects;
-pub mod crd;
 pub mod drain;
 mod error;
 pub mod events;
@@ -15,10 +16,10 @@ pub mod installer_runs;
 pub mod leader;
 pub mod listen;
 pub mod metrics;
-pub mod names;
 pub mod node_controller;
 pub mod node_state;
 pub mod pod_index;
+pub mod pod_problems;
 pub mod rollout;
 pub mod run;
 pub mod server;

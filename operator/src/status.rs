@@ -264,7 +264,20 @@ fn not_applied(
 /// kubelet starts no pod until each ConfigMap and Secret in `spec.config` exists.
 pub fn config_missing(
     app: &WasmApp,
+    status: WasmAppStatus,
+    message: &str,
+    now: &Time,
+) -> WasmAppStatus {
+    degraded(app, status, reasons::CONFIG_MISSING, message, now)
+}
+
+/// `status` with `Degraded=True` for `reason` (what the Deployment's status cannot say: a
+/// missing ConfigMap, a pod that cannot pull its image), replacing the Degraded condition
+/// [`from_deployment`] made.
+pub fn degraded(
+    app: &WasmApp,
     mut status: WasmAppStatus,
+    reason: &str,
     message: &str,
     now: &Time,
 ) -> WasmAppStatus {
@@ -274,7 +287,7 @@ pub fn config_missing(
         now,
         conditions::DEGRADED,
         TRUE,
-        reasons::CONFIG_MISSING,
+        reason,
         message.to_string(),
     );
     status

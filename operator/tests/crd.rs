@@ -11,7 +11,7 @@ fn checked_in_crd_matches_the_types() {
     let on_disk = std::fs::read_to_string(CRD_FILE).unwrap_or_default();
     assert!(
         on_disk == generated,
-        "crds/wasmapp.yaml is out of date with operator/src/crd.rs.\n\
+        "crds/wasmapp.yaml is out of date with api/src/crd.rs.\n\
          Regenerate it with:\n    cargo run -p wasmkube-operator -- crd > crds/wasmapp.yaml"
     );
 }

@@ -12,22 +12,28 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$CLUSTER_LIB_DIR
 k() { kubectl_admin "$@"; }
 NS=wasmkube-smoke
-BUSYBOX_IMAGE=localhost/wasmkube-test/busybox:1.35
-KUBECTL_IMAGE=localhost/wasmkube-test/kubectl:$K8S_VERSION
+BUSYBOX_IMAGE=$REGISTRY/wasmkube-test/busybox:1.35
+KUBECTL_IMAGE=$REGISTRY/wasmkube-test/kubectl:$K8S_VERSION
 
 [[ -f "$ADMIN_KUBECONFIG" ]] || die "no cluster in $CLUSTER_DIR (run up.sh)"
 bb=$(command -v busybox) || die "busybox missing (apt-get install busybox-static)"
 file -L "$bb" 2>/dev/null | grep -q 'statically linked' || warn "$bb may not be static"
 
-# Test images: static busybox and our static kubectl, packed by oci-archive.sh.
+# Test images: static busybox and our static kubectl, built by `wasmkube image build` and pushed
+# to the cluster's registry, which the node pulls from.
+[[ -x "$WASMKUBE_CLI" ]] || die "wasmkube (WASMKUBE_CLI=$WASMKUBE_CLI) is not built: scripts/build.sh"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bb/bin" "$work/kc/bin" "$work/kc/tmp"
+mkdir -p "$work/bb/bin" "$work/kc/bin"
 cp "$bb" "$work/bb/bin/busybox"
 for a in sh nc echo sleep cat nsenter chroot; do ln -s busybox "$work/bb/bin/$a"; done
 cp "$BIN_DIR/kubectl" "$work/kc/bin/kubectl"
-"$HERE/oci-archive.sh" "$work/bb" "$BUSYBOX_IMAGE" "$work/busybox.tar" >/dev/null
-"$HERE/oci-archive.sh" "$work/kc" "$KUBECTL_IMAGE" "$work/kubectl.tar" /bin/kubectl >/dev/null
-for t in busybox kubectl; do ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$work/$t.tar" >/dev/null; done
+printf 'FROM scratch\nCOPY bin /bin\n' > "$work/bb/Dockerfile"
+printf 'FROM scratch\nCOPY bin /bin\nWORKDIR /tmp\nENTRYPOINT ["/bin/kubectl"]\n' > "$work/kc/Dockerfile"
+for t in bb:"$BUSYBOX_IMAGE" kc:"$KUBECTL_IMAGE"; do
+  dir=$work/${t%%:*} ref=${t#*:}
+  "$WASMKUBE_CLI" image build -f "$dir/Dockerfile" --context "$dir" --name "$ref" -o "$work/${t%%:*}.tar" >/dev/null
+  "$WASMKUBE_CLI" push "$work/${t%%:*}.tar" "$ref" >/dev/null
+done
 
 k delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
 k create namespace "$NS" >/dev/null

@@ -5,10 +5,11 @@
 # 127.0.0.1. Undo everything with tests/cluster/down.sh.
 #
 # Usage: tests/cluster/up.sh [IMAGE.tar ...]
-#   Each IMAGE.tar (OCI image archive) is imported into containerd namespace k8s.io.
-#   The sandbox image localhost/wasmkube/pause:0.1.0 comes from (first match):
-#   an archive among the arguments that holds it, $PAUSE_ARCHIVE, or a static
-#   build of tests/harness/assets/pause.c (gcc -static) packed by oci-archive.sh.
+#   Each IMAGE.tar (OCI image archive) named docker.io/P:T is pushed (wasmkube push) to the
+#   local registry $REGISTRY as P:T; the node's containerd pulls docker.io through that registry.
+#   The sandbox image localhost/wasmkube/pause:0.1.0 is imported (the kubelet never pulls it)
+#   from (first match): an archive among the arguments that holds it, $PAUSE_ARCHIVE, or a
+#   static build of tests/harness/assets/pause.c (gcc -static) built by `wasmkube image build`.
 # Env: CLUSTER_DIR (/var/tmp/wasmkube-cluster)  NODE_NAME (wasmkube-node)
 #      PAUSE_ARCHIVE  K8S_BIN_DIR  TIMEOUT (per wait, seconds; 120)
 set -euo pipefail
@@ -30,8 +31,8 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
     break
   fi
 done
-for t in containerd ctr runc openssl jq curl dig iptables ip6tables iptables-save ip findmnt nsenter setsid; do
-  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install containerd runc openssl jq dnsutils iptables iproute2 util-linux)"
+for t in containerd ctr runc docker-registry htpasswd tar openssl jq curl dig iptables ip6tables iptables-save ip findmnt nsenter setsid; do
+  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install containerd runc docker-registry apache2-utils openssl jq dnsutils iptables iproute2 util-linux)"
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] \
   || die "CNI plugins missing in /usr/lib/cni (apt-get install containernetworking-plugins)"
@@ -65,6 +66,22 @@ log "prerequisites ok in $(elapsed "$phase") s"
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$PKI_DIR" "$CFG_DIR" "$BACKUP_DIR" "$CNI_CONF_DIR" "$CNI_IPAM_DIR" "$CLUSTER_DIR/images"
 rm -f "$RUN_DIR"/*
 for f in "$LOG_DIR"/*.log; do [[ -e "$f" ]] && mv -f "$f" "$f.prev"; done
+
+# start NAME CMD...: detached (own session), output to logs/NAME.log, pid in run/NAME.pid.
+start() {
+  local name=$1; shift
+  setsid nohup "$@" >> "$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pidfile "$name")"
+}
+# wait_for NAME WHAT CMD...: until CMD succeeds; fail early if NAME's process died.
+wait_for() {
+  local name=$1 what=$2 t=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! live_pid "$name" >/dev/null; then tail -25 "$LOG_DIR/$name.log" >&2; die "$name exited while waiting for $what"; fi
+    if (( SECONDS - t >= TIMEOUT )); then tail -25 "$LOG_DIR/$name.log" >&2; die "timed out after ${TIMEOUT}s waiting for $what"; fi
+    sleep 0.2
+  done
+}
 
 # ------------------------------------------------------------ host state record
 phase=$EPOCHREALTIME
@@ -169,6 +186,8 @@ version = 2
           runtime_type = "io.containerd.runc.v2"
           [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
             SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "$CFG_DIR/certs.d"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "$CNI_CONF_DIR"
@@ -244,47 +263,91 @@ log "containerd $(ctr --address "$CONTAINERD_SOCK" version 2>/dev/null | awk '/S
 
 phase=$EPOCHREALTIME
 has_image() { ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qxF "$1"; }
+# The registries, and the images pushed to them: the node pulls every image but the sandbox
+# image from a registry, as real nodes do.
+rm -rf "$CLUSTER_DIR/registry"
+mkdir -p "$CLUSTER_DIR/registry"
+head -c 18 /dev/urandom | base64 | tr '+/' 'xy' > "$REGISTRY_AUTH_PASSWORD_FILE"
+chmod 600 "$REGISTRY_AUTH_PASSWORD_FILE"
+htpasswd -Bbn "$REGISTRY_AUTH_USER" "$(<"$REGISTRY_AUTH_PASSWORD_FILE")" > "$CLUSTER_DIR/registry/htpasswd"
+# registry_config NAME PORT [htpasswd]
+registry_config() {
+  cat <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $CLUSTER_DIR/registry/$1
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$2
+  secret: wasmkube-local-cluster
+EOF
+  [[ -z "${3:-}" ]] || printf 'auth:\n  htpasswd:\n    realm: wasmkube-local\n    path: %s\n' "$CLUSTER_DIR/registry/htpasswd"
+}
+registry_config registry "${REGISTRY##*:}" > "$CFG_DIR/registry.yml"
+registry_config registry-auth "${REGISTRY_AUTH##*:}" htpasswd > "$CFG_DIR/registry-auth.yml"
+start registry docker-registry serve "$CFG_DIR/registry.yml"
+start registry-auth docker-registry serve "$CFG_DIR/registry-auth.yml"
+wait_for registry "the registry on $REGISTRY" curl -fsS "http://$REGISTRY/v2/"
+wait_for registry-auth "the registry on $REGISTRY_AUTH" \
+  curl -fsS -u "$REGISTRY_AUTH_USER:$(<"$REGISTRY_AUTH_PASSWORD_FILE")" "http://$REGISTRY_AUTH/v2/"
+# containerd's registry hosts (config_path): both registries over plain HTTP, and $REGISTRY as
+# the mirror of docker.io (containerd asks the mirror first, docker.io itself after).
+# hosts_toml DIR SERVER MIRROR
+hosts_toml() {
+  mkdir -p "$CFG_DIR/certs.d/$1"
+  printf 'server = "%s"\n\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n' "$2" "$3" > "$CFG_DIR/certs.d/$1/hosts.toml"
+}
+# (The host entries name 127.0.0.1, where the registries listen, not localhost, which may
+# resolve to ::1 first.)
+hosts_toml "$REGISTRY" "http://$REGISTRY" "http://127.0.0.1:${REGISTRY##*:}"
+hosts_toml "$REGISTRY_AUTH" "http://$REGISTRY_AUTH" "http://127.0.0.1:${REGISTRY_AUTH##*:}"
+hosts_toml docker.io https://registry-1.docker.io "http://127.0.0.1:${REGISTRY##*:}"
+log "registries up: $REGISTRY (docker.io mirror), $REGISTRY_AUTH (basic auth) in $(elapsed "$phase") s"
+
+phase=$EPOCHREALTIME
 for img in "$@"; do
-  log "importing $img"
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$img" 2>&1 | sed 's/^/    /' \
-    || die "ctr images import failed for $img"
+  name=$(tar -xOf "$img" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"] // empty')
+  [[ -n "$name" ]] || die "$img names no image (io.containerd.image.name in its index.json)"
+  if [[ $name == "$PAUSE_IMAGE" ]]; then
+    # The sandbox image is the one import: the kubelet never pulls it.
+    log "importing the sandbox image $name"
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$img" 2>&1 | sed 's/^/    /' \
+      || die "ctr images import failed for $img"
+    continue
+  fi
+  [[ $name == docker.io/* ]] || die "$img is $name: only docker.io/ images are served through the mirror $REGISTRY"
+  [[ -x "$WASMKUBE_CLI" ]] || die "wasmkube (WASMKUBE_CLI=$WASMKUBE_CLI) is not built: scripts/build.sh"
+  "$WASMKUBE_CLI" push "$img" "$REGISTRY/${name#docker.io/}" | sed 's/^/    /' \
+    || die "wasmkube push of $img to $REGISTRY failed"
 done
 if ! has_image "$PAUSE_IMAGE"; then
-  if [[ -n "${PAUSE_ARCHIVE:-}" ]]; then
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$PAUSE_ARCHIVE" 2>&1 | sed 's/^/    /' \
-      || die "ctr images import failed for $PAUSE_ARCHIVE"
-  else
+  pause_archive=${PAUSE_ARCHIVE:-}
+  if [[ -z "$pause_archive" ]]; then
     log "no archive with $PAUSE_IMAGE given: building it from tests/harness/assets/pause.c"
     command -v gcc >/dev/null || die "gcc missing: pass a pause archive (PAUSE_ARCHIVE=... or as an argument)"
+    [[ -x "$WASMKUBE_CLI" ]] || die "wasmkube (WASMKUBE_CLI=$WASMKUBE_CLI) is not built: scripts/build.sh"
     root=$(mktemp -d)
     gcc -static -O2 -o "$root/pause" "$HERE/../harness/assets/pause.c"
     strip "$root/pause" 2>/dev/null || true
-    "$HERE/oci-archive.sh" "$root" "$PAUSE_IMAGE" "$CLUSTER_DIR/images/pause.tar" /pause >/dev/null
+    printf 'FROM scratch\nCOPY --chmod=755 pause /pause\nENTRYPOINT ["/pause"]\n' > "$root/Dockerfile"
+    pause_archive=$CLUSTER_DIR/images/pause.tar
+    "$WASMKUBE_CLI" image build -f "$root/Dockerfile" --context "$root" --name "$PAUSE_IMAGE" -o "$pause_archive" >/dev/null
     rm -rf "$root"
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$CLUSTER_DIR/images/pause.tar" | sed 's/^/    /'
   fi
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$pause_archive" 2>&1 | sed 's/^/    /' \
+    || die "ctr images import failed for $pause_archive"
   has_image "$PAUSE_IMAGE" || die "sandbox image $PAUSE_IMAGE is still missing after the import"
 fi
 T_IMAGES=$(elapsed "$phase")
-log "images imported in $T_IMAGES s"
+log "images pushed in $T_IMAGES s"
 
 # ---------------------------------------------------------------- components
-# start NAME CMD...: detached (own session), output to logs/NAME.log, pid in run/NAME.pid.
-start() {
-  local name=$1; shift
-  setsid nohup "$@" >> "$LOG_DIR/$name.log" 2>&1 < /dev/null &
-  echo $! > "$(pidfile "$name")"
-}
-# wait_for NAME WHAT CMD...: until CMD succeeds; fail early if NAME's process died.
-wait_for() {
-  local name=$1 what=$2 t=$SECONDS; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ! live_pid "$name" >/dev/null; then tail -25 "$LOG_DIR/$name.log" >&2; die "$name exited while waiting for $what"; fi
-    if (( SECONDS - t >= TIMEOUT )); then tail -25 "$LOG_DIR/$name.log" >&2; die "timed out after ${TIMEOUT}s waiting for $what"; fi
-    sleep 0.2
-  done
-}
-
 phase=$EPOCHREALTIME
 rm -rf "$CLUSTER_DIR/etcd"
 start etcd etcd --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use wasmkube_cli::{ImageRef, PackOptions};
+use wasmkube_oci::{ImageRef, PackOptions};
 
 /// Packs `module` as `reference` into `archive` (tar layout, the default).
 pub fn pack(module: &Path, reference: &str, archive: &Path) {
     let reference = ImageRef::parse(reference).expect("image reference");
-    wasmkube_cli::pack(module, archive, &PackOptions::new(reference)).expect("wasmkube pack");
+    wasmkube_oci::pack(module, archive, &PackOptions::new(reference)).expect("wasmkube pack");
 }
 
 /// An OCI archive of the pause image named [`crate::containerd::PAUSE_IMAGE`], built once.
@@ -35,7 +35,7 @@ pub fn pause_archive() -> &'static Result<PathBuf, String> {
         let bytes = std::fs::read(&bin).map_err(|e| e.to_string())?;
         let reference =
             ImageRef::parse(crate::containerd::PAUSE_IMAGE).map_err(|e| e.to_string())?;
-        let archive = wasmkube_cli::build_native_archive("pause", &bytes, &reference)
+        let archive = wasmkube_oci::build_native_archive("pause", &bytes, &reference)
             .map_err(|e| e.to_string())?;
         let path = dir.join("pause.tar");
         std::fs::write(&path, archive).map_err(|e| e.to_string())?;

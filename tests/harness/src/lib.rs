@@ -11,6 +11,7 @@ pub mod guests;
 pub mod images;
 pub mod kubelet;
 pub mod procs;
+pub mod registry;
 pub mod wasm_gen;
 
 pub use containerd::{Containerd, CtrRun, Output};

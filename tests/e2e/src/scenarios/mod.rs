@@ -1,6 +1,7 @@
 //! The scenarios, in the order the suite runs them (each builds on the cluster state the previous
 //! one left): install wasmkube, provision the node (after a failure), run an app (and one the node
-//! compiles cold, one that does not compile, and one that reaches only what it is granted),
+//! compiles cold, one that does not compile, one that reaches only what it is granted, and one
+//! from a private registry),
 //! change it, hand over leadership, survive a bad installer image and a retried install, opt the
 //! node out (draining a wasm pod), roll out behind a busy slot, re-opt in mid-removal, remove
 //! wasmkube with its uninstall script.
@@ -12,6 +13,7 @@ pub mod keyvalue;
 pub mod lifecycle;
 pub mod node_lifecycle;
 pub mod outbound;
+pub mod registry;
 pub mod retries;
 mod serving;
 
@@ -52,6 +54,9 @@ pub fn all() -> Runner {
         })
         .scenario("kv_counter_counts_across_replicas_and_restarts", |c| {
             Box::pin(keyvalue::kv_counter_counts_across_replicas_and_restarts(c))
+        })
+        .scenario("private_image_pulls_with_its_pull_secret_only", |c| {
+            Box::pin(registry::private_image_pulls_with_its_pull_secret_only(c))
         })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))

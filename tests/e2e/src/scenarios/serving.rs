@@ -12,10 +12,19 @@ use crate::Cluster;
 /// A one-replica WasmApp of the project's image `image`, with `extra` appended to its spec
 /// (indented two spaces).
 pub fn wasm_app(ns: &str, name: &str, image: &str, extra: &str) -> String {
+    wasm_app_of(
+        ns,
+        name,
+        &format!("docker.io/wasmkube/{image}:0.1.0"),
+        extra,
+    )
+}
+
+/// A one-replica WasmApp of image reference `image`, with `extra` appended to its spec.
+pub fn wasm_app_of(ns: &str, name: &str, image: &str, extra: &str) -> String {
     format!(
         "apiVersion: wasmkube.dev/v1alpha1\nkind: WasmApp\nmetadata:\n  name: {name}\n  \
-         namespace: {ns}\nspec:\n  image: docker.io/wasmkube/{image}:0.1.0\n  replicas: 1\n\
-         {extra}"
+         namespace: {ns}\nspec:\n  image: {image}\n  replicas: 1\n{extra}"
     )
 }
 

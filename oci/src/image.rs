@@ -23,7 +23,7 @@ use std::{
 use crate::{
     archive::{LayerEntry, LayerTree, DIR_MODE},
     dockerfile::{self, Copy, Dockerfile, DockerfileError, Instruction},
-    oci::{self, ImagePlatform, OciError, RunConfig},
+    layout::{self, ImagePlatform, OciError, RunConfig},
     reference::ImageRef,
 };
 
@@ -112,8 +112,8 @@ pub fn build_image(
         source,
     })?;
     let (tree, run) = layout(&parsed, context)?;
-    let parts = oci::tar_image(&tree, platform, &run)?;
-    let image = oci::assemble(parts, reference)?;
+    let parts = layout::tar_image(&tree, platform, &run)?;
+    let image = layout::assemble(parts, reference)?;
     Ok(BuiltImage {
         reference: reference.clone(),
         platform: platform.clone(),

@@ -11,7 +11,7 @@
 //!
 //! The archive is deterministic: the same inputs give the same bytes (fixed times and owners,
 //! sorted entries, canonical JSON, gzip without name or time at a fixed level). The OCI writing
-//! is [`crate::oci`]'s, the tar and gzip bytes [`crate::archive`]'s.
+//! is [`crate::layout`]'s, the tar and gzip bytes [`crate::archive`]'s.
 
 use std::{
     collections::HashMap,
@@ -22,12 +22,12 @@ use std::{
 use oci_spec::image::{MediaType, ANNOTATION_TITLE};
 use serde::Serialize;
 
-pub use crate::oci::{
+pub use crate::layout::{
     ImagePlatform, ANNOTATION_CONTAINERD_IMAGE_NAME, CREATED, IMAGE_LAYOUT_VERSION,
 };
 use crate::{
     archive::{self, LayerEntry, LayerTree, EXEC_MODE, FILE_MODE},
-    oci::{self, Blob, ImageParts, OciError, PlatformError, RunConfig},
+    layout::{self, Blob, ImageParts, OciError, PlatformError, RunConfig},
     reference::{ImageRef, ReferenceError},
     wasm::{self, HeaderProblem, WasmKind},
 };
@@ -274,11 +274,11 @@ pub fn build_archive(
                 env: opts.env.clone(),
                 ..RunConfig::default()
             };
-            oci::tar_image(&tree, &opts.platform.clone().unwrap_or_default(), &run)?
+            layout::tar_image(&tree, &opts.platform.clone().unwrap_or_default(), &run)?
         }
         Layout::Artifact => artifact_image(file_name, module, kind, opts)?,
     };
-    let image = oci::assemble(parts, &opts.reference)?;
+    let image = layout::assemble(parts, &opts.reference)?;
     Ok(PackedImage {
         archive: image.archive,
         kind,
@@ -303,8 +303,8 @@ pub fn build_native_archive(
         ..RunConfig::default()
     };
     let tree = single_file(file_name, executable, EXEC_MODE);
-    let parts = oci::tar_image(&tree, &ImagePlatform::linux_amd64(), &run)?;
-    Ok(oci::assemble(parts, reference)?.archive)
+    let parts = layout::tar_image(&tree, &ImagePlatform::linux_amd64(), &run)?;
+    Ok(layout::assemble(parts, reference)?.archive)
 }
 
 fn check_file_name(file_name: &str) -> Result<(), PackError> {
@@ -402,7 +402,7 @@ fn artifact_image(
     Ok(ImageParts {
         config: Blob::new(
             MediaType::Other(WASM_CONFIG_MEDIA_TYPE.to_owned()),
-            oci::canonical_json(&config)?,
+            layout::canonical_json(&config)?,
         ),
         layer,
         layer_annotations: Some(HashMap::from([(

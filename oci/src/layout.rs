@@ -1,14 +1,14 @@
 //! OCI assembly: blobs, the image config, manifest, index and `oci-layout`, wrapped in an
 //! image-layout tar that `ctr images import` and `kind load image-archive` accept. The one OCI
-//! writer behind `wasmkube pack` and `wasmkube image build`.
+//! writer behind `wasmkube pack`, `wasmkube image build` and `wasmkube pull`.
 
 use std::{collections::BTreeMap, collections::HashMap, fmt, io, str::FromStr};
 
 use oci_spec::{
     image::{
         Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
-        ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
-        Sha256Digest, ANNOTATION_REF_NAME, SCHEMA_VERSION,
+        ImageManifest, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder,
+        RootFsBuilder, Sha256Digest, ANNOTATION_REF_NAME, SCHEMA_VERSION,
     },
     OciSpecError,
 };
@@ -243,9 +243,101 @@ pub(crate) fn assemble(parts: ImageParts, reference: &ImageRef) -> Result<Assemb
         .config(parts.config.descriptor()?)
         .layers(vec![layer_desc])
         .build()?;
-    let manifest = Blob::new(MediaType::ImageManifest, canonical_json(&manifest)?);
+    let image = ImageBlobs {
+        manifest: canonical_json(&manifest)?,
+        manifest_media_type: MediaType::ImageManifest.to_string(),
+        platform: Some(parts.platform),
+        blobs: [&parts.config, &parts.layer]
+            .into_iter()
+            .map(|blob| (blob.digest(), blob.bytes.clone()))
+            .collect(),
+    };
+    Ok(Assembled {
+        archive: write_archive(&image, reference)?,
+        manifest_digest: image.manifest_digest(),
+        config_digest: parts.config.digest(),
+        layer_digest: parts.layer.digest(),
+        diff_id: parts.diff_id,
+        content_size: parts.content_size,
+    })
+}
 
-    let mut manifest_desc = manifest.descriptor()?;
+/// One image as a registry holds it: the manifest's bytes and the blobs it names (config and
+/// layers) by digest. What [`crate::registry`] pushes and pulls, [`write_archive`] writes and
+/// [`crate::inspect::read_archive`] reads. The manifest's bytes are kept as they are, so its
+/// digest survives every move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBlobs {
+    pub manifest: Vec<u8>,
+    /// `application/vnd.oci.image.manifest.v1+json`, or Docker's v2 manifest type.
+    pub manifest_media_type: String,
+    /// From the index (archives) or the config (registries), when known.
+    pub platform: Option<ImagePlatform>,
+    /// `sha256:<hex>` → bytes.
+    pub blobs: BTreeMap<String, Vec<u8>>,
+}
+
+/// An [`ImageBlobs`] whose parts do not agree.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageBlobsError {
+    #[error("the manifest is not an image manifest")]
+    Manifest(#[source] OciSpecError),
+    #[error("the manifest names blob {digest}, which is missing")]
+    Missing { digest: String },
+    #[error("blob {digest} has digest sha256:{actual}")]
+    Digest { digest: String, actual: String },
+    #[error("blob {digest} is {actual} bytes, the manifest says {expected}")]
+    Size {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+impl ImageBlobs {
+    /// `sha256:<hex>` of the manifest's bytes: the image's identity in a registry.
+    pub fn manifest_digest(&self) -> String {
+        format!("sha256:{}", sha256_hex(&self.manifest))
+    }
+
+    /// The manifest, after checking that every blob it names is here with its digest and size.
+    pub fn checked_manifest(&self) -> Result<ImageManifest, ImageBlobsError> {
+        let manifest = ImageManifest::from_reader(self.manifest.as_slice())
+            .map_err(ImageBlobsError::Manifest)?;
+        for desc in std::iter::once(manifest.config()).chain(manifest.layers()) {
+            let digest = desc.digest().to_string();
+            let bytes = self
+                .blobs
+                .get(&digest)
+                .ok_or_else(|| ImageBlobsError::Missing {
+                    digest: digest.clone(),
+                })?;
+            let actual = sha256_hex(bytes);
+            if format!("sha256:{actual}") != digest {
+                return Err(ImageBlobsError::Digest { digest, actual });
+            }
+            if bytes.len() as u64 != desc.size() {
+                return Err(ImageBlobsError::Size {
+                    digest,
+                    expected: desc.size(),
+                    actual: bytes.len() as u64,
+                });
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// The image-layout archive of `image` (`oci-layout`, `index.json` naming it `reference`,
+/// `blobs/sha256/…`) that `ctr images import` and `kind load image-archive` accept.
+/// Deterministic: the same image and reference give the same bytes.
+pub fn write_archive(image: &ImageBlobs, reference: &ImageRef) -> Result<Vec<u8>, OciError> {
+    let manifest_hex = sha256_hex(&image.manifest);
+    let mut manifest_desc = Descriptor::new(
+        MediaType::from(image.manifest_media_type.as_str()),
+        image.manifest.len() as u64,
+        Sha256Digest::from_str(&manifest_hex)?,
+    );
     manifest_desc.set_annotations(Some(HashMap::from([
         (ANNOTATION_REF_NAME.to_owned(), reference.tag().to_owned()),
         (
@@ -253,12 +345,14 @@ pub(crate) fn assemble(parts: ImageParts, reference: &ImageRef) -> Result<Assemb
             reference.to_string(),
         ),
     ])));
-    manifest_desc.set_platform(Some(
-        PlatformBuilder::default()
-            .architecture(Arch::from(parts.platform.architecture.as_str()))
-            .os(Os::from(parts.platform.os.as_str()))
-            .build()?,
-    ));
+    if let Some(platform) = &image.platform {
+        manifest_desc.set_platform(Some(
+            PlatformBuilder::default()
+                .architecture(Arch::from(platform.architecture.as_str()))
+                .os(Os::from(platform.os.as_str()))
+                .build()?,
+        ));
+    }
     let index = ImageIndexBuilder::default()
         .schema_version(SCHEMA_VERSION)
         .media_type(MediaType::ImageIndex)
@@ -269,23 +363,16 @@ pub(crate) fn assemble(parts: ImageParts, reference: &ImageRef) -> Result<Assemb
         .build()?;
 
     let mut files = BTreeMap::new();
-    for blob in [&parts.config, &parts.layer, &manifest] {
-        files.insert(format!("blobs/sha256/{}", blob.hex), blob.bytes.as_slice());
+    for (digest, bytes) in &image.blobs {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        files.insert(format!("blobs/sha256/{hex}"), bytes.as_slice());
     }
+    files.insert(format!("blobs/sha256/{manifest_hex}"), &image.manifest);
     let index_json = canonical_json(&index)?;
     let layout_json = canonical_json(&layout)?;
     files.insert("index.json".to_owned(), &index_json);
     files.insert("oci-layout".to_owned(), &layout_json);
-    let archive = archive::layout_tar(&files).map_err(OciError::Archive)?;
-
-    Ok(Assembled {
-        archive,
-        manifest_digest: manifest.digest(),
-        config_digest: parts.config.digest(),
-        layer_digest: parts.layer.digest(),
-        diff_id: parts.diff_id,
-        content_size: parts.content_size,
-    })
+    archive::layout_tar(&files).map_err(OciError::Archive)
 }
 
 /// JSON with object keys sorted at every level, so `HashMap`-backed fields (annotations,

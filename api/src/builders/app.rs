@@ -18,12 +18,12 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
-use kube::{api::ObjectMeta, Resource, ResourceExt};
+use kube::{core::ObjectMeta, Resource, ResourceExt};
 
 use crate::{
     crd::{HttpProbe, ServiceType, WasmApp},
     names::{self, labels},
-    Error,
+    BuildError,
 };
 
 /// Name of the app's container in the pod.
@@ -106,10 +106,10 @@ fn child_meta(app: &WasmApp) -> ObjectMeta {
 }
 
 /// Builds every child. Fails only on a spec that [`crate::crd::WasmAppSpec::validate`] rejects.
-pub fn build(app: &WasmApp) -> Result<AppObjects, Error> {
+pub fn build(app: &WasmApp) -> Result<AppObjects, BuildError> {
     app.spec
         .validate(&app.name_any())
-        .map_err(|problems| Error::InvalidSpec(problems.join("; ")))?;
+        .map_err(|problems| BuildError::InvalidSpec(problems.join("; ")))?;
     Ok(AppObjects {
         deployment: deployment(app),
         service: service(app),

@@ -1,0 +1,159 @@
+//! Why an app's pods do not start, read from their container statuses: the kubelet's waiting
+//! reason (`ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`, …) and its message, which
+//! the Deployment's own status never carries. The app controller puts it in the WasmApp's
+//! `Degraded` condition, so `kubectl get wapp` says why an app is not ready.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::crd::reasons;
+
+/// Waiting reasons after which a container will not start until something changes (a pull
+/// secret, the image, the app). `ContainerCreating` and `PodInitializing` are progress.
+const STUCK: [&str; 8] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+];
+
+/// Longest kubelet message kept (a registry's answer can be long).
+const MAX_MESSAGE: usize = 400;
+
+/// A stuck pod: the condition reason to report and a message naming the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The first stuck container among `pods` (by pod name, so the report is stable), if any.
+pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    pods.sort_by_key(|p| p.name_any());
+    pods.into_iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        containers.into_iter().find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let why = waiting.reason.as_deref()?;
+            let kind = STUCK.iter().find(|s| **s == why)?;
+            let detail: String = waiting
+                .message
+                .as_deref()
+                .unwrap_or("no message")
+                .chars()
+                .take(MAX_MESSAGE)
+                .collect();
+            let reason = match *kind {
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+                    reasons::IMAGE_PULL_FAILED
+                }
+                _ => reasons::PODS_NOT_STARTING,
+            };
+            Some(PodProblem {
+                reason,
+                message: format!(
+                    "pod {} container {}: {why}: {detail}",
+                    pod.name_any(),
+                    c.name
+                ),
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, state: ContainerState) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "app".into(),
+                    state: Some(state),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    fn waiting(reason: &str, message: &str) -> ContainerState {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+            }),
+            ..ContainerState::default()
+        }
+    }
+
+    #[test]
+    fn an_image_pull_failure_is_named_with_the_kubelet_message() {
+        let pods = [
+            pod("b", waiting("ErrImagePull", "401 Unauthorized")),
+            pod(
+                "a",
+                ContainerState {
+                    running: Some(ContainerStateRunning::default()),
+                    ..ContainerState::default()
+                },
+            ),
+        ];
+        assert_eq!(
+            stuck(&pods),
+            Some(PodProblem {
+                reason: reasons::IMAGE_PULL_FAILED,
+                message: "pod b container app: ErrImagePull: 401 Unauthorized".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn progress_is_not_a_problem_and_the_first_pod_by_name_wins() {
+        assert_eq!(stuck(&[pod("a", waiting("ContainerCreating", ""))]), None);
+        let pods = [
+            pod("z", waiting("ImagePullBackOff", "back-off")),
+            pod("m", waiting("CrashLoopBackOff", "exit 1")),
+        ];
+        let problem = stuck(&pods).expect("stuck");
+        assert_eq!(problem.reason, reasons::PODS_NOT_STARTING);
+        assert!(problem
+            .message
+            .starts_with("pod m container app: CrashLoopBackOff"));
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = "x".repeat(5000);
+        let problem = stuck(&[pod("a", waiting("ErrImagePull", &long))]).expect("stuck");
+        assert!(
+            problem.message.len() < MAX_MESSAGE + 100,
+            "{}",
+            problem.message.len()
+        );
+    }
+}

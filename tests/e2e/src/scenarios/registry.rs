@@ -1,0 +1,147 @@
+//! Images from the cluster's registries, as users ship them. Every image the suite runs reached
+//! the node by a pull from the cluster's registry (`tests/cluster/up.sh` pushes them there);
+//! this scenario adds the private case: the example app copied with wasmkube's registry client
+//! (a pull from the open registry, a push with basic credentials) into the registry that requires
+//! them; a WasmApp whose `imagePullSecrets` names a `kubernetes.io/dockerconfigjson` Secret with
+//! the right password serves it; one whose Secret has a wrong password never starts, and its
+//! status says why with the kubelet's `ErrImagePull`/`ImagePullBackOff` message.
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use kube::Api;
+use wasmkube_oci::{
+    registry::{self, Credentials, RegistryOptions},
+    ImageRef,
+};
+use wasmkube_operator::crd::{conditions, reasons, WasmApp};
+
+use super::serving::{apply, cluster_ip, get, wasm_app_of};
+use crate::wait::{within, Poll};
+use crate::Cluster;
+
+const NS: &str = "wasmkube-e2e-registry";
+/// The cluster's registries (tests/cluster/lib.sh): anonymous, and basic auth.
+const OPEN: &str = "localhost:5001";
+const PRIVATE: &str = "localhost:5002";
+const USER: &str = "wasmkube";
+
+/// The private registry's password, which `up.sh` generated.
+fn password() -> Result<String> {
+    let dir = std::env::var("CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/wasmkube-cluster".into());
+    let file = format!("{dir}/registry-auth.password");
+    Ok(std::fs::read_to_string(&file)
+        .with_context(|| format!("{file} (written by tests/cluster/up.sh)"))?
+        .trim()
+        .to_string())
+}
+
+/// A pull Secret for the private registry.
+fn pull_secret(name: &str, password: &str) -> String {
+    let config = serde_json::json!({"auths": {PRIVATE: {"username": USER, "password": password}}});
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {NS}\n\
+         type: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{config}'\n"
+    )
+}
+
+pub async fn private_image_pulls_with_its_pull_secret_only(c: &Cluster) -> Result<()> {
+    c.fresh_namespace(NS)?;
+    let password = password()?;
+    let source: ImageRef = format!("{OPEN}/wasmkube/hello-http:0.1.0").parse()?;
+    let private: ImageRef = format!("{PRIVATE}/private/hello-http:0.1.0").parse()?;
+    let image = registry::pull(&source, &RegistryOptions::default())
+        .await
+        .with_context(|| format!("pulling {source}"))?;
+    let anonymous = RegistryOptions {
+        credentials: Credentials::Anonymous,
+        ..RegistryOptions::default()
+    };
+    let refused = registry::push(&image, &private, &anonymous).await;
+    ensure!(
+        matches!(refused, Err(registry::RegistryError::Unauthorized { .. })),
+        "an anonymous push to {PRIVATE} was not refused with 401: {refused:?}"
+    );
+    let with_password = RegistryOptions {
+        credentials: Credentials::Basic {
+            username: USER.into(),
+            password: password.clone(),
+        },
+        ..RegistryOptions::default()
+    };
+    let pushed = registry::push(&image, &private, &with_password).await?;
+    ensure!(
+        pushed.manifest_digest == image.manifest_digest(),
+        "the copy has another digest: {pushed:?}"
+    );
+    println!(
+        "  copied {source} to {private} ({})",
+        pushed.manifest_digest
+    );
+
+    let wrong = "not-the-password";
+    for (name, pw) in [("good-pull", password.as_str()), ("wrong-pull", wrong)] {
+        let (ok, _, err) = apply(c, name, &pull_secret(name, pw))?;
+        ensure!(ok, "applying Secret {name}: {err}");
+    }
+    let app = |name: &str, secret: &str| {
+        wasm_app_of(
+            NS,
+            name,
+            &private.to_string(),
+            &format!("  imagePullSecrets:\n    - name: {secret}\n"),
+        )
+    };
+    let (ok, _, err) = apply(c, "private", &app("private", "good-pull"))?;
+    ensure!(ok, "applying WasmApp private: {err}");
+    let (ok, _, err) = apply(c, "wrong-secret", &app("wrong-secret", "wrong-pull"))?;
+    ensure!(ok, "applying WasmApp wrong-secret: {err}");
+
+    let ip = cluster_ip(c, NS, "private").await?;
+    let answer = get(c, &ip, "/from-the-private-registry").await?;
+    ensure!(
+        answer.contains("path=/from-the-private-registry"),
+        "the private image's app answered {answer:?}"
+    );
+    println!("  served from {private} with Secret good-pull: {answer}");
+
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
+    let degraded = within(
+        "WasmApp wrong-secret to report its image pull failure",
+        Duration::from_secs(120),
+        || async {
+            let status = apps.get("wrong-secret").await?.status.unwrap_or_default();
+            Ok(match status.condition(conditions::DEGRADED) {
+                Some(d) if d.status == "True" && d.reason == reasons::IMAGE_PULL_FAILED => {
+                    Poll::Done(d.clone())
+                }
+                other => Poll::NotYet(format!("Degraded: {other:?}")),
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        (degraded.message.contains("ErrImagePull")
+            || degraded.message.contains("ImagePullBackOff"))
+            && degraded.message.contains(&private.to_string()),
+        "Degraded names neither the kubelet's reason nor the image: {}",
+        degraded.message
+    );
+    ensure!(
+        !degraded.message.contains(&password) && !degraded.message.contains(wrong),
+        "a password reached the status: {}",
+        degraded.message
+    );
+    let ready = apps
+        .get("wrong-secret")
+        .await?
+        .status
+        .unwrap_or_default()
+        .is_true(conditions::READY);
+    ensure!(!ready, "wrong-secret is Ready without its image");
+    println!(
+        "  wrong-secret: Degraded {}: {}",
+        degraded.reason, degraded.message
+    );
+    c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
+    Ok(())
+}
