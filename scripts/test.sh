@@ -28,6 +28,10 @@ ctd2_build=$!
 venv_log=$CARGO_TARGET_DIR/validate-venv.log
 scripts/validate-manifests.sh --venv >"$venv_log" 2>&1 &
 venv_build=$!
+# wkg from crates.io (the e2e suite pushes a Wasm OCI artifact with it), cached outside the clone.
+wkg_log=$CARGO_TARGET_DIR/wkg-install.log
+scripts/wkg.sh >"$wkg_log" 2>&1 &
+wkg_build=$!
 collect() { # collect PID LOG WHAT
   if ! wait "$1"; then
     cat "$2" >&2
@@ -67,6 +71,11 @@ if [ -n "${WASMKUBE_SKIP_E2E:-}" ]; then
   echo "SKIP e2e and the main command: WASMKUBE_SKIP_E2E is set"
   exit 0
 fi
+
+phase "wkg (scripts/wkg.sh, built in the background)"
+collect "$wkg_build" "$wkg_log" scripts/wkg.sh
+WASMKUBE_WKG=$(tail -n 1 "$wkg_log")
+export WASMKUBE_WKG
 
 trap 'status=$?; tests/cluster/down.sh >/dev/null 2>&1 || true; phases_report; exit $status' EXIT
 phase "README main command on a cold node (scripts/demo.sh)"

@@ -112,11 +112,12 @@ Loading the archive:
   runs it. `kind load image-archive IMAGE.tar` imports with --all-platforms itself.
 
   --layout artifact writes the CNCF Wasm OCI artifact (config application/vnd.wasm.config.v0+json,
-  one raw application/wasm layer). containerd 1.6 cannot unpack it (import fails with
-  \"mismatched image rootfs and manifest layers\"; only `--no-unpack` stores it), so `ctr run`
-  and Kubernetes on 1.6 cannot use it; newer containerd with a runwasi-based shim can. It
-  carries no --arg, --env or --platform: its platform is wasip1/wasm for a module and
-  wasip2/wasm for a component.
+  one raw application/wasm layer). containerd 1.6 cannot import it as an archive (\"mismatched
+  image rootfs and manifest layers\"; only `--no-unpack` stores it); push it to a registry
+  instead (`wasmkube push`), from which the CRI of containerd 1.6 and later pulls it and the
+  shim reads the module from its layer (a WasmApp running it needs spec.args: the artifact has
+  no entrypoint). It carries no --arg, --env or --platform: its platform is wasip1/wasm for a
+  module and wasip2/wasm for a component.
 
 The same inputs always give a byte-identical archive.";
 

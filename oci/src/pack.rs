@@ -6,8 +6,8 @@
 //! - [`Layout::Tar`]: an ordinary image — one gzipped tar layer with the module at
 //!   `/<file name>`, an OCI image config whose entrypoint is that path. Any containerd unpacks it.
 //! - [`Layout::Artifact`]: the CNCF Wasm OCI artifact — config `application/vnd.wasm.config.v0+json`
-//!   and one raw `application/wasm` layer. containerd 1.6 cannot unpack it (no processor for
-//!   that media type); newer containerd and runwasi understand it.
+//!   and one raw `application/wasm` layer. containerd 1.6 cannot import it as an archive; its
+//!   CRI pulls it from a registry, and the shim reads the module from the layer.
 //!
 //! The archive is deterministic: the same inputs give the same bytes (fixed times and owners,
 //! sorted entries, canonical JSON, gzip without name or time at a fixed level). The OCI writing

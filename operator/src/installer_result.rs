@@ -154,18 +154,10 @@ pub fn outcome_of(term: &ContainerStateTerminated) -> Outcome {
     }
 }
 
-/// Waiting reasons after which the installer container will not start until someone changes
-/// something (the image, a secret, the node): reported at once instead of leaving the node
-/// `pending`. Transient ones (`ContainerCreating`, `PodInitializing`) are not here.
-const CANNOT_START: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
+// Waiting reasons after which the installer container will not start until someone changes
+// something (the image, a secret, the node): reported at once instead of leaving the node
+// `pending`.
+use crate::pod_problems::CANNOT_START;
 
 fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("(unnamed)")

@@ -9,8 +9,9 @@ use kube::ResourceExt;
 use crate::crd::reasons;
 
 /// Waiting reasons after which a container will not start until something changes (a pull
-/// secret, the image, the app). `ContainerCreating` and `PodInitializing` are progress.
-const STUCK: [&str; 8] = [
+/// secret, the image, the node). `ContainerCreating` and `PodInitializing` are progress. The
+/// installer's pods are judged by the same list.
+pub const CANNOT_START: &[&str] = &[
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
@@ -18,8 +19,9 @@ const STUCK: [&str; 8] = [
     "CreateContainerConfigError",
     "CreateContainerError",
     "RunContainerError",
-    "CrashLoopBackOff",
 ];
+/// An app's container that starts and keeps exiting (the installer's exits are its result).
+const CRASHING: &str = "CrashLoopBackOff";
 
 /// Longest kubelet message kept (a registry's answer can be long).
 const MAX_MESSAGE: usize = 400;
@@ -48,7 +50,10 @@ pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
         containers.into_iter().find_map(|c| {
             let waiting = c.state.as_ref()?.waiting.as_ref()?;
             let why = waiting.reason.as_deref()?;
-            let kind = STUCK.iter().find(|s| **s == why)?;
+            let kind = CANNOT_START
+                .iter()
+                .chain(std::iter::once(&CRASHING))
+                .find(|s| **s == why)?;
             let detail: String = waiting
                 .message
                 .as_deref()
@@ -56,6 +61,15 @@ pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
                 .chars()
                 .take(MAX_MESSAGE)
                 .collect();
+            let hint = if detail.contains("no command specified") {
+                // containerd's CRI needs a process to start; a Wasm OCI artifact's config has
+                // no Entrypoint (the shim reads the module from the image's wasm layer).
+                " (the image has no entrypoint, as a Wasm OCI artifact pushed by wkg, wash or \
+                 `wasmkube push` has none: give the WasmApp spec.args, e.g. [\"app\"], which \
+                 become the guest's argv, or push it with `wasmkube push --layout image`)"
+            } else {
+                ""
+            };
             let reason = match *kind {
                 "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
                     reasons::IMAGE_PULL_FAILED
@@ -65,7 +79,7 @@ pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
             Some(PodProblem {
                 reason,
                 message: format!(
-                    "pod {} container {}: {why}: {detail}",
+                    "pod {} container {}: {why}: {detail}{hint}",
                     pod.name_any(),
                     c.name
                 ),
@@ -144,6 +158,25 @@ mod tests {
         assert!(problem
             .message
             .starts_with("pod m container app: CrashLoopBackOff"));
+    }
+
+    #[test]
+    fn an_image_without_entrypoint_gets_the_way_out() {
+        let message = "failed to generate container \"d97\" spec: failed to generate spec: no command specified";
+        let problem = stuck(&[pod("a", waiting("CreateContainerError", message))]).expect("stuck");
+        assert_eq!(problem.reason, reasons::PODS_NOT_STARTING);
+        assert!(
+            problem
+                .message
+                .contains("no command specified (the image has no entrypoint"),
+            "{}",
+            problem.message
+        );
+        assert!(
+            problem.message.contains("give the WasmApp spec.args"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

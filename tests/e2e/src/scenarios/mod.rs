@@ -58,6 +58,9 @@ pub fn all() -> Runner {
         .scenario("private_image_pulls_with_its_pull_secret_only", |c| {
             Box::pin(registry::private_image_pulls_with_its_pull_secret_only(c))
         })
+        .scenario("wasm_oci_artifact_from_wkg_serves", |c| {
+            Box::pin(registry::wasm_oci_artifact_from_wkg_serves(c))
+        })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))
         })

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use wasmkube_oci::{
     registry::{self, Credentials, RegistryOptions},
@@ -24,6 +25,22 @@ const NS: &str = "wasmkube-e2e-registry";
 const OPEN: &str = "localhost:5001";
 const PRIVATE: &str = "localhost:5002";
 const USER: &str = "wasmkube";
+
+/// WasmApp `name`'s `Degraded` condition, once it is True for `reason` (within 120 s).
+async fn degraded_for(apps: &Api<WasmApp>, name: &str, reason: &str) -> Result<Condition> {
+    within(
+        &format!("WasmApp {name} to be Degraded with reason {reason}"),
+        Duration::from_secs(120),
+        || async {
+            let status = apps.get(name).await?.status.unwrap_or_default();
+            Ok(match status.condition(conditions::DEGRADED) {
+                Some(d) if d.status == "True" && d.reason == reason => Poll::Done(d.clone()),
+                other => Poll::NotYet(format!("Degraded: {other:?}")),
+            })
+        },
+    )
+    .await
+}
 
 /// The private registry's password, which `up.sh` generated.
 fn password() -> Result<String> {
@@ -105,20 +122,7 @@ pub async fn private_image_pulls_with_its_pull_secret_only(c: &Cluster) -> Resul
     println!("  served from {private} with Secret good-pull: {answer}");
 
     let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
-    let degraded = within(
-        "WasmApp wrong-secret to report its image pull failure",
-        Duration::from_secs(120),
-        || async {
-            let status = apps.get("wrong-secret").await?.status.unwrap_or_default();
-            Ok(match status.condition(conditions::DEGRADED) {
-                Some(d) if d.status == "True" && d.reason == reasons::IMAGE_PULL_FAILED => {
-                    Poll::Done(d.clone())
-                }
-                other => Poll::NotYet(format!("Degraded: {other:?}")),
-            })
-        },
-    )
-    .await?;
+    let degraded = degraded_for(&apps, "wrong-secret", reasons::IMAGE_PULL_FAILED).await?;
     ensure!(
         (degraded.message.contains("ErrImagePull")
             || degraded.message.contains("ImagePullBackOff"))
@@ -143,5 +147,104 @@ pub async fn private_image_pulls_with_its_pull_secret_only(c: &Cluster) -> Resul
         degraded.reason, degraded.message
     );
     c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
+    Ok(())
+}
+
+/// `tests/guests`' wasi:http component, as the one build left it.
+fn hello_component() -> Result<std::path::PathBuf> {
+    let guests = std::env::var("WASMKUBE_GUESTS_DIR").unwrap_or_else(|_| {
+        let target =
+            std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/wasmkube-target".into());
+        format!("{target}/guests")
+    });
+    let path = std::path::PathBuf::from(guests).join("wasm32-wasip2/release/http_hello.wasm");
+    ensure!(
+        path.is_file(),
+        "{} is not built (scripts/build.sh)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `wkg` from crates.io (scripts/prereqs.sh installs it), if on PATH or in WASMKUBE_WKG.
+fn wkg() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("WASMKUBE_WKG") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("wkg"))
+        .find(|p| p.is_file())
+}
+
+/// A Wasm OCI artifact (config `application/vnd.wasm.config.v0+json`, one `application/wasm`
+/// layer), pushed by `wkg oci push` as users of the Bytecode Alliance tools do: containerd 1.6's
+/// CRI pulls it and the shim reads the module from the image's layer. Without a command the CRI
+/// refuses the container ("no command specified"): the WasmApp's status says so and what to do;
+/// with `spec.args` it serves.
+pub async fn wasm_oci_artifact_from_wkg_serves(c: &Cluster) -> Result<()> {
+    const ARTIFACT_NS: &str = "wasmkube-e2e-artifact";
+    c.fresh_namespace(ARTIFACT_NS)?;
+    let module = hello_component()?;
+    let reference = format!("{OPEN}/artifacts/hello:0.1.0");
+    let Some(wkg) = wkg() else {
+        anyhow::bail!("wkg is not installed (scripts/prereqs.sh installs it from crates.io)");
+    };
+    let out = std::process::Command::new(&wkg)
+        .args(["oci", "push", "--insecure", OPEN, &reference])
+        .arg(&module)
+        .output()
+        .context("running wkg")?;
+    ensure!(
+        out.status.success(),
+        "wkg oci push {reference}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What wkg pushed is the artifact layout.
+    let pulled = registry::pull(&reference.parse()?, &RegistryOptions::default()).await?;
+    let manifest = pulled.checked_manifest()?;
+    ensure!(
+        manifest.config().media_type().to_string() == wasmkube_oci::WASM_CONFIG_MEDIA_TYPE
+            && manifest.layers().len() == 1
+            && manifest.layers()[0].media_type().to_string() == wasmkube_oci::WASM_LAYER_MEDIA_TYPE,
+        "wkg pushed something else: {}",
+        String::from_utf8_lossy(&pulled.manifest)
+    );
+    println!("  wkg oci push {reference}: {}", pulled.manifest_digest());
+
+    let (ok, _, err) = apply(
+        c,
+        "no-args",
+        &wasm_app_of(ARTIFACT_NS, "no-args", &reference, ""),
+    )?;
+    ensure!(ok, "applying WasmApp no-args: {err}");
+    let (ok, _, err) = apply(
+        c,
+        "artifact",
+        &wasm_app_of(ARTIFACT_NS, "artifact", &reference, "  args: [\"hello\"]\n"),
+    )?;
+    ensure!(ok, "applying WasmApp artifact: {err}");
+    let ip = cluster_ip(c, ARTIFACT_NS, "artifact").await?;
+    let answer = get(c, &ip, "/from-an-artifact").await?;
+    ensure!(
+        answer.contains("path=/from-an-artifact"),
+        "the artifact's app answered {answer:?}"
+    );
+    println!("  served from the artifact with args [hello]: {answer}");
+
+    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), ARTIFACT_NS);
+    let degraded = degraded_for(&apps, "no-args", reasons::PODS_NOT_STARTING).await?;
+    ensure!(
+        degraded.message.contains("no command specified")
+            && degraded.message.contains("give the WasmApp spec.args"),
+        "Degraded does not say what to do: {}",
+        degraded.message
+    );
+    println!(
+        "  no-args: Degraded {}: {}",
+        degraded.reason, degraded.message
+    );
+    c.kubectl(&["delete", "namespace", ARTIFACT_NS, "--wait=false"])?;
     Ok(())
 }
