@@ -239,3 +239,56 @@ fn basic_auth_from_stdin_and_from_the_docker_config() {
         fs::read(&module).expect("guest")
     );
 }
+
+#[test]
+fn a_blob_changed_in_the_registry_fails_the_pull_with_a_digest_mismatch() {
+    skip_unless!(missing_registry());
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = guest("http_hello");
+    let src = module.to_str().expect("utf8 path");
+    let reference = format!("{}/apps/tampered:v1", registry.addr);
+    ok(&wasmkube(dir.path(), &["push", src, &reference], ""));
+
+    // The module's layer, as the registry stores it: one byte changed, same length.
+    let original = fs::read(&module).expect("guest");
+    let layer = walk(&registry.storage())
+        .into_iter()
+        .find(|p| p.ends_with("data") && fs::read(p).is_ok_and(|b| b == original))
+        .expect("the layer's blob in the registry's storage");
+    let mut bytes = original.clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&layer, &bytes).expect("tamper");
+
+    let err = failed(&wasmkube(
+        dir.path(),
+        &["pull", &reference, "-o", "t.wasm"],
+        "",
+    ));
+    assert!(
+        err.contains(&format!(
+            "{}: digest mismatch for {reference}",
+            registry.addr
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("t.wasm").exists(), "nothing is written");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}

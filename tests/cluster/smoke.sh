@@ -46,7 +46,7 @@ spec:
   containers:
   - name: echo
     image: $BUSYBOX_IMAGE
-    imagePullPolicy: Never
+    imagePullPolicy: IfNotPresent
     command: ["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/echo", "hi"]
 ---
 apiVersion: v1
@@ -79,7 +79,7 @@ log "ClusterIP $svc_ip:80 answers the host (kube-proxy iptables)"
 k -n "$NS" exec echo -- /bin/echo exec-ok | grep -qx exec-ok || die "kubectl exec failed"
 log "kubectl exec works (apiserver -> kubelet on 127.0.0.1:$KUBELET_PORT)"
 
-k -n "$NS" run api --image="$KUBECTL_IMAGE" --image-pull-policy=Never --restart=Never \
+k -n "$NS" run api --image="$KUBECTL_IMAGE" --image-pull-policy=IfNotPresent --restart=Never \
   --overrides='{"spec":{"serviceAccountName":"reader"}}' --command -- /bin/kubectl get pod echo -o name >/dev/null
 for i in $(seq 60); do
   phase=$(k -n "$NS" get pod api -o jsonpath='{.status.phase}')
@@ -104,7 +104,7 @@ spec:
   containers:
   - name: restart
     image: $BUSYBOX_IMAGE
-    imagePullPolicy: Never
+    imagePullPolicy: IfNotPresent
     securityContext: {privileged: true}
     command: ["/bin/nsenter", "-t", "$sup", "-m", "-u", "-i", "-n", "-p", "--", "$RESTART_HOOK"]
 EOF

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The e2e suite (tests/e2e, the same one CI runs on the local cluster) against kind, for machines
-# with Docker: builds the images, creates a kind cluster, `kind load`s them, runs the suite with
-# the kind node as "the node" (a shell on it through `docker exec`), deletes the cluster.
+# with Docker: builds the images, starts the two registries the suite expects (kind's documented
+# local-registry pattern: registry:2 containers on localhost:5001, anonymous and the node's mirror
+# of docker.io, and localhost:5002 with basic auth), creates a kind cluster whose containerd pulls
+# from them, pushes the images with `wasmkube push`, runs the suite with the kind node as "the
+# node" (a shell on it through `docker exec`), deletes the cluster. (Written for Docker hosts; the
+# CI machine has no Docker, so this script is not run there.)
 #
 # Usage: tests/e2e/kind.sh
 #   KIND_CLUSTER=wasmkube-e2e   KEEP_CLUSTER=1 (keep it afterwards)
@@ -28,16 +32,44 @@ done
 echo "== images"
 scripts/images.sh
 
+echo "== registries kind-registry (localhost:5001) and kind-registry-auth (localhost:5002)"
+CLUSTER_DIR=$(mktemp -d)
+export CLUSTER_DIR # the suite reads the private registry's password here, as on the local cluster
+head -c 18 /dev/urandom | base64 | tr '+/' 'xy' >"$CLUSTER_DIR/registry-auth.password"
+mkdir -p "$CLUSTER_DIR/auth"
+htpasswd -Bbn wasmkube "$(<"$CLUSTER_DIR/registry-auth.password")" >"$CLUSTER_DIR/auth/htpasswd"
+for r in kind-registry kind-registry-auth; do docker rm -f "$r" >/dev/null 2>&1 || true; done
+docker run -d -p 127.0.0.1:5001:5000 --network bridge --name kind-registry registry:2
+docker run -d -p 127.0.0.1:5002:5000 --network bridge --name kind-registry-auth \
+    -v "$CLUSTER_DIR/auth:/auth:ro" -e REGISTRY_AUTH=htpasswd -e REGISTRY_AUTH_HTPASSWD_REALM=wasmkube \
+    -e REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd registry:2
+
 echo "== kind cluster $CLUSTER"
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-kind create cluster --name "$CLUSTER" --wait 120s
+printf '%s\n' 'kind: Cluster' 'apiVersion: kind.x-k8s.io/v1alpha4' 'containerdConfigPatches:' \
+    '- |-' '  [plugins."io.containerd.grpc.v1.cri".registry]' '    config_path = "/etc/containerd/certs.d"' |
+    kind create cluster --name "$CLUSTER" --wait 120s --config=-
 cleanup() {
-    if [ -z "${KEEP_CLUSTER:-}" ]; then kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; fi
+    if [ -z "${KEEP_CLUSTER:-}" ]; then
+        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+        docker rm -f kind-registry kind-registry-auth >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
-for image in operator node-installer hello-http http-outbound http-grants redis late-fail; do
-    kind load image-archive "$IMAGES/$image.tar" --name "$CLUSTER"
+for node in $(kind get nodes --name "$CLUSTER"); do
+    for host in localhost:5001=kind-registry docker.io=kind-registry localhost:5002=kind-registry-auth; do
+        docker exec "$node" mkdir -p "/etc/containerd/certs.d/${host%%=*}"
+        printf '[host."http://%s:5000"]\n  capabilities = ["pull", "resolve"]\n' "${host#*=}" |
+            docker exec -i "$node" cp /dev/stdin "/etc/containerd/certs.d/${host%%=*}/hosts.toml"
+    done
 done
+for r in kind-registry kind-registry-auth; do docker network connect kind "$r" 2>/dev/null || true; done
+for image in operator node-installer hello-http http-outbound http-grants redis late-fail; do
+    name=$(tar -xOf "$IMAGES/$image.tar" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
+    "$BIN_DIR/wasmkube" push "$IMAGES/$image.tar" "localhost:5001/${name#docker.io/}"
+done
+WASMKUBE_WKG=$(scripts/wkg.sh)
+export WASMKUBE_WKG
 
 KUBECONFIG=$(mktemp)
 export KUBECONFIG
