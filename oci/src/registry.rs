@@ -7,7 +7,8 @@
 //!   `[::1]`) or with [`RegistryOptions::insecure`].
 //! - Credentials: given ([`Credentials::Basic`]) or from the Docker config file
 //!   (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, with its credential helpers),
-//!   anonymous when it has none for the registry. A password is never part of an error or a log.
+//!   anonymous when it has none for the registry. A password is never part of an error or of
+//!   `Debug` output (this module logs nothing).
 //! - A push uploads the blobs the registry lacks, then the manifest's bytes as they are, so the
 //!   same image always gets the same manifest digest; the registry's digest is read back and
 //!   compared.
