@@ -77,11 +77,11 @@ else
 fi
 
 # The example app, as a user ships one: pushed to a registry, pulled by the node. The image
-# layout (a tar layer), which containerd 1.6 unpacks; the WasmApp names docker.io/wasmkube/...,
-# which the node pulls through the registry.
+# layout (a tar layer) with the node's platform, which the CRI of containerd 1.6 and 2.x unpacks;
+# the WasmApp names docker.io/wasmkube/..., which the node pulls through the registry.
 phase "wasmkube push the example app to $REGISTRY"
 "$BIN_DIR/wasmkube" push "$GUESTS_DIR/wasm32-wasip2/release/http_hello.wasm" \
-    "$REGISTRY/wasmkube/hello-http:$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)" --layout image
+    "$REGISTRY/wasmkube/hello-http:$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)" --layout image --platform linux/amd64
 phase "kubectl apply -k manifests/"
 kubectl apply -k manifests/
 kubectl wait --for=condition=Established crd/wasmapps.wasmkube.dev --timeout=60s

@@ -128,14 +128,17 @@ build operator "docker.io/wasmkube/operator:$version"
 build node-installer "docker.io/wasmkube/node-installer:$version"
 build pause "localhost/wasmkube/pause:$version"
 build redis "docker.io/wasmkube/redis:$version"
-timed hello-http "$wasmkube" pack "$guest" --name "docker.io/wasmkube/hello-http:$version" \
+# The wasm app images carry the node's platform, not wasip1/wasm: containerd 2.x's CRI unpacks
+# a tar layer only for the node's platform (README, "Registries"); the shim ignores it.
+app_platform=(--platform linux/amd64)
+timed hello-http "$wasmkube" pack "$guest" "${app_platform[@]}" --name "docker.io/wasmkube/hello-http:$version" \
   -o "$out/hello-http.tar"
-timed http-outbound "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_outbound.wasm" \
+timed http-outbound "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_outbound.wasm" "${app_platform[@]}" \
   --name "docker.io/wasmkube/http-outbound:$version" -o "$out/http-outbound.tar"
-timed http-grants "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_grants.wasm" \
+timed http-grants "$wasmkube" pack "$GUESTS_DIR/wasm32-wasip2/release/http_grants.wasm" "${app_platform[@]}" \
   --name "docker.io/wasmkube/http-grants:$version" -o "$out/http-grants.tar"
 python3 tests/guests/assets/late_fail.py >"$work/late-fail.wasm"
-timed late-fail "$wasmkube" pack "$work/late-fail.wasm" \
+timed late-fail "$wasmkube" pack "$work/late-fail.wasm" "${app_platform[@]}" \
   --name "docker.io/wasmkube/late-fail:$version" -o "$out/late-fail.tar"
 
 step "images in $out"

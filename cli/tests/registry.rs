@@ -1,6 +1,7 @@
 //! `wasmkube push` and `wasmkube pull` against a real registry (Debian's `docker-registry`,
 //! distribution v2) on loopback: round trips of both layouts and of archives, deterministic
-//! digests, and basic auth from --password-stdin and from the Docker config file.
+//! digests, basic auth from --password-stdin and from the Docker config file, and the registry
+//! token flow (a `Bearer` challenge answered at a token server's realm).
 
 use std::{
     fs,
@@ -14,7 +15,7 @@ use wasmkube_oci::inspect::read_archive;
 use wasmkube_test_harness::{
     guests::guest,
     registry::{missing_registry, Registry},
-    skip_unless,
+    skip_unless, token_server,
 };
 
 const USER: &str = "alice";
@@ -238,6 +239,113 @@ fn basic_auth_from_stdin_and_from_the_docker_config() {
         fs::read(dir.path().join("a.wasm")).expect("pulled"),
         fs::read(&module).expect("guest")
     );
+}
+
+#[test]
+fn token_flow_push_and_pull() {
+    skip_unless!(missing_registry());
+    let registry = Registry::start_with_token(USER, PASSWORD);
+    let tokens = registry.token_server().expect("a token server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = guest("http_hello");
+    let src = module.to_str().expect("utf8 path");
+    let reference = format!("{}/private/hello:v1", registry.addr);
+    let push_scope = "repository:private/hello:pull,push";
+    let pull_scope = "repository:private/hello:pull";
+    let refused = format!(
+        "{}: push of {reference} refused: 401 Unauthorized",
+        registry.addr
+    );
+
+    // Anonymous: the token server hands out a token with no access, the registry refuses it.
+    let err = failed(&wasmkube(dir.path(), &["push", src, &reference], ""));
+    assert!(err.contains(&refused), "{err}");
+    let seen = tokens.requests();
+    assert!(
+        seen.iter().any(|r| r.user.is_none()
+            && r.status == 200
+            && r.granted.is_empty()
+            && r.scopes == [push_scope]
+            && r.service.as_deref() == Some(token_server::SERVICE)),
+        "{seen:#?}"
+    );
+
+    // A wrong password: the token server refuses it, and it is nowhere in the output.
+    let wrong = "wrong-pw-51d0";
+    let err = failed(&wasmkube(
+        dir.path(),
+        &["push", src, &reference, "-u", USER, "--password-stdin"],
+        &format!("{wrong}\n"),
+    ));
+    assert!(err.contains(&refused), "{err}");
+    assert!(err.contains("invalid username or password"), "{err}");
+    assert!(!err.contains(wrong), "the password leaked: {err}");
+    assert!(
+        tokens.requests().iter().any(|r| r.status == 401),
+        "{:#?}",
+        tokens.requests()
+    );
+
+    // The right one: a push token, and the module comes back byte-identical.
+    let before = tokens.requests().len();
+    let pushed = ok(&wasmkube(
+        dir.path(),
+        &["push", src, &reference, "-u", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    ));
+    assert!(pushed.contains("(2 of 2 blobs uploaded)"), "{pushed}");
+    assert!(!pushed.contains(PASSWORD), "{pushed}");
+    let seen = tokens.requests().split_off(before);
+    assert!(
+        seen.iter().any(|r| r.user.as_deref() == Some(USER)
+            && r.status == 200
+            && r.granted == [push_scope]),
+        "{seen:#?}"
+    );
+
+    let before = tokens.requests().len();
+    let out = wasmkube(
+        dir.path(),
+        &[
+            "pull",
+            &reference,
+            "-o",
+            "t.wasm",
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let pulled = ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
+    assert_eq!(digest(&pulled), digest(&pushed));
+    assert_eq!(
+        fs::read(dir.path().join("t.wasm")).expect("pulled"),
+        fs::read(&module).expect("guest")
+    );
+    let seen = tokens.requests().split_off(before);
+    assert!(
+        seen.iter().any(|r| r.user.as_deref() == Some(USER)
+            && r.status == 200
+            && r.granted == [pull_scope]),
+        "{seen:#?}"
+    );
+
+    // An anonymous pull of the private repository: refused.
+    let err = failed(&wasmkube(
+        dir.path(),
+        &["pull", &reference, "-o", "anon.wasm"],
+        "",
+    ));
+    assert!(
+        err.contains(&format!(
+            "{}: pull of {reference} refused: 401 Unauthorized",
+            registry.addr
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("anon.wasm").exists());
 }
 
 #[test]

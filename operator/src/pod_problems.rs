@@ -54,14 +54,45 @@ pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
                 .iter()
                 .chain(std::iter::once(&CRASHING))
                 .find(|s| **s == why)?;
-            let detail: String = waiting
-                .message
-                .as_deref()
-                .unwrap_or("no message")
-                .chars()
-                .take(MAX_MESSAGE)
-                .collect();
-            let hint = if detail.contains("no command specified") {
+            let last_run = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|_| why == CRASHING);
+            let detail: String = match last_run {
+                // The kubelet's back-off message says nothing of why: the last run's exit code
+                // and the end of its log (terminationMessagePolicy FallbackToLogsOnError) do.
+                Some(t) => format!(
+                    "last run exited with code {}: {}",
+                    t.exit_code,
+                    tail(
+                        t.message.as_deref().unwrap_or("no message").trim(),
+                        MAX_MESSAGE
+                    )
+                ),
+                None => waiting
+                    .message
+                    .as_deref()
+                    .unwrap_or("no message")
+                    .chars()
+                    .take(MAX_MESSAGE)
+                    .collect(),
+            };
+            let hint = if detail.contains("mismatched image rootfs and manifest layers") {
+                // containerd before 1.6.25/1.7.7 cannot unpack non-tar layers; it stores the
+                // image anyway, so the kubelet's retry (IfNotPresent) starts the pod.
+                " (this node's containerd is older than 1.6.25/1.7.7 and cannot unpack an image \
+                 whose layers are not tar layers, as a Wasm OCI artifact or a Spin app: it keeps \
+                 the image, so with imagePullPolicy IfNotPresent the kubelet's next try starts \
+                 the pod; with Always it never does. Upgrade containerd, or push the module with \
+                 `wasmkube push --layout image`)"
+            } else if detail.contains("parent snapshot") && detail.contains("does not exist") {
+                // containerd 2.x's CRI unpacks tar layers for the node's platform only.
+                " (containerd 2.x unpacks an image's tar layers only when the image's platform is \
+                 the node's, and this image's is not (wasi/wasm, say): push the module as a Wasm \
+                 OCI artifact (`wasmkube push app.wasm REF`), or the image with `--platform \
+                 linux/amd64`, the node's)"
+            } else if detail.contains("no command specified") {
                 // containerd's CRI needs a process to start; a Wasm OCI artifact's config has
                 // no Entrypoint (the shim reads the module from the image's wasm layer).
                 " (the image has no entrypoint, as a Wasm OCI artifact pushed by wkg, wash or \
@@ -86,6 +117,19 @@ pub fn stuck(pods: &[Pod]) -> Option<PodProblem> {
             })
         })
     })
+}
+
+/// At most `max` characters from the end of `text`, from a line start when one fits.
+fn tail(text: &str, max: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= max {
+        return text.to_string();
+    }
+    let end: String = chars[chars.len() - max..].iter().collect();
+    match end.split_once('\n') {
+        Some((_, rest)) if !rest.trim().is_empty() => rest.to_string(),
+        _ => end,
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +202,63 @@ mod tests {
         assert!(problem
             .message
             .starts_with("pod m container app: CrashLoopBackOff"));
+    }
+
+    #[test]
+    fn layouts_a_containerd_cannot_unpack_get_the_version_that_can() {
+        let old = "failed to pull and unpack image \"localhost:5001/a:1\": failed to unpack image \
+                   on snapshotter overlayfs: mismatched image rootfs and manifest layers";
+        let problem = stuck(&[pod("a", waiting("ErrImagePull", old))]).expect("stuck");
+        assert_eq!(problem.reason, reasons::IMAGE_PULL_FAILED);
+        assert!(
+            problem.message.contains("older than 1.6.25/1.7.7"),
+            "{}",
+            problem.message
+        );
+        let new = "failed to create containerd container: parent snapshot sha256:3479 does not \
+                   exist: not found";
+        let problem = stuck(&[pod("a", waiting("CreateContainerError", new))]).expect("stuck");
+        assert!(
+            problem.message.contains("containerd 2.x unpacks"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_says_how_the_last_run_ended() {
+        use k8s_openapi::api::core::v1::ContainerStateTerminated;
+        let log = format!(
+            "{}\nwasmkube: Spin app: trigger \"t\" is of type \"redis\"\n",
+            "noise ".repeat(200)
+        );
+        let mut crashing = pod(
+            "a",
+            waiting(
+                "CrashLoopBackOff",
+                "back-off 10s restarting failed container",
+            ),
+        );
+        if let Some(statuses) = crashing
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+        {
+            statuses[0].last_state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 126,
+                    message: Some(log),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            });
+        }
+        let problem = stuck(&[crashing]).expect("stuck");
+        assert_eq!(
+            problem.message,
+            "pod a container app: CrashLoopBackOff: last run exited with code 126: \
+             wasmkube: Spin app: trigger \"t\" is of type \"redis\""
+        );
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub enum ShimError {
         "{what} exports neither wasi:cli/run nor wasi:http/incoming-handler (exports: {exports})"
     )]
     UnsupportedComponent { what: String, exports: String },
+    #[error(transparent)]
+    Spin(#[from] crate::spin::SpinError),
+    #[error(
+        "{what} imports {imports}, which only Spin's host provides: wasmkube gives components \
+         WASI interfaces (wasi:http, wasi:config for variables, wasi:keyvalue, wasi:sockets)"
+    )]
+    SpinImports { what: String, imports: String },
     #[error("{what} has no exported function `{func}`")]
     NoEntry { what: String, func: String },
     #[error("cannot serve wasi:http on {addr}: {detail}")]
@@ -71,6 +78,8 @@ impl ShimError {
             | ShimError::Invalid { .. }
             | ShimError::Link { .. }
             | ShimError::UnsupportedComponent { .. }
+            | ShimError::Spin(_)
+            | ShimError::SpinImports { .. }
             | ShimError::NoEntry { .. }
             | ShimError::Listen { .. }
             | ShimError::Config { .. }

@@ -59,6 +59,15 @@ pub fn exports(engine: &Engine, component: &Component) -> Vec<String> {
         .collect()
 }
 
+/// The names of the instances and functions the component imports.
+pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// Whether the component exports `wasi:http/incoming-handler` (the `wasi:http/proxy` world).
 pub fn is_http_proxy(engine: &Engine, component: &Component) -> bool {
     exports(engine, component)

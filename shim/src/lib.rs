@@ -9,8 +9,8 @@
 //! limits, defaults, WASI preopens and epoch interruption; [`privileges`] gives the guest
 //! process the capabilities an exec would have left it; [`listen`] binds the wasi:http socket;
 //! [`bundle`] gives the guest a root without the container's mounts, [`config`] serves
-//! `wasi:config` from the WasmApp's ConfigMaps and Secrets, and [`keyvalue`] serves
-//! `wasi:keyvalue` on the stores it grants.
+//! `wasi:config` from the WasmApp's ConfigMaps and Secrets, [`keyvalue`] serves
+//! `wasi:keyvalue` on the stores it grants, and [`spin`] picks a Spin app's component.
 
 pub mod broker;
 pub mod budget;
@@ -32,6 +32,7 @@ pub mod outbound;
 pub mod preopens;
 pub mod privileges;
 pub mod shim;
+pub mod spin;
 pub mod state;
 pub mod stop;
 

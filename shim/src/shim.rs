@@ -1,8 +1,9 @@
 //! The runwasi plug-in: shim name and version, and the sandbox that runs one guest.
-use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
+use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source, WasmLayer};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{Shim, Version};
 
+use std::borrow::Cow;
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
 
@@ -10,6 +11,7 @@ use crate::broker::{client::ClientError, protocol::Response};
 use crate::descriptors::Inherited;
 use crate::engine::{self, Program};
 use crate::error::ShimError;
+use crate::spin::LayerRef;
 use crate::state::GuestConfig;
 use crate::stop::StopSignal;
 
@@ -35,6 +37,16 @@ impl Shim for WasmkubeShim {
         bundle: &std::path::Path,
     ) -> anyhow::Result<Option<std::path::PathBuf>> {
         Ok(crate::bundle::container_bundle(bundle)?)
+    }
+
+    /// runwasi's layer types, and a Spin app's (see [`crate::spin`]).
+    fn supported_layers_types() -> &'static [&'static str] {
+        &[
+            "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+            "application/wasm",
+            crate::spin::WASM_LAYER_MEDIA_TYPE,
+            crate::spin::LOCKED_APP_MEDIA_TYPE,
+        ]
     }
 
     fn version() -> Version {
@@ -122,6 +134,8 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
         )));
     }
     let entry = ctx.entrypoint();
+    // A Spin app's component environment (spin.toml `environment`).
+    let mut spin_env = Vec::new();
     let (what, bytes) = match &entry.source {
         Source::File(path) => {
             if path.as_os_str().is_empty() {
@@ -141,17 +155,7 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
             })?;
             (path.display().to_string(), bytes)
         }
-        Source::Oci(layers) => {
-            let what = layers
-                .first()
-                .map(|l| l.config.digest().to_string())
-                .unwrap_or_default();
-            let bytes = entry.source.as_bytes().map_err(|e| ShimError::Invalid {
-                what: what.clone(),
-                detail: e.to_string(),
-            })?;
-            (format!("image layer {what}"), bytes)
-        }
+        Source::Oci(layers) => oci_source(layers, &mut spin_env)?,
     };
     let stop = StopSignal::install().map_err(ShimError::setup)?;
     let (engine, program) = match load(&what, bytes.into_owned(), stop.clone()).await? {
@@ -159,13 +163,30 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
         Loaded::Stopped(signo) => return Ok(128 + signo),
     };
     // After loading, so the memory already used (the compiled code) counts against the budget.
-    let cfg = GuestConfig::from_context(ctx, what)?;
+    let mut cfg = GuestConfig::from_context(ctx, what)?;
+    // The container's own env (the WasmApp's spec.env) wins over the Spin app's.
+    for (k, v) in spin_env {
+        if !cfg.envs.iter().any(|(have, _)| *have == k) {
+            cfg.envs.push((k, v));
+        }
+    }
     match program {
         Program::Module(module) => {
             stop.interrupt_on_stop(engine.clone());
             crate::command::run_module(&engine, &module, &cfg, &entry.func).await
         }
         Program::Component(component) => {
+            let spin_only = crate::spin::spin_only_imports(
+                crate::http::imports(&engine, &component)
+                    .iter()
+                    .map(String::as_str),
+            );
+            if !spin_only.is_empty() {
+                return Err(ShimError::SpinImports {
+                    what: cfg.what.clone(),
+                    imports: spin_only.join(", "),
+                });
+            }
             if crate::http::is_http_proxy(&engine, &component) {
                 crate::http::serve(&engine, &component, &cfg, stop).await
             } else if crate::http::exports(&engine, &component)
@@ -181,6 +202,58 @@ async fn run(ctx: &impl RuntimeContext) -> Result<i32, ShimError> {
                 })
             }
         }
+    }
+}
+
+/// The module in the image's wasm layers: the only one, or a Spin app's component (see
+/// [`crate::spin`]), whose environment goes to `spin_env`.
+fn oci_source<'a>(
+    layers: &'a [WasmLayer],
+    spin_env: &mut Vec<(String, String)>,
+) -> Result<(String, Cow<'a, [u8]>), ShimError> {
+    let kinds: Vec<(String, String)> = layers
+        .iter()
+        .map(|l| {
+            (
+                l.config.media_type().to_string(),
+                l.config.digest().to_string(),
+            )
+        })
+        .collect();
+    let refs: Vec<LayerRef<'_>> = kinds
+        .iter()
+        .map(|(media_type, digest)| LayerRef { media_type, digest })
+        .collect();
+    if let Some(locked) = crate::spin::locked_app_layer(&refs) {
+        let selected = crate::spin::select(&layers[locked].layer, &refs)?;
+        for note in &selected.notes {
+            eprintln!("wasmkube: {note}");
+        }
+        *spin_env = selected.env;
+        let what = format!(
+            "Spin component {:?} (image layer {})",
+            selected.component, kinds[selected.layer].1
+        );
+        return Ok((what, Cow::Borrowed(&layers[selected.layer].layer)));
+    }
+    match layers {
+        [layer] => Ok((
+            format!("image layer {}", kinds[0].1),
+            Cow::Borrowed(&layer.layer),
+        )),
+        _ => Err(ShimError::Invalid {
+            what: "the image".into(),
+            detail: format!(
+                "{} wasm layers ({}) and no Spin locked app ({}) to say which to run",
+                layers.len(),
+                kinds
+                    .iter()
+                    .map(|(m, d)| format!("{m} {d}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::spin::LOCKED_APP_MEDIA_TYPE
+            ),
+        }),
     }
 }
 

@@ -63,7 +63,15 @@ fn missing_and_invalid_modules_fail_with_127_or_126_naming_the_cause() {
         r#"(module (memory 1 1 shared) (func (export "_start")))"#,
     )
     .expect("write");
+    // A component built for Spin's host (it imports Spin's variables interface).
+    let spin = dir.path().join("spin.wat");
+    std::fs::write(
+        &spin,
+        r#"(component (import "fermyon:spin/variables@2.0.0" (instance (export "get" (func (param "name" string) (result string))))))"#,
+    )
+    .expect("write");
     let root = rootfs_with(&[
+        ("spin.wat", &spin),
         ("text.wasm", &text),
         ("truncated.wasm", &truncated),
         ("import.wat", &import),
@@ -71,7 +79,12 @@ fn missing_and_invalid_modules_fail_with_127_or_126_naming_the_cause() {
         ("hello.wasm", &guest("hello")),
     ]);
 
-    let cases: [(&str, i32, &[&str]); 6] = [
+    let cases: [(&str, i32, &[&str]); 7] = [
+        (
+            "/spin.wat",
+            126,
+            &["wasmkube: /spin.wat imports fermyon:spin/variables@2.0.0, which only Spin's host provides"],
+        ),
         (
             "/absent.wasm",
             127,

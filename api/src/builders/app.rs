@@ -210,6 +210,10 @@ pub fn deployment(app: &WasmApp) -> Deployment {
         startup_probe: probes.startup.as_ref().map(|p| http_probe(p, port)),
         security_context: Some(container_security_context()),
         volume_mounts: non_empty(&grants.mounts),
+        // A guest cannot write /dev/termination-log (its root view hides it): the end of its
+        // log (the shim's `wasmkube: …` line) becomes the message of a failed run, which
+        // `kubectl describe` and the WasmApp's status show.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()
     };
 

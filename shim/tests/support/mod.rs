@@ -84,11 +84,17 @@ pub fn serve(
         .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctd.log_tail()));
     let started = Instant::now();
     while ask(port, "/").is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{name} never answered on {port}\n{}",
-            ctd.log_tail()
-        );
+        if started.elapsed() > Duration::from_secs(60) {
+            let state = cri
+                .container_status(&id)
+                .map(|s| (s.state, s.exit_code, s.reason));
+            let log =
+                wasmkube_test_harness::cri::read_log(&spec.log_dir.join(format!("{name}.log")));
+            panic!(
+                "{name} never answered on {port}: container {state:?}, its log {log:?}\n{}",
+                ctd.log_tail()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     id

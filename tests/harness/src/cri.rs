@@ -101,6 +101,19 @@ impl Cri {
             .join("\n"))
     }
 
+    /// PullImage through the CRI, as the kubelet pulls: the image's reference in the store.
+    pub fn pull_image(&mut self, image: &str) -> Result<String, String> {
+        let req = cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = self.rt.block_on(self.images.pull_image(req)).map_err(err)?;
+        Ok(r.into_inner().image_ref)
+    }
+
     /// Whether an image is present in the CRI image store.
     pub fn has_image(&mut self, image: &str) -> Result<bool, String> {
         let req = cri::ImageStatusRequest {

@@ -12,6 +12,8 @@ pub mod images;
 pub mod kubelet;
 pub mod procs;
 pub mod registry;
+pub mod spin_image;
+pub mod token_server;
 pub mod wasm_gen;
 
 pub use containerd::{Containerd, CtrRun, Output};

@@ -16,6 +16,7 @@ pub mod outbound;
 pub mod registry;
 pub mod retries;
 mod serving;
+pub mod spin;
 
 use crate::Runner;
 
@@ -61,6 +62,14 @@ pub fn all() -> Runner {
         .scenario("wasm_oci_artifact_from_wkg_serves", |c| {
             Box::pin(registry::wasm_oci_artifact_from_wkg_serves(c))
         })
+        .scenario(
+            "spin_app_image_serves_and_an_unsupported_one_says_why",
+            |c| {
+                Box::pin(spin::spin_app_image_serves_and_an_unsupported_one_says_why(
+                    c,
+                ))
+            },
+        )
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))
         })

@@ -22,12 +22,16 @@ use crate::Cluster;
 
 const NS: &str = "wasmkube-e2e-registry";
 /// The cluster's registries (tests/cluster/lib.sh): anonymous, and basic auth.
-const OPEN: &str = "localhost:5001";
+pub(super) const OPEN: &str = "localhost:5001";
 const PRIVATE: &str = "localhost:5002";
 const USER: &str = "wasmkube";
 
 /// WasmApp `name`'s `Degraded` condition, once it is True for `reason` (within 120 s).
-async fn degraded_for(apps: &Api<WasmApp>, name: &str, reason: &str) -> Result<Condition> {
+pub(super) async fn degraded_for(
+    apps: &Api<WasmApp>,
+    name: &str,
+    reason: &str,
+) -> Result<Condition> {
     within(
         &format!("WasmApp {name} to be Degraded with reason {reason}"),
         Duration::from_secs(120),
@@ -151,7 +155,7 @@ pub async fn private_image_pulls_with_its_pull_secret_only(c: &Cluster) -> Resul
 }
 
 /// `tests/guests`' wasi:http component, as the one build left it.
-fn hello_component() -> Result<std::path::PathBuf> {
+pub(super) fn hello_component() -> Result<std::path::PathBuf> {
     let guests = std::env::var("WASMKUBE_GUESTS_DIR").unwrap_or_else(|_| {
         let target =
             std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/wasmkube-target".into());
