@@ -68,6 +68,10 @@ scripts/validate-manifests.sh
 phase "Kubernetes components (tests/cluster/build.sh, built in the background)"
 collect "$k8s_build" "$k8s_log" tests/cluster/build.sh
 if [ -n "${WASMKUBE_SKIP_E2E:-}" ]; then
+  if [ "${WASMKUBE_REQUIRE_CLUSTER:-}" = 1 ]; then
+    echo "test.sh: WASMKUBE_SKIP_E2E is set but WASMKUBE_REQUIRE_CLUSTER=1 (CI): the e2e suite must run" >&2
+    exit 1
+  fi
   echo "SKIP e2e and the main command: WASMKUBE_SKIP_E2E is set"
   exit 0
 fi

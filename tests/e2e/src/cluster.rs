@@ -1,6 +1,8 @@
 //! The cluster under test: a kube client, `kubectl` as a user runs it, and a shell on the node.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::Node;
@@ -16,6 +18,9 @@ pub struct Cluster {
     pub node: String,
     kubectl: PathBuf,
     node_exec: Vec<String>,
+    /// Logs of operator containers kept before their pods were replaced, by
+    /// `pod/container[ (previous)]` (see `scenarios::install::save_operator_logs`).
+    pub saved_logs: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 /// Why the suite cannot run here.
@@ -62,6 +67,7 @@ impl Cluster {
             node,
             kubectl,
             node_exec,
+            saved_logs: Arc::default(),
         })
     }
 

@@ -69,6 +69,15 @@ impl Runner {
         if not_run > 0 {
             println!("{not_run} scenarios not run");
         }
+        if let Some(only) = filter.as_ref().filter(|_| passed + failed + not_run == 0) {
+            // A filter that selects nothing would pass a run that tested nothing.
+            println!(
+                "e2e: WASMKUBE_E2E_ONLY={} matches no scenario",
+                only.join(",")
+            );
+            println!("0 passed, 1 failed");
+            return false;
+        }
         println!("{passed} passed, {} failed", failed + not_run);
         failed == 0 && not_run == 0
     }

@@ -26,6 +26,8 @@ pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=wasmkube-operator";
 /// The operator's running pods.
 /// `kubectl set env` on the operator's Deployment: `NAME=value`, or `NAME-` to remove it.
 pub fn set_operator_env(c: &Cluster, assignment: &str) -> Result<()> {
+    // The rollout replaces the operator's pods: keep what they logged.
+    save_operator_logs(c)?;
     c.kubectl(&[
         "-n",
         NS,
@@ -34,6 +36,47 @@ pub fn set_operator_env(c: &Cluster, assignment: &str) -> Result<()> {
         &format!("deployment/{OPERATOR}"),
         assignment,
     ])?;
+    Ok(())
+}
+
+/// Keeps the logs of every operator container now on the cluster (and the previous run of a
+/// restarted one) in `c.saved_logs`, so a check after the pods are replaced still reads them.
+pub fn save_operator_logs(c: &Cluster) -> Result<()> {
+    let listing = c.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        OPERATOR_SELECTOR,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+    ])?;
+    for line in listing.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(pod), restarts) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let mut runs = vec![(format!("{pod}/operator"), vec!["logs", pod])];
+        if restarts.and_then(|r| r.parse::<u32>().ok()).unwrap_or(0) > 0 {
+            runs.push((
+                format!("{pod}/operator (previous)"),
+                vec!["logs", "--previous", pod],
+            ));
+        }
+        for (key, args) in runs {
+            let mut full = vec!["-n", NS];
+            full.extend(args);
+            // A pod that is going away may no longer have logs: keep what was saved before.
+            if let Ok(text) = c.kubectl(&full) {
+                let mut saved = c
+                    .saved_logs
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("log store poisoned"))?;
+                saved.insert(key, text);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use wasmkube_operator::names::{REMOVING_TAINT, RUNTIME_CLASS, RUNTIME_LABEL, WAS
 
 use super::install::{operator_available, NS};
 use super::lifecycle::runc_pods;
+use super::serving::{apply, cluster_ip, get, wasm_app_of};
 use super::{CONTAINERD_CONFIG, ORIGINAL_CONFIG};
 use crate::wait::{until, within, Poll};
 use crate::{events, node, Cluster};
@@ -231,7 +232,8 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// The containerd config is the original and no shim is left on the node.
+/// The containerd config is the original; no shim, compiled-module cache or config backup is
+/// left on the node, and containerd's CRI no longer lists the handler.
 fn assert_runtime_gone(c: &Cluster) -> Result<()> {
     let digest = c.node_file_digest(CONTAINERD_CONFIG)?;
     ensure!(
@@ -244,6 +246,18 @@ fn assert_runtime_gone(c: &Cluster) -> Result<()> {
          if [ -e \"$p\" ] || [ -L \"$p\" ]; then echo \"$p\"; fi; done",
     )?;
     ensure!(leftovers.trim().is_empty(), "uninstall left {leftovers}");
+    let leftovers = c.node_sh(&format!(
+        "for p in {cache} {config}.wasmkube.orig {config}.wasmkube.absent; do \
+         if [ -e \"$p\" ]; then echo \"$p\"; fi; done",
+        cache = wasmkube_contract::names::CACHE_DIR,
+        config = CONTAINERD_CONFIG,
+    ))?;
+    ensure!(leftovers.trim().is_empty(), "uninstall left {leftovers}");
+    let info = c.node_sh("crictl info")?;
+    ensure!(
+        info.contains("\"runtimes\"") && !info.contains(wasmkube_contract::names::RUNTIME_TYPE),
+        "containerd's CRI still lists the wasmkube runtime after the uninstall"
+    );
     Ok(())
 }
 
@@ -318,8 +332,9 @@ pub async fn opt_in_waits_for_a_rollout_slot(c: &Cluster) -> Result<()> {
         Duration::from_secs(60),
         Duration::from_millis(100),
         || async {
+            // `removing`: the uninstaller is at work (no wasm pod runs, so `draining` is short).
             Ok(match label_of(c, &c.node).await?.as_deref() {
-                Some(s @ ("draining" | "removing")) => Poll::Done(s.to_string()),
+                Some(s @ "removing") => Poll::Done(s.to_string()),
                 other => Poll::NotYet(format!("{other:?}")),
             })
         },
@@ -336,6 +351,34 @@ pub async fn opt_in_waits_for_a_rollout_slot(c: &Cluster) -> Result<()> {
     let pods = node::installer_pods(c, "install").await?;
     let result = node::installer_result(pods.first().context("no install pod")?)?;
     ensure!(result["verified"] == true, "not verified: {result}");
+    // Not only a label: a wasm app serves on the node again.
+    let (ok, _, err) = apply(
+        c,
+        "re-opt-in",
+        &wasm_app_of(
+            "default",
+            "e2e-re-opt-in",
+            "docker.io/wasmkube/hello-http:0.1.0",
+            "",
+        ),
+    )?;
+    ensure!(ok, "applying WasmApp e2e-re-opt-in: {err}");
+    let ip = cluster_ip(c, "default", "e2e-re-opt-in").await?;
+    let answer = get(c, &ip, "/after-re-opt-in").await?;
+    ensure!(
+        answer.contains("path=/after-re-opt-in"),
+        "after re-opting in the app answered {answer:?}"
+    );
+    println!("  a wasm app serves after the re-opt-in: {}", answer.trim());
+    c.kubectl(&[
+        "-n",
+        "default",
+        "delete",
+        "wasmapp",
+        "e2e-re-opt-in",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     Ok(())
 }
 
