@@ -164,3 +164,66 @@ pub fn release_installer_lock(c: &Cluster) -> Result<()> {
     ))?;
     Ok(())
 }
+
+/// What a watch on the node saw: each state label with whether the removal taint was on.
+pub type Seen = Vec<(Option<String>, bool)>;
+
+/// Records every change of the node's state label and removal taint from a watch started now,
+/// so a state the operator holds for only a few milliseconds is still seen (polling can miss
+/// `draining` when the wasm pods stop at once).
+pub struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(c: &Cluster) -> Result<Self> {
+        use futures::StreamExt as _;
+        use kube::api::{WatchEvent, WatchParams};
+        let api = Api::<Node>::all(c.client.clone());
+        let now = api.get(&c.node).await?;
+        let rv = now
+            .resource_version()
+            .context("node without resourceVersion")?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![observed(&now)]));
+        let mut stream = api
+            .watch(
+                &WatchParams::default().fields(&format!("metadata.name={}", c.node)),
+                &rv,
+            )
+            .await?
+            .boxed();
+        let into = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                if let WatchEvent::Added(n) | WatchEvent::Modified(n) = event {
+                    let state = observed(&n);
+                    let mut seen = into.lock().unwrap_or_else(|e| e.into_inner());
+                    if seen.last() != Some(&state) {
+                        seen.push(state);
+                    }
+                }
+            }
+        });
+        Ok(Self { seen, task })
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn observed(n: &Node) -> (Option<String>, bool) {
+    let tainted = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == REMOVING_TAINT));
+    (n.labels().get(RUNTIME_LABEL).cloned(), tainted)
+}

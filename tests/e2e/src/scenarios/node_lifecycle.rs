@@ -1,7 +1,6 @@
 //! The node lifecycle on a real cluster: installer pods that the API refuses (Pod Security),
 //! opt-out that drains wasm pods before the uninstall, a rollout that waits for its slot,
 //! re-opting in while the runtime is being removed, and removing wasmkube with its script.
-use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
@@ -130,23 +129,16 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
     println!("  wasm pod {running} runs; opting out");
     let runc_before = runc_pods(c).await?;
 
+    // Watch the node go through draining → removing (a watch sees every state, however
+    // short), and poll where the wasm pod is when the uninstall starts.
+    let recorder = node::Recorder::start(c).await?;
     annotate(c, false)?;
-    // Watch the node go through draining → removing, and see where the wasm pod is when the
-    // uninstall starts.
-    let saw_taint = Cell::new(false);
-    let states: RefCell<Vec<Option<String>>> = RefCell::new(Vec::new());
     let pod_at_removing = until(
         "the node to reach removing",
         Duration::from_secs(120),
         Duration::from_millis(200),
         || async {
             let (label, _) = node::runtime(c).await?;
-            if node::taints(c).await?.iter().any(|t| t == REMOVING_TAINT) {
-                saw_taint.set(true);
-            }
-            if states.borrow().last() != Some(&label) {
-                states.borrow_mut().push(label.clone());
-            }
             Ok(match label.as_deref() {
                 // A pod whose containers have stopped (the kubelet sets a terminal phase
                 // before the object goes) no longer runs on the runtime.
@@ -174,7 +166,28 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
         },
     )
     .await?;
-    let (saw_taint, states) = (saw_taint.get(), states.into_inner());
+    // The watch may deliver `removing` a moment after the poll saw it.
+    let seen = within(
+        "the node watch to see the removal",
+        Duration::from_secs(10),
+        || async {
+            let seen = recorder.seen();
+            Ok(
+                if seen
+                    .iter()
+                    .any(|(s, _)| matches!(s.as_deref(), Some("removing") | None))
+                {
+                    Poll::Done(seen)
+                } else {
+                    Poll::NotYet(format!("{seen:?}"))
+                },
+            )
+        },
+    )
+    .await?;
+    drop(recorder);
+    let saw_taint = seen.iter().any(|(_, tainted)| *tainted);
+    let states: Vec<Option<String>> = seen.into_iter().map(|(s, _)| s).collect();
     println!("  states seen: {states:?}");
     ensure!(
         states.iter().any(|s| s.as_deref() == Some("draining")),
