@@ -8,7 +8,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
     core::v1::Service,
 };
-use kube::{api::ListParams, Api};
+use kube::{api::ListParams, Api, ResourceExt};
 use wasmkube_operator::crd::WasmApp;
 use wasmkube_operator::names::{labels, FIELD_MANAGER, HANDOVER_FIELD_MANAGER};
 
@@ -145,10 +145,57 @@ pub async fn serves_through_service(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// Every pod object of the app, terminating ones included.
+async fn all_pods(c: &Cluster) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector()))
+        .await?
+        .items)
+}
+
+/// `kubectl scale` up to 3 and down to 1 (the two pods removed stop on SIGTERM: their objects
+/// are gone well inside the 30 s grace period, while the one kept serves on), then up to 3 again
+/// for the autoscaling scenario.
 pub async fn scale(c: &Cluster) -> Result<()> {
     c.kubectl(&["scale", &format!("wapp/{APP}"), "--replicas=3"])?;
     wait_ready_replicas(c, 3, Duration::from_secs(120)).await?;
     print!("{}", c.kubectl(&["get", "wapp", APP])?);
+
+    let kept_before: Vec<String> = ready_pods(c).await?.iter().map(|p| p.name_any()).collect();
+    let started = Instant::now();
+    c.kubectl(&["scale", &format!("wapp/{APP}"), "--replicas=1"])?;
+    let left = within(
+        "the app's pods to be down to 1 object",
+        Duration::from_secs(25),
+        || async {
+            let pods = all_pods(c).await?;
+            Ok(if pods.len() == 1 {
+                Poll::Done(pods)
+            } else {
+                Poll::NotYet(format!("{} pod objects", pods.len()))
+            })
+        },
+    )
+    .await
+    .context("scaled-down wasm pods did not stop on SIGTERM before the grace period")?;
+    let gone_after = started.elapsed();
+    wait_ready_replicas(c, 1, Duration::from_secs(30)).await?;
+    ensure!(
+        kept_before.contains(&left[0].name_any()),
+        "the pod kept ({}) is not one of those that ran before ({kept_before:?})",
+        left[0].name_any()
+    );
+    let ip = super::serving::cluster_ip(c, NS, APP).await?;
+    super::serving::get(c, &ip, "/after-scale-down").await?;
+    println!(
+        "  scaled 3 -> 1: two pods gone {:.1} s after kubectl scale (grace period 30 s); the kept \
+         one serves",
+        gone_after.as_secs_f64()
+    );
+
+    c.kubectl(&["scale", &format!("wapp/{APP}"), "--replicas=3"])?;
+    wait_ready_replicas(c, 3, Duration::from_secs(120)).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 pub mod app_pods;
 pub mod apps;
 pub mod config;
+pub mod in_pod;
 pub mod install;
 pub mod keyvalue;
 pub mod lifecycle;
@@ -70,6 +71,12 @@ pub fn all() -> Runner {
                 ))
             },
         )
+        .scenario("command_jobs_run_to_completion_with_args_and_logs", |c| {
+            Box::pin(in_pod::command_jobs_run_to_completion_with_args_and_logs(c))
+        })
+        .scenario("memory_limit_refuses_requests_without_a_restart", |c| {
+            Box::pin(in_pod::memory_limit_refuses_requests_without_a_restart(c))
+        })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))
         })

@@ -11,8 +11,10 @@ use anyhow::{ensure, Context as _, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use wasmkube_oci::{
+    build_archive,
+    inspect::read_archive_bytes,
     registry::{self, Credentials, RegistryOptions},
-    ImageRef,
+    ImagePlatform, ImageRef, PackOptions,
 };
 use wasmkube_operator::crd::{conditions, reasons, WasmApp};
 
@@ -156,18 +158,39 @@ pub async fn private_image_pulls_with_its_pull_secret_only(c: &Cluster) -> Resul
 
 /// `tests/guests`' wasi:http component, as the one build left it.
 pub(super) fn hello_component() -> Result<std::path::PathBuf> {
+    guest("wasm32-wasip2", "http_hello.wasm")
+}
+
+/// A built test guest (`tests/guests`, by scripts/build.sh): `target`'s release `file`.
+pub(super) fn guest(target: &str, file: &str) -> Result<std::path::PathBuf> {
     let guests = std::env::var("WASMKUBE_GUESTS_DIR").unwrap_or_else(|_| {
         let target =
             std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "/var/tmp/wasmkube-target".into());
         format!("{target}/guests")
     });
-    let path = std::path::PathBuf::from(guests).join("wasm32-wasip2/release/http_hello.wasm");
+    let path = std::path::PathBuf::from(guests).join(format!("{target}/release/{file}"));
     ensure!(
         path.is_file(),
         "{} is not built (scripts/build.sh)",
         path.display()
     );
     Ok(path)
+}
+
+/// Packs test guest `file` of `target` as the tar-layer image `wasmkube pack` writes (for
+/// linux/amd64, as scripts/images.sh does, so every containerd version unpacks it) and pushes
+/// it to the open registry as `localhost:5001/e2e/<repo>:0.1.0`; returns that reference.
+pub(super) async fn push_guest(target: &str, file: &str, repo: &str) -> Result<String> {
+    let module = std::fs::read(guest(target, file)?)?;
+    let reference = format!("{OPEN}/e2e/{repo}:0.1.0");
+    let image_ref: ImageRef = reference.parse()?;
+    let mut opts = PackOptions::new(image_ref.clone());
+    opts.platform = Some(ImagePlatform::linux_amd64());
+    let packed = build_archive(file, &module, &opts)?;
+    let image = read_archive_bytes(&packed.archive, std::path::Path::new(file))?.image;
+    let pushed = registry::push(&image, &image_ref, &RegistryOptions::default()).await?;
+    println!("  pushed {reference} ({file}): {}", pushed.manifest_digest);
+    Ok(reference)
 }
 
 /// `wkg` from crates.io (scripts/prereqs.sh installs it), if on PATH or in WASMKUBE_WKG.

@@ -84,3 +84,15 @@ pub async fn get(c: &Cluster, ip: &str, path: &str) -> Result<String> {
     )
     .await
 }
+
+/// One GET of `url` from the node, whatever its status: (status, headers and body as curl
+/// prints them with `-i`).
+pub fn http_status(c: &Cluster, url: &str) -> Result<(u16, String)> {
+    let out = c.node_sh(&format!("curl -sS -i --max-time 20 '{url}'"))?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status from {url}: {out:?}"))?;
+    Ok((status, out))
+}
