@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the Kubernetes server binaries, kubectl, crictl and CoreDNS from their Go modules
-# (pinned in k8s/, crictl/ and coredns/ go.mod+go.sum) into
+# Build the Kubernetes server binaries, kubectl, crictl, CoreDNS and metrics-server from their Go
+# modules (pinned in k8s/, crictl/, coredns/ and metrics-server/ go.mod+go.sum) into
 #   /var/tmp/wasmkube-k8s/$K8S_VERSION/bin/
 # Needs only a Go toolchain and the Go module proxy. Binaries already built
 # from the same go.mod/go.sum, Go version and flags are skipped (stamp files).
@@ -20,7 +20,7 @@ export GOMODCACHE="${GOMODCACHE_OVERRIDE:-/var/tmp/wasmkube-go/mod}"
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns)
+ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns metrics-server)
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
 
@@ -62,6 +62,8 @@ build_one() {
       moddir="$HERE/k8s"; pkg="./cmd/apiserver-forward"; ldflags="-s -w"; tags="" ;;
     coredns) # CoreDNS with the plugins the cluster uses (coredns/main.go)
       moddir="$HERE/coredns"; pkg="./"; ldflags="-s -w"; tags="" ;;
+    metrics-server) # the HPA's resource metrics (metrics.k8s.io), from the kubelets' /metrics/resource
+      moddir="$HERE/metrics-server"; pkg="sigs.k8s.io/metrics-server/cmd/metrics-server"; ldflags="-s -w"; tags="" ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl)
       moddir="$HERE/k8s"; pkg="k8s.io/kubernetes/cmd/$name"; ldflags="$K8S_LDFLAGS"; tags="$K8S_TAGS" ;;
     *) die "unknown binary: $name (known: ${ALL[*]})" ;;
@@ -88,7 +90,7 @@ t_all=$SECONDS
 log "Kubernetes $K8S_VERSION + crictl $CRICTL_VERSION with $go_version into $BIN_DIR"
 log "GOCACHE=$GOCACHE GOMODCACHE=$GOMODCACHE"
 t0=$SECONDS
-for d in k8s crictl coredns; do (cd "$HERE/$d" && go mod download) || die "go mod download failed in $d"; done
+for d in k8s crictl coredns metrics-server; do (cd "$HERE/$d" && go mod download) || die "go mod download failed in $d"; done
 log "modules downloaded/verified in $((SECONDS - t0)) s"
 for b in "${TARGETS[@]}"; do build_one "$b"; done
 # crictl reads crictl.yaml beside its binary when /etc/crictl.yaml is absent.

@@ -45,6 +45,7 @@ KUBELET_HEALTHZ_PORT=16248
 KUBE_PROXY_HEALTHZ_PORT=16256
 KUBE_PROXY_METRICS_PORT=16249
 COREDNS_READY_PORT=16181
+METRICS_SERVER_PORT=14443
 # Registries (Debian's docker-registry, distribution v2), plain HTTP on loopback as kind's
 # local-registry pattern has it: REGISTRY serves anyone and is the node's mirror of docker.io
 # (the project's docker.io/wasmkube/* images are pushed there, the node pulls them through it);
@@ -57,7 +58,7 @@ REGISTRY_AUTH_PASSWORD_FILE=$CLUSTER_DIR/registry-auth.password
 WASMKUBE_CLI=${WASMKUBE_CLI:-${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}/x86_64-unknown-linux-gnu/release/wasmkube}
 
 # Components in start order (down.sh stops them in reverse; containerd separately).
-COMPONENTS=(registry registry-auth etcd kube-apiserver apiserver-forward coredns kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(registry registry-auth etcd kube-apiserver apiserver-forward coredns kube-controller-manager kube-scheduler kubelet kube-proxy metrics-server)
 
 # Host paths a node's Kubernetes creates; down.sh removes those that did not exist before up.
 HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/containerd

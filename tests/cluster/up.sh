@@ -24,7 +24,7 @@ for img in "$@"; do [[ -f "$img" ]] || die "image archive not found: $img"; done
 
 # ---------------------------------------------------------------- prerequisites
 phase=$EPOCHREALTIME
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl apiserver-forward coredns metrics-server; do
   if [[ ! -x "$BIN_DIR/$b" ]]; then
     log "$BIN_DIR/$b missing: running build.sh (a cold build takes ~10 min on 2 cores)"
     "$HERE/build.sh"
@@ -107,9 +107,14 @@ phase=$EPOCHREALTIME
 ossl() { openssl "$@" 2>>"$LOG_DIR/openssl.log"; }
 ossl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/ca.key"
 ossl req -x509 -new -key "$PKI_DIR/ca.key" -days 3650 -subj "/CN=wasmkube-test-ca" -out "$PKI_DIR/ca.crt"
-# cert NAME SUBJECT USAGE(client|server|both) [SAN]
+# The aggregation layer's own CA (as kubeadm's front-proxy-ca): only the apiserver's proxy client
+# holds a certificate from it, so no other client can assert X-Remote-User to an extension server.
+ossl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/front-proxy-ca.key"
+ossl req -x509 -new -key "$PKI_DIR/front-proxy-ca.key" -days 3650 -subj "/CN=wasmkube-test-front-proxy-ca" \
+  -out "$PKI_DIR/front-proxy-ca.crt"
+# [CA=NAME] cert NAME SUBJECT USAGE(client|server|both) [SAN]   (CA defaults to ca)
 cert() {
-  local name=$1 subj=$2 usage=$3 san=${4:-} eku ext="$PKI_DIR/$1.ext"
+  local name=$1 subj=$2 usage=$3 san=${4:-} eku ext="$PKI_DIR/$1.ext" ca=${CA:-ca}
   case $usage in client) eku=clientAuth ;; server) eku=serverAuth ;; both) eku=serverAuth,clientAuth ;; esac
   { echo "basicConstraints=critical,CA:FALSE"
     echo "keyUsage=critical,digitalSignature,keyEncipherment"
@@ -117,7 +122,7 @@ cert() {
     [[ -z "$san" ]] || echo "subjectAltName=$san"; } > "$ext"
   ossl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/$name.key"
   ossl req -new -key "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr"
-  ossl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" -CAcreateserial \
+  ossl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/$ca.crt" -CAkey "$PKI_DIR/$ca.key" -CAcreateserial \
     -days 3650 -extfile "$ext" -out "$PKI_DIR/$name.crt"
   rm -f "$PKI_DIR/$name.csr" "$ext"
 }
@@ -130,6 +135,8 @@ cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" server "IP:127.
 cert controller-manager "/CN=system:kube-controller-manager" client
 cert scheduler "/CN=system:kube-scheduler" client
 cert kube-proxy "/CN=system:kube-proxy" client
+CA=front-proxy-ca cert front-proxy-client "/CN=front-proxy-client" client
+cert metrics-server "/CN=metrics-server" server "DNS:metrics-server.kube-system.svc,IP:$POD_GATEWAY"
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI_DIR/sa.key"
 ossl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub"
 chmod 600 "$PKI_DIR"/*.key
@@ -372,6 +379,11 @@ start kube-apiserver "$BIN_DIR/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI_DIR/sa.pub" --service-account-signing-key-file="$PKI_DIR/sa.key" \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --requestheader-client-ca-file="$PKI_DIR/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI_DIR/front-proxy-client.crt" \
+  --proxy-client-key-file="$PKI_DIR/front-proxy-client.key" \
   --allow-privileged=true --service-cluster-ip-range="$SERVICE_CIDR" \
   --profiling=false --v=1
 wait_for kube-apiserver "apiserver /readyz" \
@@ -443,7 +455,8 @@ start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
   --root-ca-file="$PKI_DIR/ca.crt" --service-account-private-key-file="$PKI_DIR/sa.key" \
   --use-service-account-credentials=true --controllers='*' \
-  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1
+  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1 \
+  --horizontal-pod-autoscaler-downscale-stabilization=30s
 start kube-scheduler "$BIN_DIR/kube-scheduler" \
   --kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
@@ -540,6 +553,57 @@ wait_for coredns "CoreDNS /ready (its kubernetes plugin synced)" coredns_ready
 # A name through the Service address, as a pod asks it (kube-proxy DNAT -> CoreDNS).
 dns_answers() { [[ "$(dig +short +time=2 +tries=1 "@$DNS_SVC_IP" kubernetes.default.svc.cluster.local A)" == "$KUBERNETES_SVC_IP" ]]; }
 wait_for coredns "kubernetes.default.svc.cluster.local from $DNS_SVC_IP" dns_answers
+# metrics-server (resource metrics for the HPA): a host process like CoreDNS, behind an
+# APIService whose Service points at the pod gateway; it scrapes the kubelet's /metrics/resource
+# and checks the kubelet's serving certificate against the cluster CA.
+start metrics-server "$BIN_DIR/metrics-server" \
+  --kubeconfig="$ADMIN_KUBECONFIG" --authentication-kubeconfig="$ADMIN_KUBECONFIG" \
+  --authorization-kubeconfig="$ADMIN_KUBECONFIG" \
+  --bind-address="$POD_GATEWAY" --secure-port="$METRICS_SERVER_PORT" \
+  --tls-cert-file="$PKI_DIR/metrics-server.crt" --tls-private-key-file="$PKI_DIR/metrics-server.key" \
+  --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port \
+  --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=15s
+kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+  labels: {k8s-app: metrics-server}
+spec:
+  ports:
+  - {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server-host
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: metrics-server
+    endpointslice.kubernetes.io/managed-by: up.sh.wasmkube.local
+addressType: IPv4
+endpoints:
+- addresses: ["$POD_GATEWAY"]
+  conditions: {ready: true}
+ports:
+- {name: https, port: $METRICS_SERVER_PORT, protocol: TCP}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+  labels: {k8s-app: metrics-server}
+spec:
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  group: metrics.k8s.io
+  version: v1beta1
+  caBundle: $(base64 -w0 "$PKI_DIR/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+metrics_available() { [[ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]; }
+wait_for metrics-server "APIService v1beta1.metrics.k8s.io Available" metrics_available
 # The address must survive the kubelet's status updates.
 addr() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
 [[ "$(addr)" == 127.0.0.1 ]] || { warn "node InternalIP lost: setting it again"; set_node_address; }

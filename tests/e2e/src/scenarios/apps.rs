@@ -10,13 +10,13 @@ use k8s_openapi::api::{
 };
 use kube::{api::ListParams, Api, ResourceExt};
 use wasmkube_operator::crd::WasmApp;
-use wasmkube_operator::names::{labels, FIELD_MANAGER, HANDOVER_FIELD_MANAGER};
+use wasmkube_operator::names::labels;
 
 use crate::events;
 use crate::wait::{within, Poll};
 use crate::Cluster;
 
-const APP: &str = "hello-http";
+pub(super) const APP: &str = "hello-http";
 pub(super) const NS: &str = "default";
 pub(super) const EXAMPLE: &str = "examples/hello-http/wasmapp.yaml";
 
@@ -25,7 +25,7 @@ pub(super) fn selector() -> String {
 }
 
 /// Running, ready pods of the app.
-async fn ready_pods(c: &Cluster) -> Result<Vec<Pod>> {
+pub(super) async fn ready_pods(c: &Cluster) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     Ok(pods
         .list(&ListParams::default().labels(&selector()))
@@ -42,7 +42,7 @@ async fn ready_pods(c: &Cluster) -> Result<Vec<Pod>> {
         .collect())
 }
 
-async fn wait_ready_replicas(c: &Cluster, n: usize, timeout: Duration) -> Result<()> {
+pub(super) async fn wait_ready_replicas(c: &Cluster, n: usize, timeout: Duration) -> Result<()> {
     let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
     within(&format!("{n} ready replicas of {APP}"), timeout, || async {
         let pods = ready_pods(c).await?.len();
@@ -239,65 +239,6 @@ pub async fn cel_rejects_invalid(c: &Cluster) -> Result<()> {
             "{name} exists after the rejection"
         );
     }
-    Ok(())
-}
-
-pub async fn autoscaling_keeps_replicas(c: &Cluster) -> Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
-    let replicas = |d: &Deployment| d.spec.replicas;
-    ensure!(
-        replicas(&deployments.get(APP).await?) == Some(3),
-        "not at 3 replicas before"
-    );
-    c.kubectl(&[
-        "patch", "wapp", APP, "--type=merge", "-p",
-        r#"{"spec":{"autoscaling":{"minReplicas":1,"maxReplicas":5,"targetCPUUtilizationPercentage":80}}}"#,
-    ])?;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.client.clone(), NS);
-    let start = Instant::now();
-    let mut hpa_seen = false;
-    // Watch the count closely while the operator re-applies and the HPA takes over: it must
-    // never dip (the bug this guards against dropped it to 1).
-    while start.elapsed() < Duration::from_secs(20) {
-        let d = deployments.get(APP).await?;
-        let n = replicas(&d);
-        if n != Some(3) {
-            bail!("spec.replicas went to {n:?} after turning autoscaling on");
-        }
-        hpa_seen = hpa_seen || hpas.get_opt(APP).await?.is_some();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    ensure!(hpa_seen, "no HorizontalPodAutoscaler was created");
-    let d = deployments.get(APP).await?;
-    let owners: Vec<String> = d
-        .metadata
-        .managed_fields
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
-        })
-        .filter_map(|m| m.manager)
-        .collect();
-    println!("  spec.replicas managed by {owners:?}");
-    ensure!(
-        !owners.iter().any(|m| m == FIELD_MANAGER),
-        "the operator still owns spec.replicas"
-    );
-    ensure!(
-        owners.iter().any(|m| m == HANDOVER_FIELD_MANAGER),
-        "spec.replicas was not handed over"
-    );
-    wait_ready_replicas(c, 3, Duration::from_secs(30)).await?;
-    let apps: Api<WasmApp> = Api::namespaced(c.client.clone(), NS);
-    let status = apps.get(APP).await?.status.unwrap_or_default();
-    ensure!(
-        status.autoscaler_name.as_deref() == Some(APP),
-        "status.autoscalerName {:?}",
-        status.autoscaler_name
-    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! wasmkube with its uninstall script.
 pub mod app_pods;
 pub mod apps;
+pub mod autoscaling;
 pub mod config;
 pub mod in_pod;
 pub mod install;
@@ -89,8 +90,11 @@ pub fn all() -> Runner {
         .scenario("refused_child_reaches_status_and_events", |c| {
             Box::pin(apps::refused_child_reaches_status(c))
         })
-        .scenario("autoscaling_on_keeps_running_replicas", |c| {
-            Box::pin(apps::autoscaling_keeps_replicas(c))
+        .scenario("autoscaling_on_and_off_keeps_running_pods", |c| {
+            Box::pin(autoscaling::autoscaling_on_and_off_keeps_running_pods(c))
+        })
+        .scenario("hpa_scales_a_wasm_app_on_cpu_load", |c| {
+            Box::pin(autoscaling::hpa_scales_a_wasm_app_on_cpu_load(c))
         })
         .scenario("deleting_wasmapp_collects_children", |c| {
             Box::pin(apps::delete_collects_children(c))
