@@ -396,6 +396,12 @@ pub struct Autoscaling {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
+    /// How long the load must stay low before the HPA scales down (its
+    /// `behavior.scaleDown.stabilizationWindowSeconds`); unset: the cluster's default (5
+    /// minutes unless the controller-manager says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
 }
 
 fn default_min_replicas() -> i32 {

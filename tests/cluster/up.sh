@@ -455,8 +455,7 @@ start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
   --root-ca-file="$PKI_DIR/ca.crt" --service-account-private-key-file="$PKI_DIR/sa.key" \
   --use-service-account-credentials=true --controllers='*' \
-  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1 \
-  --horizontal-pod-autoscaler-downscale-stabilization=30s
+  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1
 start kube-scheduler "$BIN_DIR/kube-scheduler" \
   --kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \

@@ -68,6 +68,14 @@ for image in operator node-installer hello-http http-outbound http-grants redis 
     name=$(tar -xOf "$IMAGES/$image.tar" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
     "$BIN_DIR/wasmkube" push "$IMAGES/$image.tar" "localhost:5001/${name#docker.io/}"
 done
+# metrics-server, as kind's users install it (its release manifest; kind's kubelets serve
+# self-signed certificates, hence --kubelet-insecure-tls): the HPA scenario needs it.
+METRICS_SERVER_VERSION=v0.8.0 # tests/cluster/metrics-server/go.mod builds the same release
+kubectl --context "kind-$CLUSTER" apply -f \
+    "https://github.com/kubernetes-sigs/metrics-server/releases/download/$METRICS_SERVER_VERSION/components.yaml"
+kubectl --context "kind-$CLUSTER" -n kube-system patch deployment metrics-server --type=json \
+    -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'
+kubectl --context "kind-$CLUSTER" -n kube-system rollout status deployment metrics-server --timeout=180s
 WASMKUBE_WKG=$(scripts/wkg.sh)
 export WASMKUBE_WKG
 

@@ -7,8 +7,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         autoscaling::v2::{
-            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-            MetricSpec, MetricTarget, ResourceMetricSource,
+            CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+            HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+            ResourceMetricSource,
         },
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext,
@@ -349,7 +350,15 @@ pub fn autoscaler(app: &WasmApp) -> Option<HorizontalPodAutoscaler> {
                 }),
                 ..MetricSpec::default()
             }]),
-            ..HorizontalPodAutoscalerSpec::default()
+            behavior: a.scale_down_stabilization_seconds.map(|seconds| {
+                HorizontalPodAutoscalerBehavior {
+                    scale_down: Some(HPAScalingRules {
+                        stabilization_window_seconds: Some(seconds),
+                        ..HPAScalingRules::default()
+                    }),
+                    ..HorizontalPodAutoscalerBehavior::default()
+                }
+            }),
         },
         status: None,
     })

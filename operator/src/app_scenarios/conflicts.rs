@@ -146,6 +146,7 @@ async fn every_conflict_is_named_in_one_message() {
         min_replicas: 1,
         max_replicas: 3,
         target_cpu_utilization_percentage: 80,
+        scale_down_stabilization_seconds: None,
     });
     let a = app(s, 1, None);
     let steps = vec![

@@ -10,6 +10,7 @@ async fn autoscaling_on_applies_hpa_and_leaves_replicas_to_it() {
         min_replicas: 2,
         max_replicas: 8,
         target_cpu_utilization_percentage: 60,
+        scale_down_stabilization_seconds: None,
     });
     let a = app(s, 2, Some(old_status(true, 1)));
     let steps = vec![

@@ -190,6 +190,7 @@ fn autoscaling_builds_hpa_and_releases_replicas() {
             min_replicas: 2,
             max_replicas: 10,
             target_cpu_utilization_percentage: 70,
+            scale_down_stabilization_seconds: Some(30),
         }),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([(
@@ -213,6 +214,14 @@ fn autoscaling_builds_hpa_and_releases_replicas() {
         hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
         70
     );
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        30
+    );
+    assert!(
+        hpa["spec"]["behavior"].get("scaleUp").is_none(),
+        "scale-up keeps the cluster's default"
+    );
     assert!(build(&app(basic())).expect("valid").autoscaler.is_none());
 }
 
@@ -235,6 +244,7 @@ fn invalid_specs_are_refused_with_a_reason() {
             min_replicas: 1,
             max_replicas: 3,
             target_cpu_utilization_percentage: 80,
+            scale_down_stabilization_seconds: None,
         }),
         ..basic()
     };
