@@ -33,7 +33,7 @@ use kube::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::apply::{apply_children, Outcome};
 use self::children::{ChildStores, ChildWriters, WriterSlot};
@@ -164,8 +164,13 @@ async fn publish(
         secondary: None,
     };
     // Events are best effort: a failure to record one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
-        warn!(error = %e, app = %app.name_any(), "cannot publish event");
+    match ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        Ok(()) => {}
+        // The app goes with its namespace: nobody will read the event.
+        Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
+            debug!(app = %app.name_any(), "namespace being deleted: event not recorded");
+        }
+        Err(e) => warn!(error = %e, app = %app.name_any(), "cannot publish event"),
     }
 }
 
@@ -188,6 +193,17 @@ fn now() -> Time {
 /// immutable field, a port in use), as opposed to a passing failure (throttling, timeouts, 5xx).
 fn refused(code: u16) -> bool {
     (400..500).contains(&code) && code != 408 && code != 429
+}
+
+/// Whether the API server refused an object because its namespace is being deleted (403 with
+/// cause `NamespaceTerminating`, from the NamespaceLifecycle admission plugin): the app goes with
+/// its namespace, so there is nothing to report and nothing to retry.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 /// Reports an app whose children were not (all) applied: `new` as status (when it changed) and,
@@ -229,6 +245,12 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.name"))?;
     let apps: Api<WasmApp> = Api::namespaced(ctx.client.clone(), &ns);
     let old = app.status.as_ref();
+    if app.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the children it owns.
+        debug!(app = %name, namespace = %ns, "being deleted: nothing to apply");
+        ctx.backoff.reset(&ObjectRef::from_obj(app.as_ref()));
+        return Ok(Action::await_change());
+    }
 
     let objects = match build::build(&app).map_err(Error::from) {
         Ok(objects) => objects,
@@ -244,35 +266,41 @@ pub async fn reconcile(app: Arc<WasmApp>, ctx: Arc<Context>) -> Result<Action> {
         Err(e) => return Err(e),
     };
     let has_service = objects.service.is_some();
-    let (applied, service_name, autoscaler_name) =
-        match apply_children(&ctx, &app, &ns, &name, objects).await {
-            Ok(Outcome::Applied {
-                deployment,
-                service,
-                autoscaler,
-            }) => (deployment, service, autoscaler),
-            Ok(Outcome::Conflicts(conflicts)) => {
-                let message = conflicts
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let new = status::child_conflict(&app, &message, &now());
-                report_not_applied(&ctx, &app, new, reasons::CHILD_CONFLICT, "Apply", message)
-                    .await?;
-                // Foreign objects are not watched: look again with back-off until it is resolved.
-                let delay = ctx.backoff.next_delay(ObjectRef::from_obj(app.as_ref()));
-                return Ok(Action::requeue(delay));
-            }
-            Err(Error::Kube(kube::Error::Api(status))) if refused(status.code) => {
-                let message = format!("{} ({}): {}", status.reason, status.code, status.message);
-                let new = status::apply_failed(&app, &message, &now());
-                report_not_applied(&ctx, &app, new, reasons::APPLY_FAILED, "Apply", message)
-                    .await?;
-                return Err(Error::Kube(kube::Error::Api(status)));
-            }
-            Err(e) => return Err(e),
-        };
+    let (applied, service_name, autoscaler_name) = match apply_children(
+        &ctx, &app, &ns, &name, objects,
+    )
+    .await
+    {
+        Ok(Outcome::Applied {
+            deployment,
+            service,
+            autoscaler,
+        }) => (deployment, service, autoscaler),
+        Ok(Outcome::Conflicts(conflicts)) => {
+            let message = conflicts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let new = status::child_conflict(&app, &message, &now());
+            report_not_applied(&ctx, &app, new, reasons::CHILD_CONFLICT, "Apply", message).await?;
+            // Foreign objects are not watched: look again with back-off until it is resolved.
+            let delay = ctx.backoff.next_delay(ObjectRef::from_obj(app.as_ref()));
+            return Ok(Action::requeue(delay));
+        }
+        Err(Error::Kube(kube::Error::Api(status))) if namespace_terminating(&status) => {
+            debug!(app = %name, namespace = %ns, "namespace being deleted: children not applied");
+            ctx.backoff.reset(&ObjectRef::from_obj(app.as_ref()));
+            return Ok(Action::await_change());
+        }
+        Err(Error::Kube(kube::Error::Api(status))) if refused(status.code) => {
+            let message = format!("{} ({}): {}", status.reason, status.code, status.message);
+            let new = status::apply_failed(&app, &message, &now());
+            report_not_applied(&ctx, &app, new, reasons::APPLY_FAILED, "Apply", message).await?;
+            return Err(Error::Kube(kube::Error::Api(status)));
+        }
+        Err(e) => return Err(e),
+    };
 
     let children = Children {
         service_name,

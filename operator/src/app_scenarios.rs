@@ -1,6 +1,7 @@
 //! App controller scenarios against the mock API server: one test per behaviour.
 
 mod conflicts;
+mod deletion;
 mod optional_children;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};

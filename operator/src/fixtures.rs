@@ -151,6 +151,23 @@ impl Step {
         self
     }
 
+    /// Answers 403 as the API server's NamespaceLifecycle admission does for a new object in a
+    /// namespace being deleted (cause `NamespaceTerminating`).
+    pub fn namespace_terminating(mut self, namespace: &str) -> Self {
+        self.status = StatusCode::FORBIDDEN;
+        self.reply = Reply::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Forbidden", "code": 403,
+            "message": format!("deployments.apps \"hello\" is forbidden: unable to create new \
+                content in namespace {namespace} because it is being terminated"),
+            "details": {"name": "hello", "group": "apps", "kind": "deployments", "causes": [{
+                "reason": "NamespaceTerminating", "field": "metadata.namespace",
+                "message": format!("namespace {namespace} is being terminated"),
+            }]}
+        }));
+        self
+    }
+
     /// Answers with an error status (e.g. 500, 409).
     pub fn fail(mut self, code: u16, reason: &str) -> Self {
         self.status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

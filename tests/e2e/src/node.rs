@@ -227,3 +227,64 @@ fn observed(n: &Node) -> (Option<String>, bool) {
         .is_some_and(|t| t.iter().any(|t| t.key == REMOVING_TAINT));
     (n.labels().get(RUNTIME_LABEL).cloned(), tainted)
 }
+
+/// Collects the results of the node's installer pods of `component` (`install`, `uninstall`)
+/// from a watch started now: the operator acts on an uninstall pod's result and the pod goes
+/// with the node's label, so only a watch is sure to see it.
+pub struct Results {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Results {
+    pub async fn start(c: &Cluster, component: &str) -> Result<Self> {
+        use futures::StreamExt as _;
+        use kube::api::{WatchEvent, WatchParams};
+        let pods: Api<Pod> = Api::namespaced(c.client.clone(), "wasmkube-system");
+        let labels = format!(
+            "{}={},{}={component}",
+            labels::NAME,
+            installer::NAME,
+            labels::COMPONENT
+        );
+        let list = pods.list(&ListParams::default().labels(&labels)).await?;
+        let rv = list
+            .metadata
+            .resource_version
+            .context("pod list without resourceVersion")?;
+        let mut stream = pods
+            .watch(&WatchParams::default().labels(&labels), &rv)
+            .await?
+            .boxed();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let node = c.node.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                if let WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p) =
+                    event
+                {
+                    let on_node =
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
+                    if let (true, Ok(result)) = (on_node, installer_result(&p)) {
+                        let mut seen = into.lock().unwrap_or_else(|e| e.into_inner());
+                        if !seen.contains(&result) {
+                            seen.push(result);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { seen, task })
+    }
+
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Results {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

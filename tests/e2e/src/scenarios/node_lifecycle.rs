@@ -132,6 +132,7 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
     // Watch the node go through draining → removing (a watch sees every state, however
     // short), and poll where the wasm pod is when the uninstall starts.
     let recorder = node::Recorder::start(c).await?;
+    let results = node::Results::start(c, "uninstall").await?;
     annotate(c, false)?;
     let pod_at_removing = until(
         "the node to reach removing",
@@ -200,6 +201,20 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
     );
     node::wait_clean(c, Duration::from_secs(240)).await?;
     assert_runtime_gone(c)?;
+    // The uninstall pod's own word, not only its effects.
+    let results = results.seen();
+    let result = results
+        .last()
+        .context("no result from the uninstall pod was seen")?;
+    ensure!(
+        result["state"] == "uninstalled"
+            && result["changes"].as_array().is_some_and(|c| !c.is_empty()),
+        "the uninstall pod's result: {result}"
+    );
+    println!(
+        "  uninstall pod's result: {} (changes {})",
+        result["state"], result["changes"]
+    );
     let runc_after = runc_pods(c).await?;
     ensure!(
         runc_before == runc_after,
@@ -403,6 +418,21 @@ pub async fn uninstall_script_leaves_nodes_clean(c: &Cluster) -> Result<()> {
         label.as_deref() == Some("ready"),
         "the node should still be provisioned before the removal (label {label:?})"
     );
+    // A live WasmApp when the CRD goes: it is deleted with its CRD, and its children with it.
+    c.fresh_namespace(UNINSTALL_NS)?;
+    let (ok, _, err) = apply(
+        c,
+        "live-at-uninstall",
+        &wasm_app_of(
+            UNINSTALL_NS,
+            "live",
+            "docker.io/wasmkube/hello-http:0.1.0",
+            "",
+        ),
+    )?;
+    ensure!(ok, "applying WasmApp live: {err}");
+    let ip = cluster_ip(c, UNINSTALL_NS, "live").await?;
+    get(c, &ip, "/before-uninstall").await?;
     let out = std::process::Command::new("bash")
         .arg(c.repo.join("scripts/uninstall.sh"))
         .env("KUBECTL", c.kubectl_path())
@@ -443,5 +473,33 @@ pub async fn uninstall_script_leaves_nodes_clean(c: &Cluster) -> Result<()> {
         "wasmkube pods left: {}",
         left.items.len()
     );
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(c.client.clone());
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(c.client.clone(), UNINSTALL_NS);
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(c.client.clone(), UNINSTALL_NS);
+    within(
+        "the CRD and the live WasmApp's children to be gone",
+        Duration::from_secs(120),
+        || async {
+            let crd = crds.get_opt("wasmapps.wasmkube.dev").await?.is_some();
+            let deployment = deployments.get_opt("live").await?.is_some();
+            let service = services.get_opt("live").await?.is_some();
+            Ok(if !crd && !deployment && !service {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!(
+                    "CRD {crd}, Deployment {deployment}, Service {service}"
+                ))
+            })
+        },
+    )
+    .await?;
+    println!("  the live WasmApp went with its CRD, its Deployment and Service collected");
+    c.kubectl(&["delete", "namespace", UNINSTALL_NS, "--wait=false"])?;
     Ok(())
 }
+
+/// Namespace of the WasmApp alive when [`uninstall_script_leaves_nodes_clean`] runs.
+const UNINSTALL_NS: &str = "wk-uninstall";
