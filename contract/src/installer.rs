@@ -106,6 +106,14 @@ pub mod reasons {
     pub const VERIFY_TIMEOUT: &str = "VerifyTimeout";
     /// The wasm container did not run as expected.
     pub const WASM_CHECK_FAILED: &str = "WasmCheckFailed";
+    /// What a killed earlier run left (temp files) could not be removed.
+    pub const LEFTOVERS: &str = "Leftovers";
+    /// Uninstall: the config is reverted but the shim (or its PATH link) could not be removed.
+    pub const REMOVE_SHIM: &str = "RemoveShim";
+    /// Uninstall: done but the config backup could not be removed.
+    pub const REMOVE_BACKUP: &str = "RemoveBackup";
+    /// Uninstall: done but the compiled-module cache could not be removed.
+    pub const REMOVE_CACHE: &str = "RemoveCache";
 }
 
 #[cfg(test)]

@@ -150,16 +150,22 @@ impl RestartPlan {
             }
         };
         let describe = format!("{cmd:?}");
-        let out = cmd
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .map_err(|e| RestartError::Failed {
                 command: describe.clone(),
                 status: "not started".into(),
                 stderr: e.to_string(),
             })?;
+        crate::crash_point::crash_point("restart");
+        let out = child.wait_with_output().map_err(|e| RestartError::Failed {
+            command: describe.clone(),
+            status: "not waited for".into(),
+            stderr: e.to_string(),
+        })?;
         if !out.status.success() {
             return Err(RestartError::Failed {
                 command: describe,

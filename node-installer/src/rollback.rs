@@ -115,6 +115,7 @@ pub fn describe(changes: &[&str]) -> String {
             "link-removed" => "removed the shim's PATH link",
             "backup-dropped" => "dropped the config backup",
             "cache-removed" => "removed the shim's compiled-module cache",
+            "check-leftovers-removed" => "removed what an earlier wasm check left",
             other => other,
         })
         .collect();

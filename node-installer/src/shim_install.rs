@@ -1,17 +1,19 @@
 //! Installing the shim binary: never a half-written executable at the final path.
 //!
-//! Copy to a temp file beside the target while hashing, fsync, re-read and compare the sha256
-//! with the source, chmod 0755, rename, fsync the directory. When the target already has the
+//! Copied by the one atomic writer ([`crate::atomic_write::copy_atomic`]): a temp file beside the
+//! target, fsynced, its sha256 re-read from disk and compared with the source's, chmod 0755,
+//! renamed, the directory fsynced. When the target already has the
 //! source's sha256 nothing is written. A shim that is replaced is kept (hard link, else a copy)
 //! at [`previous_path`] until the run succeeds, so a rollback puts it back byte for byte.
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic_write::sync_dir;
+use crate::atomic_write::{copy_atomic, symlink_atomic, sync_dir, WriteError};
+use crate::crash_point::crash_point;
 
 /// The shim's file name: containerd derives it from runtime_type `io.containerd.wasmkube.v1`.
 pub const SHIM_NAME: &str = wasmkube_contract::names::SHIM_BINARY;
@@ -28,12 +30,8 @@ pub enum ShimError {
         #[source]
         source: io::Error,
     },
-    #[error("copy of the shim at {} has sha256 {got}, source has {want}; not installed", path.display())]
-    Checksum {
-        path: PathBuf,
-        want: String,
-        got: String,
-    },
+    #[error("the shim was not installed: {0}")]
+    Write(#[source] WriteError),
     #[error("the shim to install ({}) is not a regular file", path.display())]
     NotAFile { path: PathBuf },
     #[error(
@@ -90,11 +88,7 @@ fn keep_previous(dest: &Path) -> Result<Option<PathBuf>, ShimError> {
 pub fn restore_previous(prev: &Path, dest: &Path) -> Result<(), ShimError> {
     fs::rename(prev, dest).map_err(io_err("put back the previous shim from", prev))?;
     let dir = dest.parent().unwrap_or(Path::new("/"));
-    sync_dir(dir).map_err(|e| ShimError::Io {
-        op: "fsync",
-        path: dir.to_path_buf(),
-        source: io::Error::other(e.to_string()),
-    })
+    sync_dir(dir).map_err(ShimError::Write)
 }
 
 /// Forgets the shim kept by [`install_shim`] (the run succeeded).
@@ -146,56 +140,36 @@ pub fn install_shim(src: &Path, dest: &Path) -> Result<Installed, ShimError> {
             }
         }
     }
-    let dir = dest.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-    let tmp = dest.with_file_name(format!(".{SHIM_NAME}.wasmkube-tmp-{}", std::process::id()));
-    let mut previous = None;
-    let result = (|| {
-        {
-            let mut from = File::open(src).map_err(io_err("open", src))?;
-            let mut to = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o755)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = from.read(&mut buf).map_err(io_err("read", src))?;
-                if n == 0 {
-                    break;
-                }
-                to.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+    // Kept first (a hard link the rename leaves alone): a failed copy drops it again.
+    let previous = keep_previous(dest)?;
+    let copied = copy_atomic(
+        src,
+        dest,
+        0o755,
+        || crash_point("shim-copy"),
+        |tmp| {
+            // Check what is on disk, not what we meant to write.
+            let got = sha256_file(tmp).map_err(|source| WriteError::Io {
+                op: "read back",
+                path: tmp.to_path_buf(),
+                source,
+            })?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(WriteError::Invalid {
+                    path: dest.to_path_buf(),
+                    reason: format!("the copy has sha256 {got}, the source {want}"),
+                })
             }
-            to.set_permissions(fs::Permissions::from_mode(0o755))
-                .map_err(io_err("chmod", &tmp))?;
-            to.sync_all().map_err(io_err("fsync", &tmp))?;
-        }
-        // Check what is on disk, not what we meant to write.
-        let got = sha256_file(&tmp).map_err(io_err("read back", &tmp))?;
-        if got != want {
-            return Err(ShimError::Checksum {
-                path: tmp.clone(),
-                want: want.clone(),
-                got,
-            });
-        }
-        previous = keep_previous(dest)?;
-        fs::rename(&tmp, dest).map_err(io_err("rename into place", dest))?;
-        sync_dir(dir).map_err(|e| ShimError::Io {
-            op: "fsync",
-            path: dir.to_path_buf(),
-            source: io::Error::other(e.to_string()),
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        },
+    );
+    if let Err(e) = copied {
         if let Some(prev) = &previous {
             let _ = drop_previous(prev);
         }
+        return Err(ShimError::Write(e));
     }
-    result?;
     Ok(Installed {
         path: dest.to_path_buf(),
         sha256: want,
@@ -244,15 +218,7 @@ pub fn link_shim(link: &Path, target: &str) -> Result<bool, ShimError> {
         }
         Err(_) => {}
     }
-    let dir = link.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-    let tmp = link.with_file_name(format!(".{SHIM_NAME}.wasmkube-link-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("symlink", &tmp))?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("rename into place", link)(e));
-    }
+    symlink_atomic(link, Path::new(target)).map_err(ShimError::Write)?;
     Ok(true)
 }
 

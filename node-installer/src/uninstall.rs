@@ -1,17 +1,20 @@
-//! `uninstall`: take our runtime out of the config (the original bytes when nothing else changed
-//! since install), restart containerd, verify the handler is gone, then remove the shim and the
-//! backup.
+//! `uninstall`: the transaction ([`crate::transaction`]) with the goal "containerd no longer has
+//! the wasmkube handler": take our runtime out of the config (the original bytes when nothing
+//! else changed since install), restart containerd, verify the handler is gone; its commit
+//! removes the PATH link, the shim, the backup and the compiled-module cache.
 use std::time::Instant;
 
-use crate::atomic_write::{self, read_backup, write_atomic, Backup};
+use crate::atomic_write::{self, read_backup, Backup};
 use crate::cli::Options;
-use crate::node::{unified_diff, Node};
+use crate::crash_point::crash_point;
+use crate::node::unified_diff;
 use crate::report::{Failure, Report, State};
-use crate::restart::{self, RestartPlan};
-use crate::rollback::{describe, rollback, ConfigUndo, Undo};
+use crate::rollback::describe;
 use crate::shim_cache::{self, Removal};
 use crate::shim_install::{remove_shim, shim_version, unlink_shim};
+use crate::transaction::{self, Goal, Outcome, Plan};
 use crate::verify;
+use crate::wasm_check;
 use wasmkube_contract::installer::reasons;
 
 /// Runs `uninstall`. Never panics; every outcome is in the report.
@@ -25,53 +28,30 @@ pub fn uninstall(o: &Options) -> Report {
 
 fn run(o: &Options, r: &mut Report) {
     let t = Instant::now();
-    let Some(node) = Node::for_report(o, r) else {
+    let Some(b) = transaction::begin(o, r) else {
         return;
     };
-    r.config_path = Some(node.layout.config.display().to_string());
+    let node = &b.node;
     r.shim_version = shim_version(&node.shim_dest);
-    // A dry run restarts nothing, so it does not need a way to restart.
-    let plan = match restart::plan(
-        o.restart,
-        o.restart_cmd.as_deref(),
-        &node.layout,
-        &node.host_root,
-    ) {
-        Ok(p) => p,
-        Err(_) if o.dry_run => RestartPlan::None,
-        Err(e) => {
-            return r.fail(
-                Failure::NothingChanged,
-                reasons::RESTART_PLAN,
-                e.to_string(),
-            )
-        }
-    };
-    let before = if o.skip_verify {
-        None
-    } else {
-        verify::probe(&node.socket).ok()
-    };
-    r.containerd_version = before.as_ref().map(|s| s.version.clone());
-    let major = before.as_ref().and_then(verify::CriState::major);
-    let current = match node.read_config() {
-        Ok(c) => c,
-        Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
-    };
+    let major = b.before.as_ref().and_then(verify::CriState::major);
     let backup = match read_backup(&node.config_file) {
         Ok(b) => b,
         Err(e) => return r.fail(Failure::NothingChanged, reasons::READ_BACKUP, e.to_string()),
     };
-    let desired = match node.desired_uninstall(current.as_deref(), backup.as_ref(), major) {
+    let desired = match node.desired_uninstall(b.current.as_deref(), backup.as_ref(), major) {
         Ok(d) => d,
         Err(e) => return r.fail(Failure::NothingChanged, e.reason(), e.to_string()),
     };
     r.time("detect", t);
-    let config_changed = current != desired;
+    let config_changed = b.current != desired;
     if o.dry_run {
         print!(
             "{}",
-            unified_diff(&node.layout.config, current.as_deref(), desired.as_deref())
+            unified_diff(
+                &node.layout.config,
+                b.current.as_deref(),
+                desired.as_deref()
+            )
         );
         r.state = State::DryRun;
         r.message = format!(
@@ -91,83 +71,38 @@ fn run(o: &Options, r: &mut Report) {
         return;
     }
 
-    let t = Instant::now();
-    if config_changed {
-        let written = match &desired {
-            Some(text) => write_atomic(
-                &node.config_file,
-                text.as_bytes(),
-                0o644,
-                node.validator(false),
-            )
-            .map_err(|e| e.to_string()),
-            None => atomic_write::remove(&node.config_file)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = written {
-            return r.fail(Failure::NothingChanged, reasons::WRITE_CONFIG, e);
-        }
-        let original = match &backup {
-            Some(Backup::Bytes(b)) => Some(b.as_slice()),
-            Some(Backup::Absent) | None => None,
-        };
-        r.changes.push(match &desired {
-            None => "config-removed",
-            Some(text) if original == Some(text.as_bytes()) => "config-restored",
-            Some(_) => "runtime-removed",
-        });
-    }
-    r.time("patch", t);
-    let undo = Undo {
-        config: config_changed.then(|| ConfigUndo {
-            previous: current.clone(),
-            written: desired.clone(),
-        }),
-        ..Undo::default()
+    let original = match &backup {
+        Some(Backup::Bytes(b)) => Some(b.as_slice()),
+        Some(Backup::Absent) | None => None,
     };
+    let config_change = match &desired {
+        None => "config-removed",
+        Some(text) if original == Some(text.as_bytes()) => "config-restored",
+        Some(_) => "runtime-removed",
+    };
+    let plan = Plan {
+        goal: Goal::Gone,
+        desired,
+        config_change,
+        backup: false,
+        shim_src: None,
+        link: None,
+    };
+    let Some(done) = transaction::run(o, r, &b, plan) else {
+        return;
+    };
+    transaction::commit(node, done.undo);
+    let config_changed = done.config_changed;
+    let not_restarted = matches!(done.outcome, Outcome::NotRestarted);
 
-    let still_served = before.as_ref().is_some_and(|s| s.handler.is_some());
-    let need_restart = config_changed || still_served;
-    if need_restart && plan != RestartPlan::None {
-        let t = Instant::now();
-        let restarted = plan.run();
-        r.time("restart", t);
-        if let Err(e) = restarted {
-            return rollback(
-                r,
-                &node,
-                &plan,
-                &undo,
-                reasons::RESTART_FAILED,
-                e.to_string(),
-            );
-        }
-        r.restarted = true;
-        r.changes.push("containerd-restarted");
-        if !o.skip_verify {
-            let t = Instant::now();
-            let gone = verify::wait_for(
-                &node.socket,
-                node.timeout,
-                "removal of the wasmkube handler",
-                |s| s.handler.is_none(),
-            );
-            r.time("verify", t);
-            match gone {
-                Ok(s) => {
-                    r.containerd_version = Some(s.version);
-                    r.verified = true;
-                }
-                Err(e) => return rollback(r, &node, &plan, &undo, e.reason(), e.to_string()),
-            }
-        }
-    } else if !o.skip_verify && !still_served && before.is_some() {
-        r.verified = true;
-    }
-
-    // containerd no longer starts new wasmkube pods: the shim and the backup can go.
+    // containerd no longer starts new wasmkube pods: the shim and the backup can go, and what a
+    // killed install's wasm check left (while the shim is still there to stop its task).
     let t = Instant::now();
+    match wasm_check::remove_leftovers(&node.socket, &node.host_root) {
+        Ok(0) => {}
+        Ok(_) => r.changes.push("check-leftovers-removed"),
+        Err(e) => tracing::warn!("what earlier wasm checks left stays: {e}"),
+    }
     if let Some(link) = &node.shim_link {
         match unlink_shim(link, &node.runtime_path) {
             Ok(true) => r.changes.push("link-removed"),
@@ -175,7 +110,7 @@ fn run(o: &Options, r: &mut Report) {
             Err(e) => {
                 return r.fail(
                     Failure::NothingChanged,
-                    "RemoveShim",
+                    reasons::REMOVE_SHIM,
                     format!("config reverted but {e}"),
                 )
             }
@@ -191,15 +126,16 @@ fn run(o: &Options, r: &mut Report) {
         Err(e) => {
             return r.fail(
                 Failure::NothingChanged,
-                "RemoveShim",
+                reasons::REMOVE_SHIM,
                 format!("config reverted but {e}"),
             )
         }
     };
+    crash_point("after-shim-removed");
     if let Err(e) = atomic_write::drop_backup(&node.config_file) {
         return r.fail(
             Failure::NothingChanged,
-            "RemoveBackup",
+            reasons::REMOVE_BACKUP,
             format!("uninstalled but {e}"),
         );
     }
@@ -217,7 +153,7 @@ fn run(o: &Options, r: &mut Report) {
         Err(e) => {
             return r.fail(
                 Failure::NothingChanged,
-                "RemoveCache",
+                reasons::REMOVE_CACHE,
                 format!("uninstalled but {e}"),
             )
         }
@@ -225,9 +161,9 @@ fn run(o: &Options, r: &mut Report) {
     r.time("copy", t);
     r.state = State::Uninstalled;
     let removed_any = config_changed || shim_removed || r.changes.contains(&"cache-removed");
-    let outcome = match (removed_any, r.restarted, plan == RestartPlan::None) {
+    let outcome = match (removed_any, r.restarted, not_restarted) {
         (false, false, _) => "nothing of wasmkube was installed",
-        (_, _, true) if need_restart => {
+        (_, _, true) => {
             "containerd was not restarted (--restart none) and serves the handler until its \
              next restart"
         }

@@ -159,15 +159,7 @@ pub fn run(socket: &Path, cri: &CriState, check: &WasmCheck) -> Result<Passed, C
         .map_err(CheckError::Runtime)?;
     rt.block_on(async {
         let start = Instant::now();
-        let channel = tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(socket))
-            .await
-            .map_err(|_| "connect timed out".to_string())
-            .and_then(|r| r.map_err(|e| crate::verify::source_chain(&e)))
-            .map_err(|message| CheckError::Unreachable {
-                socket: socket.to_path_buf(),
-                message,
-            })?;
-        let mut ctd = Containerd::new(channel);
+        let mut ctd = Containerd::connect(socket).await?;
         let base = check_bundle::base_dir(&check.host_root)?;
         let mut leftovers = ctd.remove_leftovers().await?;
         leftovers += check_bundle::remove_leftovers(&base)?.len();
@@ -210,6 +202,31 @@ pub fn run(socket: &Path, cri: &CriState, check: &WasmCheck) -> Result<Passed, C
         tracing::info!(id = %passed.id, ms = passed.took.as_millis() as u64, "wasm check passed");
         Ok(passed)
     })
+}
+
+/// Removes what killed checks left: their containers (and tasks) in [`NAMESPACE`], their
+/// directories under the check's base, and the base itself when that leaves it empty. For
+/// `uninstall`, which runs no check of its own. Returns how many leftovers there were.
+pub fn remove_leftovers(socket: &Path, host_root: &Path) -> Result<usize, CheckError> {
+    let base = check_bundle::base_dir(host_root)?;
+    let mut removed = check_bundle::remove_leftovers(&base)?.len();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CheckError::Runtime)?;
+    removed += rt.block_on(async {
+        let mut ctd = Containerd::connect(socket).await?;
+        let n = ctd.remove_leftovers().await?;
+        ctd.forget_namespace().await;
+        Ok::<_, CheckError>(n)
+    })?;
+    // `/var/lib/wasmkube/check`, then `/var/lib/wasmkube`: each only if empty (the first may
+    // be gone already).
+    let _ = std::fs::remove_dir(&base);
+    if let Some(top) = base.parent() {
+        let _ = std::fs::remove_dir(top);
+    }
+    Ok(removed)
 }
 
 fn quoted(output: &str) -> String {
@@ -265,6 +282,18 @@ struct Containerd {
 }
 
 impl Containerd {
+    async fn connect(socket: &Path) -> Result<Self, CheckError> {
+        let channel = tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(socket))
+            .await
+            .map_err(|_| "connect timed out".to_string())
+            .and_then(|r| r.map_err(|e| crate::verify::source_chain(&e)))
+            .map_err(|message| CheckError::Unreachable {
+                socket: socket.to_path_buf(),
+                message,
+            })?;
+        Ok(Containerd::new(channel))
+    }
+
     fn new(channel: Channel) -> Self {
         Containerd {
             containers: ContainersClient::new(channel.clone()),
@@ -332,6 +361,7 @@ impl Containerd {
             })),
         )
         .await?;
+        crate::crash_point::crash_point("wasm-check");
         let exited = call(
             "Tasks.Wait",
             RUN_TIMEOUT,

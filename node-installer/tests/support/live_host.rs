@@ -121,30 +121,9 @@ impl Host {
         extra: &[&str],
     ) -> (i32, serde_json::Value, Duration) {
         // Built (or waited for) before the clock starts: the elapsed time is the installer's.
-        let shim = shim_binary();
-        let module = check_module();
+        let mut cmd = self.installer_command(verb, restart_cmd, extra);
         let start = Instant::now();
-        let mut cmd = Command::new(INSTALLER);
-        cmd.arg(verb)
-            .arg("--host-root")
-            .arg(self.root.path())
-            .arg("--restart-cmd")
-            .arg(restart_cmd)
-            .arg("--containerd-address")
-            .arg(self.ctd.address())
-            .arg("--result-file")
-            .arg(self.result_file());
-        if !extra.contains(&"--shim") {
-            cmd.arg("--shim").arg(&shim);
-        }
-        if !extra.contains(&"--runtime-path") {
-            cmd.arg("--runtime-path").arg(self.shim_dest());
-        }
-        if !extra.contains(&"--check-module") {
-            cmd.arg("--check-module").arg(&module);
-        }
-        cmd.arg("--host-root-for-containerd").arg(self.root.path());
-        let out = cmd.args(extra).output().expect("run installer");
+        let out = cmd.output().expect("run installer");
         let elapsed = start.elapsed();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
@@ -159,6 +138,34 @@ impl Host {
                 .expect("result file JSON");
         assert_eq!(file, json, "result file and stdout differ");
         (out.status.code().unwrap_or(-1), json, elapsed)
+    }
+
+    /// The installer's command line, as [`Host::installer`] runs it.
+    pub fn installer_command(&self, verb: &str, restart_cmd: &str, extra: &[&str]) -> Command {
+        let shim = shim_binary();
+        let module = check_module();
+        let mut cmd = Command::new(INSTALLER);
+        cmd.arg(verb)
+            .arg("--host-root")
+            .arg(self.root.path())
+            .arg("--restart-cmd")
+            .arg(restart_cmd)
+            .arg("--containerd-address")
+            .arg(self.ctd.address())
+            .arg("--result-file")
+            .arg(self.result_file());
+        if !extra.contains(&"--shim") {
+            cmd.arg("--shim").arg(shim);
+        }
+        if !extra.contains(&"--runtime-path") {
+            cmd.arg("--runtime-path").arg(self.shim_dest());
+        }
+        if !extra.contains(&"--check-module") {
+            cmd.arg("--check-module").arg(&module);
+        }
+        cmd.arg("--host-root-for-containerd").arg(self.root.path());
+        cmd.args(extra);
+        cmd
     }
 
     /// The images [`Host::run_hello_pod`] needs: the sandbox image and [`HELLO`]. Returns the
