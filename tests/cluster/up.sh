@@ -394,6 +394,40 @@ start apiserver-forward "$BIN_DIR/apiserver-forward" "$POD_GATEWAY:$APISERVER_PO
 AT_APISERVER=$(elapsed)
 log "kube-apiserver ready in $T_APISERVER s (at $AT_APISERVER s)"
 
+# A kube-system Service served by a host process on the bridge's gateway (CoreDNS,
+# metrics-server), as YAML: the Service and an EndpointSlice pointing at $POD_GATEWAY.
+# host_service NAME LABELS CLUSTER_IP("" = allocated) SERVICE_PORTS SLICE_PORTS
+host_service() {
+  local name=$1 labels=$2 cluster_ip=$3 service_ports=$4 slice_ports=$5
+  cat <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: $name
+  namespace: kube-system
+  labels: $labels
+spec:
+${cluster_ip:+  clusterIP: $cluster_ip
+}  ports:
+$(sed 's/^/  /' <<<"$service_ports")
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $name-host
+  namespace: kube-system
+  labels:
+    kubernetes.io/service-name: $name
+    endpointslice.kubernetes.io/managed-by: up.sh.wasmkube.local
+addressType: IPv4
+endpoints:
+- addresses: ["$POD_GATEWAY"]
+  conditions: {ready: true}
+ports:
+$slice_ports
+EOF
+}
+
 # Cluster DNS, as kubeadm sets it up: the kube-dns Service ($DNS_SVC_IP) in kube-system,
 # served by CoreDNS's kubernetes plugin. CoreDNS runs as a host process on the bridge's
 # gateway (like apiserver-forward) and the Service's EndpointSlice points there. It answers
@@ -416,35 +450,11 @@ EOF
 start coredns "$BIN_DIR/coredns" -conf "$CFG_DIR/Corefile"
 kube_system() { kubectl_admin get namespace kube-system; }
 wait_for kube-apiserver "namespace kube-system" kube_system
-kubectl_admin apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
-spec:
-  clusterIP: $DNS_SVC_IP
-  ports:
-  - {name: dns, port: 53, protocol: UDP}
-  - {name: dns-tcp, port: 53, protocol: TCP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kube-dns-host
-  namespace: kube-system
-  labels:
-    kubernetes.io/service-name: kube-dns
-    endpointslice.kubernetes.io/managed-by: up.sh.wasmkube.local
-addressType: IPv4
-endpoints:
-- addresses: ["$POD_GATEWAY"]
-  conditions: {ready: true}
-ports:
-- {name: dns, port: 53, protocol: UDP}
-- {name: dns-tcp, port: 53, protocol: TCP}
-EOF
+host_service kube-dns "{k8s-app: kube-dns, kubernetes.io/name: CoreDNS}" "$DNS_SVC_IP" \
+  "- {name: dns, port: 53, protocol: UDP}
+- {name: dns-tcp, port: 53, protocol: TCP}" \
+  "- {name: dns, port: 53, protocol: UDP}
+- {name: dns-tcp, port: 53, protocol: TCP}" | kubectl_admin apply -f - >/dev/null
 
 phase=$EPOCHREALTIME
 start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
@@ -562,31 +572,11 @@ start metrics-server "$BIN_DIR/metrics-server" \
   --tls-cert-file="$PKI_DIR/metrics-server.crt" --tls-private-key-file="$PKI_DIR/metrics-server.key" \
   --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port \
   --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=15s
-kubectl_admin apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata:
-  name: metrics-server
-  namespace: kube-system
-  labels: {k8s-app: metrics-server}
-spec:
-  ports:
-  - {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: metrics-server-host
-  namespace: kube-system
-  labels:
-    kubernetes.io/service-name: metrics-server
-    endpointslice.kubernetes.io/managed-by: up.sh.wasmkube.local
-addressType: IPv4
-endpoints:
-- addresses: ["$POD_GATEWAY"]
-  conditions: {ready: true}
-ports:
-- {name: https, port: $METRICS_SERVER_PORT, protocol: TCP}
+{
+  host_service metrics-server "{k8s-app: metrics-server}" "" \
+    "- {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}" \
+    "- {name: https, port: $METRICS_SERVER_PORT, protocol: TCP}"
+  cat <<EOF
 ---
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
@@ -601,6 +591,7 @@ spec:
   groupPriorityMinimum: 100
   versionPriority: 100
 EOF
+} | kubectl_admin apply -f - >/dev/null
 metrics_available() { [[ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]; }
 wait_for metrics-server "APIService v1beta1.metrics.k8s.io Available" metrics_available
 # The address must survive the kubelet's status updates.
