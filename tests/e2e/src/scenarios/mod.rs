@@ -9,6 +9,7 @@ pub mod app_pods;
 pub mod apps;
 pub mod autoscaling;
 pub mod config;
+pub mod faults;
 pub mod in_pod;
 pub mod install;
 pub mod keyvalue;
@@ -77,6 +78,9 @@ pub fn all() -> Runner {
         })
         .scenario("memory_limit_refuses_requests_without_a_restart", |c| {
             Box::pin(in_pod::memory_limit_refuses_requests_without_a_restart(c))
+        })
+        .scenario("containerd_restart_keeps_wasm_pods_serving", |c| {
+            Box::pin(faults::containerd_restart_keeps_wasm_pods_serving(c))
         })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))
