@@ -10,7 +10,6 @@
 use std::{
     fs,
     io::Write as _,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -123,8 +122,7 @@ fn run_alone(binary: &Path, args: &[&str]) -> (bool, String) {
         .expect("tempdir");
     let name = binary.file_name().expect("file name");
     let inside = root.path().join(name);
-    fs::copy(binary, &inside).expect("copy binary");
-    fs::set_permissions(&inside, fs::Permissions::from_mode(0o755)).expect("chmod");
+    wasmkube_test_harness::procs::copy_executable(binary, &inside);
     let entries: Vec<_> = fs::read_dir(root.path()).expect("read_dir").collect();
     assert_eq!(entries.len(), 1, "the root holds only the binary");
     let chroot = which("chroot").expect("chroot on PATH");

@@ -192,3 +192,25 @@ pub fn seqpacket_fds(pid: u32) -> Vec<i32> {
         .map(|(n, _)| n)
         .collect()
 }
+
+/// Copies the executable `src` to `dest` (mode 0755) in a child process (`install`), so this
+/// multi-threaded test process never holds a write descriptor on a file that is about to be
+/// executed. With `fs::copy`, a `fork` by another test thread while the copy is open leaves that
+/// descriptor in the forked child until it execs, and executing `dest` in that window fails with
+/// ETXTBSY ("Text file busy"), as a CI run showed.
+pub fn copy_executable(src: &Path, dest: &Path) {
+    let out = std::process::Command::new("install")
+        .arg("-m")
+        .arg("0755")
+        .arg(src)
+        .arg(dest)
+        .output()
+        .expect("run install");
+    assert!(
+        out.status.success(),
+        "install {} {}: {}",
+        src.display(),
+        dest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
