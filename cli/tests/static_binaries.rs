@@ -122,7 +122,7 @@ fn run_alone(binary: &Path, args: &[&str]) -> (bool, String) {
         .expect("tempdir");
     let name = binary.file_name().expect("file name");
     let inside = root.path().join(name);
-    wasmkube_test_harness::procs::copy_executable(binary, &inside);
+    wasmkube_test_harness::procs::copy_file(binary, &inside);
     let entries: Vec<_> = fs::read_dir(root.path()).expect("read_dir").collect();
     assert_eq!(entries.len(), 1, "the root holds only the binary");
     let chroot = which("chroot").expect("chroot on PATH");

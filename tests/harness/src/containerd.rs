@@ -197,7 +197,7 @@ impl ContainerdBuilder {
         fs::create_dir_all(&bin).expect("bin dir");
         fs::create_dir_all(dir.join("cni")).expect("cni dir");
         if let Some(shim) = &self.shim {
-            crate::procs::copy_executable(shim, &bin.join("containerd-shim-wasmkube-v1"));
+            crate::procs::copy_file(shim, &bin.join("containerd-shim-wasmkube-v1"));
         }
         let config_path = match self.config_file {
             Some(path) => path,
@@ -722,7 +722,7 @@ pub fn rootfs_with(files: &[(&str, &Path)]) -> tempfile::TempDir {
         .tempdir_in("/var/tmp")
         .expect("rootfs");
     for (name, src) in files {
-        crate::procs::copy_executable(src, &dir.path().join(name));
+        crate::procs::copy_file(src, &dir.path().join(name));
     }
     dir
 }

@@ -193,22 +193,22 @@ pub fn seqpacket_fds(pid: u32) -> Vec<i32> {
         .collect()
 }
 
-/// Copies the executable `src` to `dest` (mode 0755) in a child process (`install`), so this
-/// multi-threaded test process never holds a write descriptor on a file that is about to be
+/// Copies `src` to `dest` (keeping its mode, as `fs::copy` does) in a child process (`cp`), so
+/// this multi-threaded test process never holds a write descriptor on a file that is about to be
 /// executed. With `fs::copy`, a `fork` by another test thread while the copy is open leaves that
 /// descriptor in the forked child until it execs, and executing `dest` in that window fails with
 /// ETXTBSY ("Text file busy"), as a CI run showed.
-pub fn copy_executable(src: &Path, dest: &Path) {
-    let out = std::process::Command::new("install")
-        .arg("-m")
-        .arg("0755")
+pub fn copy_file(src: &Path, dest: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("--preserve=mode")
+        .arg("--")
         .arg(src)
         .arg(dest)
         .output()
-        .expect("run install");
+        .expect("run cp");
     assert!(
         out.status.success(),
-        "install {} {}: {}",
+        "cp {} {}: {}",
         src.display(),
         dest.display(),
         String::from_utf8_lossy(&out.stderr)
