@@ -93,8 +93,8 @@ for leftover in /opt/wasmkube /var/lib/wasmkube /usr/local/bin/containerd-shim-w
 done
 scripts/demo.sh
 
-phase "e2e: a fresh cluster (tests/cluster/up.sh)"
-tests/cluster/up.sh "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/operator.tar" "$IMAGES_DIR/node-installer.tar" "$IMAGES_DIR/hello-http.tar" "$IMAGES_DIR/http-outbound.tar" "$IMAGES_DIR/http-grants.tar" "$IMAGES_DIR/redis.tar" "$IMAGES_DIR/late-fail.tar"
+phase "e2e: a fresh 3-node cluster (tests/cluster/up.sh --nodes 3)"
+tests/cluster/up.sh --nodes 3 "$IMAGES_DIR/pause.tar" "$IMAGES_DIR/operator.tar" "$IMAGES_DIR/node-installer.tar" "$IMAGES_DIR/hello-http.tar" "$IMAGES_DIR/http-outbound.tar" "$IMAGES_DIR/http-grants.tar" "$IMAGES_DIR/redis.tar" "$IMAGES_DIR/late-fail.tar"
 # shellcheck disable=SC1091
 source tests/cluster/versions.env
 export KUBECONFIG=${CLUSTER_DIR:-/var/tmp/wasmkube-cluster}/admin.kubeconfig

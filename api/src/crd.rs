@@ -71,6 +71,9 @@ pub mod reasons {
     pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
     /// A pod's container cannot start or keeps crashing (`CrashLoopBackOff`, …).
     pub const PODS_NOT_STARTING: &str = "PodsNotStarting";
+    /// A pod no node can take (the scheduler's `Unschedulable`: no ready wasm node, or none with
+    /// room); the message is the scheduler's, naming what each node lacks.
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
     // Events only
     pub const CREATED: &str = "Created";
     pub const BECAME_READY: &str = "BecameReady";

@@ -60,6 +60,28 @@ const PERMANENT: &[&str] = &[
     operator_reasons::NOT_VERIFIED,
 ];
 
+/// Failures that happen before the installer changes anything on the node: a config it
+/// refuses to touch (the file is left as it was, containerd not restarted), or an installer pod
+/// that never ran. A node `failed` for one of these does not hold a rollout slot (`rollout`).
+const LEFT_NODE_UNTOUCHED: &[&str] = &[
+    installer_reasons::PARSE_ERROR,
+    installer_reasons::SCHEMA_V1,
+    installer_reasons::UNSUPPORTED_VERSION,
+    installer_reasons::NOT_A_TABLE,
+    installer_reasons::FOREIGN_RUNTIME,
+    installer_reasons::TEMPLATE_CONFLICT,
+    installer_reasons::NOT_UTF8,
+    installer_reasons::RESTART_PLAN,
+    operator_reasons::INSTALLER_POD_MISSING,
+    operator_reasons::INSTALLER_CANNOT_START,
+    operator_reasons::INSTALLER_UNSCHEDULABLE,
+];
+
+/// Whether a failure with this reason left the node as it was (see [`LEFT_NODE_UNTOUCHED`]).
+pub fn left_node_untouched(reason: &str) -> bool {
+    LEFT_NODE_UNTOUCHED.contains(&reason)
+}
+
 /// Classifies a failure by its `reason` and the installer's `failure` field. A reason this
 /// operator does not know (a newer installer's, or none: a crash before the result) is
 /// retryable: the attempt limit still ends it.

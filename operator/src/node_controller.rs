@@ -40,7 +40,7 @@ use crate::{
     },
     node_state::{decide, opted_in, reasons, NodeEvent, NodeRuntime, Observed},
     pod_index::PodIndex,
-    rollout::{admit, Candidate, Overlay},
+    rollout::{admit, holds_slot, Candidate, Overlay},
     Error, Result,
 };
 
@@ -98,10 +98,6 @@ pub fn node_patch(name: &str, runtime: &NodeRuntime) -> serde_json::Value {
         metadata.insert("annotations".into(), json!(annotations));
     }
     json!({ "apiVersion": "v1", "kind": "Node", "metadata": metadata })
-}
-
-fn holds_slot(state: Option<&str>) -> bool {
-    matches!(state, Some(PENDING | FAILED))
 }
 
 /// Whether a rollout slot is free for `node` now.
@@ -223,7 +219,9 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
     }
     if next != current {
         info!(node = %name, from = ?current.state, to = ?next.state, "node runtime state");
-        if rollout.is_none() && !holds_slot(state) && holds_slot(next.state.as_deref()) {
+        let held = holds_slot(state, current.reason.as_deref());
+        let holds = holds_slot(next.state.as_deref(), next.reason.as_deref());
+        if rollout.is_none() && !held && holds {
             rollout = Some(ctx.rollout_lock.lock().await);
         }
         let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -234,8 +232,9 @@ pub async fn reconcile(node: Arc<PartialObjectMeta<Node>>, ctx: Arc<Context>) ->
                 &Patch::Apply(node_patch(&name, &next)),
             )
             .await?;
-        ctx.overlay.wrote(&name, next.state.as_deref());
-        if holds_slot(state) && !holds_slot(next.state.as_deref()) {
+        ctx.overlay
+            .wrote(&name, next.state.as_deref(), next.reason.as_deref());
+        if held && !holds {
             let _ = ctx.slot_released.unbounded_send(());
         }
     }
@@ -325,7 +324,8 @@ pub async fn run(
                 let name = node.name_any();
                 ctx.overlay.forget(&name);
                 ctx.backoff.forget(&name);
-                if holds_slot(node.labels().get(RUNTIME_LABEL).map(String::as_str)) {
+                let runtime = NodeRuntime::of(node);
+                if holds_slot(runtime.state.as_deref(), runtime.reason.as_deref()) {
                     let _ = slot_tx.unbounded_send(());
                 }
             }

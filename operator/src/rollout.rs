@@ -2,9 +2,12 @@
 //! two control-plane nodes of k3s/rke2 (whose containerd restart is a restart of the server,
 //! and so of that node's apiserver and etcd member).
 //!
-//! A node holds a slot while it is `pending` or `failed` (a failing installer keeps retrying
-//! and may restart containerd again, like a DaemonSet rolling update that stalls on an
-//! unavailable pod). Queued nodes are admitted first-come first-served by their
+//! A node holds a slot while it is `pending`, or `failed` after its installer may have changed
+//! it (a failing installer keeps retrying and may restart containerd again, like a DaemonSet
+//! rolling update that stalls on an unavailable pod). A node that failed before anything was
+//! changed — a config the installer refused to touch, an installer pod that never ran (see
+//! [`crate::install_failure::left_node_untouched`]) — frees its slot: its retries change
+//! nothing, and one broken node must not hold up the rollout to the others. Queued nodes are admitted first-come first-served by their
 //! `wasmkube.dev/runtime-since`, then by name.
 
 use std::{
@@ -16,7 +19,9 @@ use std::{
 use k8s_openapi::api::core::v1::Node;
 use kube::{core::PartialObjectMeta, ResourceExt};
 
-use crate::names::{runtime_state, RUNTIME_LABEL, RUNTIME_SINCE_ANNOTATION};
+use crate::names::{
+    runtime_state, RUNTIME_LABEL, RUNTIME_REASON_ANNOTATION, RUNTIME_SINCE_ANNOTATION,
+};
 
 /// How long a state we wrote overrides the (possibly lagging) watch cache.
 const OVERLAY_TTL: Duration = Duration::from_secs(30);
@@ -35,6 +40,22 @@ pub fn restarts_apiserver(node: &PartialObjectMeta<Node>) -> bool {
     control_plane && embedded
 }
 
+/// Whether a node in `state` whose `wasmkube.dev/runtime-reason` is `reason` holds a slot.
+pub fn holds_slot(state: Option<&str>, reason: Option<&str>) -> bool {
+    match state {
+        Some(runtime_state::PENDING) => true,
+        Some(runtime_state::FAILED) => {
+            !reason.is_some_and(|r| crate::install_failure::left_node_untouched(reason_code(r)))
+        }
+        _ => false,
+    }
+}
+
+/// The stable cause at the start of a reason annotation (`ParseError: ...` → `ParseError`).
+fn reason_code(reason: &str) -> &str {
+    reason.split(':').next().unwrap_or_default().trim()
+}
+
 /// A node as the rollout sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -42,6 +63,8 @@ pub struct Candidate {
     pub state: Option<String>,
     pub since: Option<String>,
     pub restarts_apiserver: bool,
+    /// `wasmkube.dev/runtime-reason`, if any.
+    pub reason: Option<String>,
 }
 
 impl Candidate {
@@ -51,14 +74,12 @@ impl Candidate {
             state: node.labels().get(RUNTIME_LABEL).cloned(),
             since: node.annotations().get(RUNTIME_SINCE_ANNOTATION).cloned(),
             restarts_apiserver: restarts_apiserver(node),
+            reason: node.annotations().get(RUNTIME_REASON_ANNOTATION).cloned(),
         }
     }
 
     fn holds_slot(&self) -> bool {
-        matches!(
-            self.state.as_deref(),
-            Some(runtime_state::PENDING | runtime_state::FAILED)
-        )
+        holds_slot(self.state.as_deref(), self.reason.as_deref())
     }
 
     fn queued(&self) -> bool {
@@ -109,23 +130,34 @@ pub fn admit(me: &Candidate, others: &[Candidate], max: usize) -> bool {
 /// last slot while the watch cache still shows the old label.
 #[derive(Debug, Default)]
 pub struct Overlay {
-    written: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    written: Mutex<HashMap<String, Written>>,
 }
 
+/// A state and reason we wrote, and when.
+type Written = (Option<String>, Option<String>, Instant);
+
 impl Overlay {
-    /// Records that `node` now has `state`.
-    pub fn wrote(&self, node: &str, state: Option<&str>) {
+    /// Records that `node` now has `state` and `reason`.
+    pub fn wrote(&self, node: &str, state: Option<&str>, reason: Option<&str>) {
         let mut map = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (_, at)| at.elapsed() < OVERLAY_TTL);
-        map.insert(node.to_string(), (state.map(String::from), Instant::now()));
+        map.retain(|_, (_, _, at)| at.elapsed() < OVERLAY_TTL);
+        map.insert(
+            node.to_string(),
+            (
+                state.map(String::from),
+                reason.map(String::from),
+                Instant::now(),
+            ),
+        );
     }
 
-    /// `candidate` with the state we last wrote for it, if that is recent.
+    /// `candidate` with the state and reason we last wrote for it, if that is recent.
     pub fn apply(&self, mut candidate: Candidate) -> Candidate {
         let map = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((state, at)) = map.get(&candidate.name) {
+        if let Some((state, reason, at)) = map.get(&candidate.name) {
             if at.elapsed() < OVERLAY_TTL {
                 candidate.state = state.clone();
+                candidate.reason = reason.clone();
             }
         }
         candidate
@@ -153,6 +185,7 @@ mod tests {
             state: state.map(String::from),
             since: since.map(String::from),
             restarts_apiserver: server,
+            reason: None,
         }
     }
 
@@ -166,6 +199,20 @@ mod tests {
             !admit(&me, &[c("a", Some(FAILED), None, false)], 1),
             "a failed node keeps its slot"
         );
+        let failed_because = |reason: &str| Candidate {
+            reason: Some(reason.to_string()),
+            ..c("a", Some(FAILED), None, false)
+        };
+        assert!(
+            !admit(&me, &[failed_because("WasmCheckFailed")], 1),
+            "a node that failed after changing things keeps its slot"
+        );
+        for untouched in ["ParseError", "InstallerPodMissing", "InstallerCannotStart"] {
+            assert!(
+                admit(&me, &[failed_because(untouched)], 1),
+                "a node that failed with {untouched} changed nothing: its slot is free"
+            );
+        }
         assert!(admit(&me, &[c("a", Some(PENDING), None, false)], 2));
     }
 
@@ -248,7 +295,7 @@ mod tests {
         let o = Overlay::default();
         let stale = c("a", Some(QUEUED), None, false);
         assert_eq!(o.apply(stale.clone()), stale);
-        o.wrote("a", Some(PENDING));
+        o.wrote("a", Some(PENDING), None);
         assert_eq!(o.apply(stale.clone()).state.as_deref(), Some(PENDING));
         o.forget("a");
         assert_eq!(o.apply(stale.clone()), stale);

@@ -5,12 +5,100 @@ use std::{net::SocketAddr, sync::Arc};
 use kube::{runtime::events::Reporter, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     app_controller, builders::installer::InstallerConfig, events::Recorder, leader::Leadership,
     metrics::Metrics, names, node_controller, server,
 };
+
+/// Resolves once `rx` reads true.
+fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// How a term as leader ended.
+enum Term {
+    /// SIGTERM: the process exits.
+    Terminated,
+    /// The lease went to nobody or another replica: back to standby.
+    LostLease,
+    /// A controller task ended on its own.
+    Crashed,
+}
+
+/// Runs the controllers as the leader until SIGTERM, the lease is lost or a controller ends;
+/// then stops them (in-flight reconciles finish, at most 20 s) before returning.
+async fn lead_until_done(
+    cfg: &RunConfig,
+    client: &Client,
+    metrics: &Metrics,
+    leadership: Option<&mut Leadership>,
+) -> Term {
+    metrics.leader.set(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = Reporter {
+        controller: names::MANAGED_BY.to_string(),
+        instance: Some(cfg.pod_name.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let mut tasks = tokio::task::JoinSet::new();
+    if cfg.app_controller {
+        let ctx = Arc::new(app_controller::Context::new(
+            client.clone(),
+            recorder.clone(),
+            metrics.clone(),
+        ));
+        tasks.spawn(app_controller::run(ctx, stopped(&stop_rx)));
+    }
+    if cfg.node_controller {
+        tasks.spawn(node_controller::keep_cluster_objects(
+            client.clone(),
+            cfg.installer.clone(),
+            metrics.clone(),
+            stopped(&stop_rx),
+        ));
+        tasks.spawn(node_controller::run(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            cfg.installer.clone(),
+            cfg.max_install_attempts,
+            stopped(&stop_rx),
+        ));
+    }
+    let lost = async {
+        match leadership {
+            Some(l) => l.lost().await,
+            None => futures::future::pending().await,
+        }
+    };
+    let term = tokio::select! {
+        _ = termination() => {
+            info!("SIGTERM: finishing in-flight reconciles");
+            Term::Terminated
+        }
+        _ = lost => {
+            error!("lost the leader lease: stopping the controllers");
+            Term::LostLease
+        }
+        _ = tasks.join_next() => Term::Crashed,
+    };
+    let _ = stop_tx.send(true);
+    // Controllers drain in-flight reconciles on the stop signal.
+    let drain = async { while let Some(_done) = tasks.join_next().await {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(20), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    metrics.leader.set(0);
+    term
+}
 
 /// Settings of a running operator.
 #[derive(Clone, Debug)]
@@ -49,7 +137,10 @@ async fn termination() {
     }
 }
 
-/// Runs until SIGTERM (exit 0) or until the lease is lost (error, so the pod restarts clean).
+/// Runs until SIGTERM (exit 0) or until a controller stops unexpectedly (error). A leader that
+/// loses its lease (the API server unreachable for longer than the lease, or another replica
+/// took it over) stops its controllers, finishing in-flight reconciles, and competes again as a
+/// standby: no process restart, and never two replicas writing at once.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let mut registry = Registry::default();
@@ -60,15 +151,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let listener = crate::listen::bind(cfg.listen).await?;
     info!(addr = %cfg.listen, "serving /metrics, /healthz, /readyz");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = |rx: &watch::Receiver<bool>| {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let http = tokio::spawn({
         let app = server::router(health.clone());
-        let stopped = stop(&stop_rx);
+        let stopped = stopped(&stop_rx);
         async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopped)
@@ -85,78 +170,33 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     // watches, so its readiness stays this flag.
     health.set_ready(true);
 
-    let mut result = Ok(());
-    let leader = async {
-        match leadership.as_mut() {
-            Some(l) => l.acquired().await,
-            None => Ok(()),
+    let result = loop {
+        let leader = async {
+            match leadership.as_mut() {
+                Some(l) => l.acquired().await,
+                None => Ok(()),
+            }
+        };
+        let lead = tokio::select! {
+            r = leader => r,
+            _ = termination() => {
+                info!("terminating as a standby");
+                break Ok(());
+            }
+        };
+        if let Err(e) = lead {
+            break Err(e.into());
+        }
+        match lead_until_done(&cfg, &client, &metrics, leadership.as_mut()).await {
+            Term::Terminated => break Ok(()),
+            Term::Crashed => break Err(anyhow::anyhow!("a controller stopped unexpectedly")),
+            Term::LostLease => {
+                // Back to standby: no watches of ours are left to judge readiness by.
+                metrics.watches.clear();
+                warn!("lost the leader lease; controllers stopped, competing again as a standby");
+            }
         }
     };
-    let lead = tokio::select! {
-        r = leader => r.map(|_| true),
-        _ = termination() => Ok(false),
-    };
-    match lead {
-        Err(e) => result = Err(e.into()),
-        Ok(false) => info!("terminating before becoming leader"),
-        Ok(true) => {
-            metrics.leader.set(1);
-            let reporter = Reporter {
-                controller: names::MANAGED_BY.to_string(),
-                instance: Some(cfg.pod_name.clone()),
-            };
-            let recorder = Recorder::new(client.clone(), reporter);
-            let mut tasks = tokio::task::JoinSet::new();
-            if cfg.app_controller {
-                let ctx = Arc::new(app_controller::Context::new(
-                    client.clone(),
-                    recorder.clone(),
-                    metrics.clone(),
-                ));
-                tasks.spawn(app_controller::run(ctx, stop(&stop_rx)));
-            }
-            if cfg.node_controller {
-                tasks.spawn(node_controller::keep_cluster_objects(
-                    client.clone(),
-                    cfg.installer.clone(),
-                    metrics.clone(),
-                    stop(&stop_rx),
-                ));
-                tasks.spawn(node_controller::run(
-                    client.clone(),
-                    recorder,
-                    metrics.clone(),
-                    cfg.installer.clone(),
-                    cfg.max_install_attempts,
-                    stop(&stop_rx),
-                ));
-            }
-            let lost = async {
-                match leadership.as_mut() {
-                    Some(l) => l.lost().await,
-                    None => futures::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = termination() => info!("SIGTERM: finishing in-flight reconciles"),
-                _ = lost => {
-                    error!("lost the leader lease; stopping so a fresh process can compete");
-                    result = Err(anyhow::anyhow!("lost the leader lease"));
-                }
-                _ = tasks.join_next() => {
-                    result = Err(anyhow::anyhow!("a controller stopped unexpectedly"));
-                }
-            }
-            let _ = stop_tx.send(true);
-            // Controllers drain in-flight reconciles on the stop signal.
-            let drain = async { while let Some(_done) = tasks.join_next().await {} };
-            let abort = tokio::time::timeout(std::time::Duration::from_secs(20), drain).await;
-            if abort.is_err() {
-                tasks.abort_all();
-            }
-            metrics.leader.set(0);
-        }
-    }
     health.set_ready(false);
     if let Some(l) = leadership {
         l.release().await;

@@ -93,6 +93,12 @@ impl WatchHealth {
         self.lock().watches.insert(name, WatchState::default());
     }
 
+    /// Forgets every watch (the controllers that owned them stopped: a replica back to standby
+    /// after losing the lease has none, and its readiness is its own flag again).
+    pub fn clear(&self) {
+        self.lock().watches.clear();
+    }
+
     /// Every registered watch, by name.
     pub fn statuses(&self) -> Vec<WatchStatus> {
         let now = Instant::now();

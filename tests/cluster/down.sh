@@ -37,7 +37,8 @@ k8s_shim_pids() {
   local p cmd
   for p in /proc/[0-9]*; do
     cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
-    [[ "$cmd" == *containerd-shim* && "$cmd" == *"-namespace k8s.io"* && "$cmd" == *"$CONTAINERD_SOCK"* ]] && echo "${p#/proc/}"
+    [[ "$cmd" == *containerd-shim* && "$cmd" == *"-namespace k8s.io"* && "$cmd" == *"$CONTAINERD_SOCK"* ]] \
+      && in_our_mount_ns "${p#/proc/}" && echo "${p#/proc/}"
   done
   return 0
 }
@@ -47,6 +48,17 @@ containerd_up() { [[ -S "$CONTAINERD_SOCK" ]] && ctr --address "$CONTAINERD_SOCK
 
 log "tearing down the cluster in $CLUSTER_DIR"
 [[ -d "$CLUSTER_DIR" ]] || log "$CLUSTER_DIR does not exist: only checking the host for leftovers"
+
+# ---------------------------------------------------------------- extra nodes
+# (up.sh --nodes N): each in its own namespaces, removed whole by node.sh.
+if [[ -d "$CLUSTER_DIR/nodes" ]]; then
+  for d in "$CLUSTER_DIR"/nodes/*/; do
+    [[ -d "$d" ]] || continue
+    "$CLUSTER_LIB_DIR/node.sh" down "$(basename "$d")" || problem "node.sh down $(basename "$d") failed"
+  done
+  rmdir "$CLUSTER_DIR/nodes" 2>/dev/null || problem "$CLUSTER_DIR/nodes is not empty after removing the extra nodes"
+fi
+! ip link show wk-nodes >/dev/null 2>&1 || { ip link del wk-nodes && did "bridge wk-nodes"; }
 
 # ---------------------------------------------------------------------- pods
 phase=$EPOCHREALTIME

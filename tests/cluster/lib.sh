@@ -58,7 +58,7 @@ REGISTRY_AUTH_PASSWORD_FILE=$CLUSTER_DIR/registry-auth.password
 WASMKUBE_CLI=${WASMKUBE_CLI:-${CARGO_TARGET_DIR:-/var/tmp/wasmkube-target}/x86_64-unknown-linux-gnu/release/wasmkube}
 
 # Components in start order (down.sh stops them in reverse; containerd separately).
-COMPONENTS=(registry registry-auth etcd kube-apiserver apiserver-forward coredns kube-controller-manager kube-scheduler kubelet kube-proxy metrics-server)
+COMPONENTS=(registry registry-auth registry-forward registry-auth-forward etcd kube-apiserver apiserver-forward coredns kube-controller-manager kube-scheduler kubelet kube-proxy metrics-server)
 
 # Host paths a node's Kubernetes creates; down.sh removes those that did not exist before up.
 HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/containerd
@@ -131,10 +131,14 @@ stop_pid() {
 is_our_containerd() {
   tr '\0' '\n' 2>/dev/null < "/proc/$1/environ" | grep -qxF "WASMKUBE_CLUSTER_DIR=$CLUSTER_DIR"
 }
-# containerd processes serving the default socket (no --address flag).
+# Whether PID lives in this process's mount namespace (the extra nodes' containerds, shims and
+# containers live in their own: node.sh).
+in_our_mount_ns() { [[ "$(stat -L -c %i "/proc/$1/ns/mnt" 2>/dev/null)" == "$(stat -L -c %i /proc/self/ns/mnt)" ]]; }
+# containerd processes serving the default socket (no --address flag) of this mount namespace.
 default_socket_containerd_pids() {
   local p args
   for p in $(pgrep -x containerd || true); do
+    in_our_mount_ns "$p" || continue
     args=$(tr '\0' '\n' 2>/dev/null < "/proc/$p/cmdline") || continue   # gone meanwhile
     grep -qx -- '--address' <<<"$args" || echo "$p"
   done

@@ -4,7 +4,9 @@
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy, all on
 # 127.0.0.1. Undo everything with tests/cluster/down.sh.
 #
-# Usage: tests/cluster/up.sh [IMAGE.tar ...]
+# Usage: tests/cluster/up.sh [--nodes N] [IMAGE.tar ...]
+#   --nodes N: N nodes (default 1). Node 1 is this host; nodes 2..N ($NODE_NAME-2, ...) each get
+#   their own mount and network namespaces, containerd, kubelet and kube-proxy (node.sh).
 #   Each IMAGE.tar (OCI image archive) named docker.io/P:T is pushed (wasmkube push) to the
 #   local registry $REGISTRY as P:T; the node's containerd pulls docker.io through that registry.
 #   The sandbox image localhost/wasmkube/pause:0.1.0 is imported (the kubelet never pulls it)
@@ -15,8 +17,15 @@
 set -euo pipefail
 LOG_TAG=up
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_LIB_DIR/node-config.sh"
 HERE=$CLUSTER_LIB_DIR
 TIMEOUT=${TIMEOUT:-120}
+NODES=1
+if [[ ${1:-} == --nodes ]]; then
+  [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--nodes needs a number >= 1"
+  NODES=$2; shift 2
+fi
+(( NODES <= 50 )) || die "--nodes $NODES: at most 50"
 
 [[ $EUID -eq 0 ]] || die "must run as root"
 for img in "$@"; do [[ -f "$img" ]] || die "image archive not found: $img"; done
@@ -53,7 +62,7 @@ fi
 # An earlier cluster (or its remains): tear it down first.
 ours=""
 for p in $(default_socket_containerd_pids); do is_our_containerd "$p" && ours=1; done
-if [[ -n "$ours" ]] || compgen -G "$RUN_DIR/*.pid" >/dev/null || [[ -e "$BACKUP_DIR/containerd-config.toml" || -e "$BACKUP_DIR/containerd-config.absent" ]]; then
+if [[ -n "$ours" ]] || compgen -G "$RUN_DIR/*.pid" >/dev/null || compgen -G "$NODES_DIR/*" >/dev/null || [[ -e "$BACKUP_DIR/containerd-config.toml" || -e "$BACKUP_DIR/containerd-config.absent" ]]; then
   log "a cluster (or its remains) is up in $CLUSTER_DIR: running down.sh first"
   "$HERE/down.sh"
 fi
@@ -127,7 +136,7 @@ cert() {
   rm -f "$PKI_DIR/$name.csr" "$ext"
 }
 cert apiserver "/CN=kube-apiserver" server \
-  "IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
+  "IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,IP:$POD_GATEWAY,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost"
 cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client
 cert admin "/O=system:masters/CN=wasmkube-admin" client
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client
@@ -135,13 +144,19 @@ cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" server "IP:127.
 cert controller-manager "/CN=system:kube-controller-manager" client
 cert scheduler "/CN=system:kube-scheduler" client
 cert kube-proxy "/CN=system:kube-proxy" client
+for ((i = 2; i <= NODES; i++)); do
+  n=$(extra_node_name "$i")
+  cert "kubelet-$n" "/O=system:nodes/CN=system:node:$n" client
+  cert "kubelet-$n-serving" "/O=system:nodes/CN=system:node:$n" server "IP:$(extra_node_ip "$i"),DNS:$n"
+done
 CA=front-proxy-ca cert front-proxy-client "/CN=front-proxy-client" client
 cert metrics-server "/CN=metrics-server" server "DNS:metrics-server.kube-system.svc,IP:$POD_GATEWAY"
 ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI_DIR/sa.key"
 ossl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub"
 chmod 600 "$PKI_DIR"/*.key
 
-# kubeconfig NAME CERT
+# kubeconfig NAME CERT [SERVER_IP]: SERVER_IP for the extra nodes, which reach the apiserver
+# through apiserver-forward on the pod gateway.
 kubeconfig() {
   cat > "$CLUSTER_DIR/$1.kubeconfig" <<EOF
 apiVersion: v1
@@ -149,7 +164,7 @@ kind: Config
 clusters:
 - name: wasmkube
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://${3:-127.0.0.1}:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
 users:
 - name: $1
@@ -168,62 +183,19 @@ kubeconfig kubelet kubelet
 kubeconfig controller-manager controller-manager
 kubeconfig scheduler scheduler
 kubeconfig kube-proxy kube-proxy
+for ((i = 2; i <= NODES; i++)); do
+  n=$(extra_node_name "$i")
+  kubeconfig "kubelet-$n" "kubelet-$n" "$POD_GATEWAY"
+done
+(( NODES == 1 )) || kubeconfig kube-proxy-nodes kube-proxy "$POD_GATEWAY"
 T_CERTS=$(elapsed "$phase")
 log "certificates and kubeconfigs in $T_CERTS s"
 
 # -------------------------------------------------------------------- containerd
 phase=$EPOCHREALTIME
 mkdir -p "$(dirname "$CONTAINERD_CONFIG")"
-cat > "$CONTAINERD_CONFIG.wasmkube-cluster.tmp" <<EOF
-# Written by wasmkube tests/cluster/up.sh for the local test node; down.sh puts the
-# host's original back (saved in $BACKUP_DIR).
-version = 2
-
-[debug]
-  level = "info"
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "$PAUSE_IMAGE"
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes]
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-          runtime_type = "io.containerd.runc.v2"
-          [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-            SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".registry]
-      config_path = "$CFG_DIR/certs.d"
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "$CNI_CONF_DIR"
-      max_conf_num = 1
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-EOF
-mv -f "$CONTAINERD_CONFIG.wasmkube-cluster.tmp" "$CONTAINERD_CONFIG"
-cat > "$CNI_CONF_DIR/10-$CNI_NETWORK.conflist" <<EOF
-{
-  "cniVersion": "0.4.0",
-  "name": "$CNI_NETWORK",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$CNI_BRIDGE",
-      "isGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": "$CNI_IPAM_DIR",
-        "ranges": [[{"subnet": "$POD_SUBNET"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}
-EOF
+write_containerd_config "$CONTAINERD_CONFIG" "$CFG_DIR/certs.d" "$CNI_CONF_DIR" /var/lib/containerd/opt
+write_cni_conflist "$CNI_CONF_DIR" "$POD_SUBNET" "$CNI_IPAM_DIR"
 # The bridge and its gateway address exist before the first pod (the CNI bridge
 # plugin adopts both): the kubernetes Service's endpoint is $POD_GATEWAY:$APISERVER_PORT,
 # relayed to the apiserver on 127.0.0.1 by apiserver-forward (Endpoints may not be loopback).
@@ -232,32 +204,7 @@ ip addr replace "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$CNI_BRIDGE"
 ip link set "$CNI_BRIDGE" up
 
 # Host restart hook for the node installer (hosts without systemd).
-mkdir -p "$(dirname "$RESTART_HOOK")"
-cat > "$RESTART_HOOK.tmp" <<EOF
-#!/bin/sh
-# Host restart hook (wasmkube contract for hosts without systemd): stop the running
-# containerd and return once it has exited; its supervisor starts a fresh one.
-# Never starts containerd itself (the caller may live in another cgroup).
-# Installed by wasmkube tests/cluster/up.sh; removed by down.sh.
-set -eu
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-pidfile=$RUN_DIR/containerd.pid
-pid=\$(cat "\$pidfile" 2>/dev/null || true)
-case "\$pid" in ''|*[!0-9]*) echo "restart-containerd: no containerd pid in \$pidfile" >&2; exit 1 ;; esac
-if ! kill -0 "\$pid" 2>/dev/null || [ "\$(cat /proc/\$pid/comm 2>/dev/null)" != containerd ]; then
-  echo "restart-containerd: containerd (pid \$pid) is not running" >&2; exit 1
-fi
-kill -TERM "\$pid"
-i=0
-while kill -0 "\$pid" 2>/dev/null && [ "\$(cat /proc/\$pid/comm 2>/dev/null)" = containerd ]; do
-  i=\$((i + 1))
-  if [ \$i -ge 300 ]; then echo "restart-containerd: containerd (pid \$pid) still running after 30 s" >&2; exit 1; fi
-  sleep 0.1
-done
-echo "restart-containerd: containerd (pid \$pid) stopped; its supervisor starts a new one"
-EOF
-chmod 755 "$RESTART_HOOK.tmp"
-mv -f "$RESTART_HOOK.tmp" "$RESTART_HOOK"
+write_restart_hook "$RESTART_HOOK" "$RUN_DIR/containerd.pid"
 
 rm -f "$RUN_DIR/containerd.stop"
 setsid nohup "$HERE/containerd-supervise.sh" "$CLUSTER_DIR" >/dev/null 2>&1 < /dev/null &
@@ -305,11 +252,7 @@ wait_for registry-auth "the registry on $REGISTRY_AUTH" \
   curl -fsS -u "$REGISTRY_AUTH_USER:$(<"$REGISTRY_AUTH_PASSWORD_FILE")" "http://$REGISTRY_AUTH/v2/"
 # containerd's registry hosts (config_path): both registries over plain HTTP, and $REGISTRY as
 # the mirror of docker.io (containerd asks the mirror first, docker.io itself after).
-# hosts_toml DIR SERVER MIRROR
-hosts_toml() {
-  mkdir -p "$CFG_DIR/certs.d/$1"
-  printf 'server = "%s"\n\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n' "$2" "$3" > "$CFG_DIR/certs.d/$1/hosts.toml"
-}
+hosts_toml() { write_hosts_toml "$CFG_DIR/certs.d" "$@"; }
 # (The host entries name 127.0.0.1, where the registries listen, not localhost, which may
 # resolve to ::1 first.)
 hosts_toml "$REGISTRY" "http://$REGISTRY" "http://127.0.0.1:${REGISTRY##*:}"
@@ -350,6 +293,14 @@ if ! has_image "$PAUSE_IMAGE"; then
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms "$pause_archive" 2>&1 | sed 's/^/    /' \
     || die "ctr images import failed for $pause_archive"
   has_image "$PAUSE_IMAGE" || die "sandbox image $PAUSE_IMAGE is still missing after the import"
+fi
+if (( NODES > 1 )); then
+  # The extra nodes import the sandbox image from here; they reach the registries through
+  # relays on the pod gateway (the registries listen on loopback).
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images export "$CLUSTER_DIR/images/pause.tar" "$PAUSE_IMAGE" \
+    || die "cannot export $PAUSE_IMAGE for the extra nodes"
+  start registry-forward "$BIN_DIR/apiserver-forward" "$POD_GATEWAY:${REGISTRY##*:}" "127.0.0.1:${REGISTRY##*:}"
+  start registry-auth-forward "$BIN_DIR/apiserver-forward" "$POD_GATEWAY:${REGISTRY_AUTH##*:}" "127.0.0.1:${REGISTRY_AUTH##*:}"
 fi
 T_IMAGES=$(elapsed "$phase")
 log "images pushed in $T_IMAGES s"
@@ -472,41 +423,7 @@ start kube-scheduler "$BIN_DIR/kube-scheduler" \
   --authorization-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --leader-elect=false --profiling=false --v=1
 
-cat > "$CFG_DIR/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: 127.0.0.1
-port: $KUBELET_PORT
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: $KUBELET_HEALTHZ_PORT
-tlsCertFile: $PKI_DIR/kubelet-serving.crt
-tlsPrivateKeyFile: $PKI_DIR/kubelet-serving.key
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $PKI_DIR/ca.crt}
-authorization:
-  mode: Webhook
-cgroupDriver: cgroupfs
-failSwapOn: false
-failCgroupV1: false
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-staticPodPath: ""
-clusterDomain: cluster.local
-clusterDNS: [$DNS_SVC_IP]
-volumePluginDir: $CLUSTER_DIR/kubelet-plugins/volume/exec
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard:
-  memory.available: "100Mi"
-  nodefs.available: "1%"
-  nodefs.inodesFree: "1%"
-  imagefs.available: "1%"
-  imagefs.inodesFree: "1%"
-rotateCertificates: false
-serverTLSBootstrap: false
-EOF
+write_kubelet_config "$CFG_DIR/kubelet.yaml" 127.0.0.1 kubelet ""
 # --cloud-provider=external: the kubelet then leaves node addresses alone once set (it
 # would otherwise resolve the node name by DNS and pick eth0's address); up.sh sets
 # InternalIP 127.0.0.1 and removes the "uninitialized" taint a cloud controller would.
@@ -514,25 +431,7 @@ start kubelet "$BIN_DIR/kubelet" --config="$CFG_DIR/kubelet.yaml" \
   --kubeconfig="$CLUSTER_DIR/kubelet.kubeconfig" --hostname-override="$NODE_NAME" \
   --cloud-provider=external --v=1
 
-cat > "$CFG_DIR/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection:
-  kubeconfig: $CLUSTER_DIR/kube-proxy.kubeconfig
-mode: iptables
-hostnameOverride: $NODE_NAME
-bindAddress: 127.0.0.1
-healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
-metricsBindAddress: 127.0.0.1:$KUBE_PROXY_METRICS_PORT
-clusterCIDR: $CLUSTER_CIDR
-conntrack:
-  maxPerCore: 0
-  min: 0
-  tcpEstablishedTimeout: 0s
-  tcpCloseWaitTimeout: 0s
-iptables:
-  localhostNodePorts: false
-EOF
+write_kube_proxy_config "$CFG_DIR/kube-proxy.yaml" "$NODE_NAME" "$CLUSTER_DIR/kube-proxy.kubeconfig"
 start kube-proxy "$BIN_DIR/kube-proxy" --config="$CFG_DIR/kube-proxy.yaml" --v=1
 
 node_exists() { kubectl_admin get node "$NODE_NAME"; }
@@ -594,10 +493,17 @@ EOF
 } | kubectl_admin apply -f - >/dev/null
 metrics_available() { [[ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]; }
 wait_for metrics-server "APIService v1beta1.metrics.k8s.io Available" metrics_available
+# The extra nodes (node.sh), now that the control plane, DNS and the registries serve.
+for ((i = 2; i <= NODES; i++)); do
+  "$HERE/node.sh" up "$i" || die "node $(extra_node_name "$i") did not come up (logs in $NODES_DIR/$(extra_node_name "$i")/logs)"
+done
 # The address must survive the kubelet's status updates.
 addr() { kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
 [[ "$(addr)" == 127.0.0.1 ]] || { warn "node InternalIP lost: setting it again"; set_node_address; }
-for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null || die "$c is not running (see $LOG_DIR/$c.log)"; done
+for c in "${COMPONENTS[@]}"; do
+  [[ $NODES -gt 1 || $c != *-forward || $c == apiserver-forward ]] || continue
+  live_pid "$c" >/dev/null || die "$c is not running (see $LOG_DIR/$c.log)"
+done
 
 # ------------------------------------------------------------ host state after up
 sysctl_snapshot > "$BACKUP_DIR/sysctl.after-up"

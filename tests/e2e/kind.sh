@@ -46,9 +46,13 @@ docker run -d -p 127.0.0.1:5002:5000 --network bridge --name kind-registry-auth 
 
 echo "== kind cluster $CLUSTER"
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-printf '%s\n' 'kind: Cluster' 'apiVersion: kind.x-k8s.io/v1alpha4' 'containerdConfigPatches:' \
+# Three nodes, as the many-node scenarios need (the local cluster: up.sh --nodes 3).
+printf '%s\n' 'kind: Cluster' 'apiVersion: kind.x-k8s.io/v1alpha4' 'nodes:' '- role: control-plane' \
+    '- role: worker' '- role: worker' 'containerdConfigPatches:' \
     '- |-' '  [plugins."io.containerd.grpc.v1.cri".registry]' '    config_path = "/etc/containerd/certs.d"' |
     kind create cluster --name "$CLUSTER" --wait 120s --config=-
+# Every node takes pods, the control plane too (the suite's node under test is the control plane).
+kubectl --context "kind-$CLUSTER" taint nodes --all node-role.kubernetes.io/control-plane- || true
 cleanup() {
     if [ -z "${KEEP_CLUSTER:-}" ]; then
         kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
@@ -83,7 +87,8 @@ KUBECONFIG=$(mktemp)
 export KUBECONFIG
 kind get kubeconfig --name "$CLUSTER" >"$KUBECONFIG"
 export WASMKUBE_E2E_NODE="$CLUSTER-control-plane"
-export WASMKUBE_E2E_NODE_EXEC="docker exec -i $CLUSTER-control-plane"
+export WASMKUBE_E2E_NODE_EXEC="docker exec -i {node}"
+export WASMKUBE_E2E_NODE_REMOVE="docker rm -f {node}"
 export WASMKUBE_REQUIRE_CLUSTER=1
 echo "== e2e suite (tests/e2e) on kind"
 # --workspace (not -p): the same feature resolution as the build, so nothing is rebuilt.

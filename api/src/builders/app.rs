@@ -12,9 +12,10 @@ use k8s_openapi::{
             ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext,
-            PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
-            ServiceSpec, TCPSocketAction,
+            Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle,
+            LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+            SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction,
+            TopologySpreadConstraint,
         },
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
@@ -43,6 +44,16 @@ pub const DEFAULT_READINESS_PERIOD_SECONDS: i32 = 2;
 /// although the pod answers. Five seconds cover that path on a loaded node; a rollout waits as
 /// long per new pod, so an old pod leaves only once its successor is reachable.
 pub const SERVICE_MIN_READY_SECONDS: i32 = 5;
+/// How long a terminating pod behind a Service keeps serving before it is asked to stop (a
+/// `preStop` sleep, run by the kubelet: nothing is executed in the wasm container). Deleting a
+/// pod removes it from the Service's EndpointSlice at once, but every node's kube-proxy rewrites
+/// its rules up to a second later, and the shim stops on SIGTERM: without the pause, requests
+/// routed in that window are refused during rollouts, scale-downs and node drains. Five seconds
+/// cover that path on a loaded node (the same as [`SERVICE_MIN_READY_SECONDS`] on the way in);
+/// the pod's 30 s grace period leaves 25 s for the stop itself.
+pub const SERVICE_DRAIN_SECONDS: i64 = 5;
+// The pause must leave the stop time within the pod's default 30 s grace period.
+const _: () = assert!(SERVICE_DRAIN_SECONDS < 30);
 /// The uid and gid app pods run as: numeric, so the kubelet can prove `runAsNonRoot` for an
 /// image without a `USER` (a wasm image has none); 65532 is the distroless `nonroot` user.
 pub const APP_UID: i64 = 65532;
@@ -193,6 +204,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
     });
 
     let probes = spec.probes.clone().unwrap_or_default();
+    let serves = spec.service_config().type_ != ServiceType::None;
     let container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(spec.image.clone()),
@@ -215,6 +227,15 @@ pub fn deployment(app: &WasmApp) -> Deployment {
         // log (the shim's `wasmkube: …` line) becomes the message of a failed run, which
         // `kubectl describe` and the WasmApp's status show.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        lifecycle: serves.then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: SERVICE_DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
 
@@ -227,8 +248,7 @@ pub fn deployment(app: &WasmApp) -> Deployment {
                 Some(_) => None,
                 None => Some(spec.replicas.unwrap_or(1)),
             },
-            min_ready_seconds: (spec.service_config().type_ != ServiceType::None)
-                .then_some(SERVICE_MIN_READY_SECONDS),
+            min_ready_seconds: serves.then_some(SERVICE_MIN_READY_SECONDS),
             // A file key-value store opens in one process at a time: the old pod goes first.
             strategy: super::grants::has_single_holder_store(app).then(|| DeploymentStrategy {
                 type_: Some("Recreate".to_string()),
@@ -254,6 +274,18 @@ pub fn deployment(app: &WasmApp) -> Deployment {
                         .then(|| spec.node_selector.clone()),
                     tolerations: non_empty(&spec.tolerations),
                     affinity: spec.affinity.clone(),
+                    // Replicas spread over the wasm nodes where they can (a preference, never
+                    // a reason to stay Pending), so one node's drain or loss leaves the others.
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        when_unsatisfiable: "ScheduleAnyway".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(app)),
+                            ..LabelSelector::default()
+                        }),
+                        ..TopologySpreadConstraint::default()
+                    }]),
                     image_pull_secrets: non_empty(&spec.image_pull_secrets),
                     // A wasm guest cannot use the API token or the service-link variables.
                     automount_service_account_token: Some(false),

@@ -16,6 +16,10 @@ pub struct Cluster {
     pub repo: PathBuf,
     /// The node under test (the first node, or `WASMKUBE_E2E_NODE`).
     pub node: String,
+    /// Every node when the suite connected, by name; the many-node scenarios use the others.
+    pub nodes: Vec<String>,
+    /// The node whose shell is this host's (the local cluster's node 1), if any.
+    home: String,
     kubectl: PathBuf,
     node_exec: Vec<String>,
     /// Logs of operator containers kept before their pods were replaced, by
@@ -51,6 +55,8 @@ impl Cluster {
                 .map(|n| n.name_any())
                 .ok_or_else(|| Unavailable("the cluster has no node".into()))?,
         };
+        let mut nodes: Vec<String> = list.items.iter().map(|n| n.name_any()).collect();
+        nodes.sort();
         let kubectl = std::env::var_os("KUBECTL")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("kubectl"));
@@ -64,7 +70,9 @@ impl Cluster {
         Ok(Cluster {
             client,
             repo,
+            home: node.clone(),
             node,
+            nodes,
             kubectl,
             node_exec,
             saved_logs: Arc::default(),
@@ -115,16 +123,42 @@ impl Cluster {
         Ok(())
     }
 
+    /// The same cluster with `node` as the node under test: every helper that acts on "the
+    /// node" (its state, its shell, its installer pods) acts on that one.
+    pub fn on(&self, node: &str) -> Cluster {
+        Cluster {
+            node: node.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The nodes other than the one under test, by name.
+    pub fn other_nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| **n != self.node)
+            .cloned()
+            .collect()
+    }
+
     /// Runs `sh -c SCRIPT` on the node (as root); returns stdout, fails with stderr.
     pub fn node_sh(&self, script: &str) -> Result<String> {
-        // Local cluster: the node is this host. Otherwise: `<prefix> sh -c SCRIPT`.
+        // `WASMKUBE_E2E_NODE_EXEC` (kind: `docker exec -i {node}`), `{node}` replaced by the
+        // node's name. Else the local cluster: node 1 is this host, the extra nodes of
+        // `up.sh --nodes N` are entered with `tests/cluster/node.sh exec NAME`.
         let mut cmd = match self.node_exec.split_first() {
             Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg("sh");
+                let mut c = Command::new(program.replace("{node}", &self.node));
+                c.args(args.iter().map(|a| a.replace("{node}", &self.node)))
+                    .arg("sh");
                 c
             }
-            None => Command::new("sh"),
+            None if self.node == self.home => Command::new("sh"),
+            None => {
+                let mut c = Command::new(self.repo.join("tests/cluster/node.sh"));
+                c.args(["exec", &self.node, "sh"]);
+                c
+            }
         };
         let out = cmd
             .args(["-c", script])
@@ -140,6 +174,32 @@ impl Cluster {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Takes the node out of the cluster as a machine that is switched off: its kubelet,
+    /// containerd and everything it ran stop, and its Node object is deleted.
+    /// `WASMKUBE_E2E_NODE_REMOVE` (kind: `docker rm -f {node}`), else the local cluster's
+    /// `tests/cluster/node.sh down NAME`.
+    pub fn remove_node(&self) -> Result<()> {
+        let out = match std::env::var("WASMKUBE_E2E_NODE_REMOVE") {
+            Ok(template) => Command::new("sh")
+                .args(["-c", &template.replace("{node}", &self.node)])
+                .output(),
+            Err(_) => Command::new(self.repo.join("tests/cluster/node.sh"))
+                .args(["down", &self.node])
+                .output(),
+        }
+        .context("cannot run the node removal")?;
+        if !out.status.success() {
+            bail!(
+                "removing node {} failed ({}): {}",
+                self.node,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.kubectl(&["delete", "node", &self.node, "--ignore-not-found"])?;
+        Ok(())
     }
 
     /// sha256 of a file on the node, or `absent`.

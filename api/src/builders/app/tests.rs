@@ -395,6 +395,45 @@ fn an_app_behind_a_service_counts_available_only_after_the_proxy_had_time() {
 }
 
 #[test]
+fn an_app_behind_a_service_keeps_serving_while_the_proxies_drop_it() {
+    let pod = |spec: WasmAppSpec| {
+        serde_json::to_value(deployment(&app(spec))).expect("json")["spec"]["template"]["spec"]
+            .clone()
+    };
+    let served = pod(basic());
+    assert_eq!(
+        served["containers"][0]["lifecycle"],
+        serde_json::json!({"preStop": {"sleep": {"seconds": SERVICE_DRAIN_SECONDS}}})
+    );
+    // The pause fits the default grace period with time left for the stop itself.
+    assert!(served.get("terminationGracePeriodSeconds").is_none());
+    assert_eq!(
+        served["topologySpreadConstraints"],
+        serde_json::json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": served_selector()},
+        }])
+    );
+    let worker = pod(WasmAppSpec {
+        service: Some(ServiceConfig {
+            type_: ServiceType::None,
+            ..ServiceConfig::default()
+        }),
+        ..basic()
+    });
+    assert!(
+        worker["containers"][0].get("lifecycle").is_none(),
+        "nothing routes to a worker: it stops at once"
+    );
+}
+
+fn served_selector() -> serde_json::Value {
+    serde_json::to_value(deployment(&app(basic())).spec.selector.match_labels).expect("json")
+}
+
+#[test]
 fn an_app_behind_a_service_gets_a_tcp_readiness_probe_by_default() {
     let c = |spec: WasmAppSpec| {
         serde_json::to_value(deployment(&app(spec))).expect("json")["spec"]["template"]["spec"]

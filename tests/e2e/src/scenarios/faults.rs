@@ -50,14 +50,17 @@ async fn pods(c: &Cluster) -> Result<Vec<(String, i32)>> {
 
 /// The pids of every wasmkube shim process on the node.
 fn shims(c: &Cluster) -> Result<BTreeSet<u32>> {
-    // `[c]`: the pattern does not match the shell that runs pgrep.
-    let out = c.node_sh("pgrep -f '[c]ontainerd-shim-wasmkube-v1 -namespace' || true")?;
+    // `[c]`: the pattern does not match the shell that runs pgrep. `--ns $$ --nslist mnt`: the
+    // node's own processes (the local cluster's nodes share one PID namespace).
+    let out = c.node_sh(
+        "pgrep --ns $$ --nslist mnt -f '[c]ontainerd-shim-wasmkube-v1 -namespace' || true",
+    )?;
     Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
 /// One loop of GETs through the Service from the node, counting answers and failures (each
 /// request may take 2 s) into [`LOAD_COUNTS`] until [`LOAD_STOP`] appears.
-fn start_load(c: &Cluster, ip: &str) -> Result<()> {
+pub(super) fn start_load(c: &Cluster, ip: &str) -> Result<()> {
     c.node_sh(&format!(
         "rm -f {LOAD_STOP} {LOAD_COUNTS}; setsid sh -c 'ok=0; failed=0; \
          while [ ! -e {LOAD_STOP} ]; do \
@@ -69,7 +72,7 @@ fn start_load(c: &Cluster, ip: &str) -> Result<()> {
 }
 
 /// Stops the load; returns (answered, failed).
-async fn stop_load(c: &Cluster) -> Result<(u64, u64)> {
+pub(super) async fn stop_load(c: &Cluster) -> Result<(u64, u64)> {
     c.node_sh(&format!("touch {LOAD_STOP}"))?;
     let counts = within("the load loop to stop", Duration::from_secs(10), || async {
         let text = c.node_sh(&format!("cat {LOAD_COUNTS} 2>/dev/null || true"))?;
@@ -121,7 +124,7 @@ pub async fn containerd_restart_keeps_wasm_pods_serving(c: &Cluster) -> Result<(
         !app_shims.is_empty(),
         "no shim process appeared for the app's pods"
     );
-    let containerd_before = c.node_sh("pgrep -x containerd | sort || true")?;
+    let containerd_before = c.node_sh("pgrep --ns $$ --nslist mnt -x containerd | sort || true")?;
 
     start_load(c, &ip)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -136,7 +139,7 @@ pub async fn containerd_restart_keeps_wasm_pods_serving(c: &Cluster) -> Result<(
         "containerd to answer again after its restart",
         Duration::from_secs(60),
         || async {
-            let pid = c.node_sh("pgrep -x containerd | sort || true")?;
+            let pid = c.node_sh("pgrep --ns $$ --nslist mnt -x containerd | sort || true")?;
             let answers = c.node_sh("crictl info >/dev/null 2>&1 && echo yes || true")?;
             Ok(
                 if !pid.trim().is_empty() && pid != containerd_before && answers.trim() == "yes" {
@@ -200,4 +203,195 @@ pub async fn containerd_restart_keeps_wasm_pods_serving(c: &Cluster) -> Result<(
     ensure!(left.is_empty(), "shims left: {left:?}");
     println!("  app deleted: no shim of it left");
     Ok(())
+}
+
+/// The operator pods: (name, uid, restartCount, pod IP).
+async fn operator_pods_now(c: &Cluster) -> Result<Vec<(String, String, i32, String)>> {
+    let mut out: Vec<_> = super::install::operator_pods(c)
+        .await?
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let restarts = status
+                .container_statuses
+                .as_ref()
+                .and_then(|s| s.first())
+                .map(|s| s.restart_count)
+                .unwrap_or(-1);
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.uid.clone().unwrap_or_default(),
+                restarts,
+                status.pod_ip.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `GET http://IP:8080/PATH` from the node: (status, body).
+fn operator_endpoint(c: &Cluster, ip: &str, path: &str) -> Result<(u16, String)> {
+    let out = c.node_sh(&format!(
+        "curl -sS --max-time 3 -w '\\n%{{http_code}}' 'http://{ip}:8080{path}' || true"
+    ))?;
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+/// The API server stopped for 30 s (a control-plane restart): the leader's `/readyz` says its
+/// watches fail while `/healthz` stays 200 (so the kubelet restarts nothing); once the API
+/// server is back the operator is ready again without a restart (the same pods, restartCount
+/// unchanged, one Lease holder), reconciles a change made afterwards, and the node and the
+/// WasmApp are where they were.
+pub async fn apiserver_outage_recovers_without_restart(c: &Cluster) -> Result<()> {
+    const SECONDS: u64 = 30;
+    c.fresh_namespace(NS)?;
+    let (ok, _, err) = apply(
+        c,
+        "outage",
+        &wasm_app_of(NS, APP, "docker.io/wasmkube/hello-http:0.1.0", ""),
+    )?;
+    ensure!(ok, "applying WasmApp {APP}: {err}");
+    wait_ready(c, 1).await?;
+    super::install::operator_available(c, Duration::from_secs(60)).await?;
+    let before = operator_pods_now(c).await?;
+    let leader = super::install::leader(c)
+        .await?
+        .context("no operator holds the Lease")?;
+    let leader_ip = before
+        .iter()
+        .find(|(name, ..)| *name == leader)
+        .map(|(.., ip)| ip.clone())
+        .context("the leader is not among the operator pods")?;
+    ensure!(
+        operator_endpoint(c, &leader_ip, "/readyz")?.0 == 200,
+        "the leader is not ready before the outage"
+    );
+
+    // WASMKUBE_E2E_APISERVER_OUTAGE (kind: a command that moves the static pod's manifest away
+    // and back), `{seconds}` replaced; else the local cluster's script.
+    let mut outage = match std::env::var("WASMKUBE_E2E_APISERVER_OUTAGE") {
+        Ok(t) => {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", &t.replace("{seconds}", &SECONDS.to_string())]);
+            cmd
+        }
+        Err(_) => {
+            let mut cmd =
+                std::process::Command::new(c.repo.join("tests/cluster/apiserver-outage.sh"));
+            cmd.arg(SECONDS.to_string());
+            cmd
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut child = outage
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the API server outage")?;
+    // During the outage: the leader's /readyz turns 503 naming its failing watches; /healthz
+    // stays 200 for every operator pod.
+    let mut unready: Option<(f64, String)> = None;
+    let mut healthz_failures = Vec::new();
+    while child.try_wait()?.is_none() {
+        if unready.is_none() {
+            let (code, body) = operator_endpoint(c, &leader_ip, "/readyz")?;
+            if code == 503 {
+                unready = Some((started.elapsed().as_secs_f64(), body));
+            }
+        }
+        for (name, _, _, ip) in &before {
+            let (code, _) = operator_endpoint(c, ip, "/healthz")?;
+            if code != 200 {
+                healthz_failures.push(format!("{name}: {code}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "the outage script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = started.elapsed().as_secs_f64();
+    let (at, body) = unready.context("the leader's /readyz never said the API was unreachable")?;
+    println!(
+        "  API server down for {SECONDS} s (back after {back:.1} s); the leader's /readyz 503 \
+         from {at:.1} s: {}",
+        body.lines().take(3).collect::<Vec<_>>().join(" | ")
+    );
+    ensure!(
+        healthz_failures.is_empty(),
+        "/healthz failed during the outage (the kubelet would restart the operator): \
+         {healthz_failures:?}"
+    );
+
+    // After: ready again, no restart, one leader, and it reconciles.
+    let ready_again = within(
+        "every operator pod ready again",
+        Duration::from_secs(180),
+        || async {
+            let mut not = Vec::new();
+            for (name, _, _, ip) in &before {
+                let (code, body) = operator_endpoint(c, ip, "/readyz")?;
+                if code != 200 {
+                    not.push(format!("{name}: {code} {body}"));
+                }
+            }
+            Ok(if not.is_empty() {
+                Poll::Done(started.elapsed().as_secs_f64())
+            } else {
+                Poll::NotYet(not.join("; "))
+            })
+        },
+    )
+    .await?;
+    let after = operator_pods_now(c).await?;
+    ensure!(
+        after == before,
+        "the operator pods changed or restarted across the outage: {before:?} -> {after:?}"
+    );
+    let holder = super::install::leader(c).await?;
+    ensure!(
+        holder
+            .as_ref()
+            .is_some_and(|h| before.iter().any(|(n, ..)| n == h)),
+        "no operator pod holds the Lease after the outage: {holder:?}"
+    );
+    c.kubectl(&["-n", NS, "scale", &format!("wapp/{APP}"), "--replicas=2"])?;
+    wait_ready(c, 2).await?;
+    node::wait_state(c, "ready", Duration::from_secs(30)).await?;
+    println!(
+        "  operator ready again at {ready_again:.1} s, same pods and restartCounts {:?}, leader \
+         {}; a scale to 2 after the outage reconciled",
+        after.iter().map(|(n, _, r, _)| (n, r)).collect::<Vec<_>>(),
+        holder.unwrap_or_default()
+    );
+    c.kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;
+    Ok(())
+}
+
+/// Waits until the app's Deployment has `n` ready replicas.
+async fn wait_ready(c: &Cluster, n: i32) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
+    within(
+        &format!("{n} ready replicas"),
+        Duration::from_secs(180),
+        || async {
+            let ready = deployments
+                .get_opt(APP)
+                .await?
+                .and_then(|d| d.status?.ready_replicas)
+                .unwrap_or(0);
+            Ok(if ready == n {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!("{ready} ready"))
+            })
+        },
+    )
+    .await
 }

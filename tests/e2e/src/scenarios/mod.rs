@@ -3,8 +3,9 @@
 //! compiles cold, one that does not compile, one that reaches only what it is granted, and one
 //! from a private registry),
 //! change it, hand over leadership, survive a bad installer image and a retried install, opt the
-//! node out (draining a wasm pod), roll out behind a busy slot, re-opt in mid-removal, remove
-//! wasmkube with its uninstall script.
+//! node out (draining a wasm pod), roll out behind a busy slot, re-opt in mid-removal, roll out
+//! over three nodes (one at a time, a broken one, one opted out under load, one switched off
+//! mid-install), remove wasmkube with its uninstall script.
 pub mod app_pods;
 pub mod apps;
 pub mod autoscaling;
@@ -14,6 +15,7 @@ pub mod in_pod;
 pub mod install;
 pub mod keyvalue;
 pub mod lifecycle;
+pub mod many_nodes;
 pub mod node_lifecycle;
 pub mod outbound;
 pub mod registry;
@@ -82,6 +84,9 @@ pub fn all() -> Runner {
         .scenario("containerd_restart_keeps_wasm_pods_serving", |c| {
             Box::pin(faults::containerd_restart_keeps_wasm_pods_serving(c))
         })
+        .scenario("apiserver_outage_operator_recovers_without_restart", |c| {
+            Box::pin(faults::apiserver_outage_recovers_without_restart(c))
+        })
         .scenario("wasmapp_runs_under_restricted_pod_security", |c| {
             Box::pin(app_pods::serves_under_restricted_pod_security(c))
         })
@@ -118,6 +123,20 @@ pub fn all() -> Runner {
         .scenario(
             "opt_in_waits_for_a_rollout_slot_and_survives_re_opt_in",
             |c| Box::pin(node_lifecycle::opt_in_waits_for_a_rollout_slot(c)),
+        )
+        .scenario(
+            "many_nodes_two_install_one_at_a_time_the_third_gets_no_wasm_pod",
+            |c| Box::pin(many_nodes::two_nodes_install_one_at_a_time(c)),
+        )
+        .scenario("many_nodes_opt_out_under_load_fails_no_request", |c| {
+            Box::pin(many_nodes::opt_out_under_load_fails_no_request(c))
+        })
+        .scenario("many_nodes_a_broken_node_holds_up_no_other", |c| {
+            Box::pin(many_nodes::a_broken_node_holds_up_no_other(c))
+        })
+        .scenario(
+            "many_nodes_a_node_removed_mid_install_frees_its_slot",
+            |c| Box::pin(many_nodes::a_node_removed_mid_install_frees_its_slot(c)),
         )
         .scenario("operator_logs_have_no_forbidden", |c| {
             Box::pin(lifecycle::no_forbidden(c))
