@@ -42,7 +42,6 @@ k8s_shim_pids() {
   done
   return 0
 }
-cgroup_mounts() { awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts; }
 was_created() { [[ -f "$BACKUP_DIR/created-paths" ]] && grep -qxF "$1" "$BACKUP_DIR/created-paths"; }
 containerd_up() { [[ -S "$CONTAINERD_SOCK" ]] && ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; }
 
@@ -113,15 +112,8 @@ if [[ -n "$shims" ]]; then
   did "killed leftover k8s.io containerd shims: $shims"
 fi
 # Anything still in the pods' cgroups (containers whose shim is gone).
-for mp in $(cgroup_mounts); do
-  [[ -d "$mp/kubepods" ]] || continue
-  procs=$(find "$mp/kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')
-  if [[ -n "${procs// /}" ]]; then
-    # shellcheck disable=SC2086
-    kill -KILL $procs 2>/dev/null || true
-    did "killed leftover pod processes in $mp/kubepods: $procs"
-  fi
-done
+procs=$(kill_cgroup_tree kubepods | tr '\n' ' ')
+[[ -z "${procs// /}" ]] || did "killed leftover pod processes in the kubepods cgroups: $procs"
 log "processes stopped in $(elapsed "$phase") s"
 
 # -------------------------------------------------------------------- mounts
@@ -174,17 +166,8 @@ for d in /var/lib/cni/results /var/lib/cni/networks /var/lib/cni /run/netns; do
 done
 
 # -------------------------------------------------------------------- cgroups
-n=0
-for mp in $(cgroup_mounts); do
-  [[ -d "$mp/kubepods" ]] || continue
-  for round in 1 2 3 4 5; do
-    find "$mp/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-    [[ -d "$mp/kubepods" ]] || break
-    sleep 0.5
-  done
-  if [[ -d "$mp/kubepods" ]]; then problem "cannot remove $mp/kubepods"; else n=$((n + 1)); fi
-done
-(( n == 0 )) || did "kubepods cgroups in $n hierarchies"
+left=$(remove_cgroup_tree kubepods | tr '\n' ' ')
+[[ -z "$left" ]] || problem "cannot remove $left"
 log "mounts, network, cgroups cleaned in $(elapsed "$phase") s"
 
 # ------------------------------------------------------------------- sysctls

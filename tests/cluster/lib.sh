@@ -145,6 +145,34 @@ default_socket_containerd_pids() {
   return 0
 }
 
+# Mount points of the cgroup hierarchies (v1 controllers and the v2 unified one).
+cgroup_mounts() { awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts; }
+# kill_cgroup_tree NAME: SIGKILLs every process in cgroup /NAME and below, in every hierarchy;
+# prints their pids.
+kill_cgroup_tree() {
+  local mp procs
+  for mp in $(cgroup_mounts); do
+    [[ -d "$mp/$1" ]] || continue
+    procs=$(find "$mp/$1" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    [[ -z "${procs// /}" ]] || { kill -KILL $procs 2>/dev/null || true; echo "$procs"; }
+  done
+}
+# remove_cgroup_tree NAME: removes cgroup /NAME and its children in every hierarchy (retrying
+# while killed processes leave); prints the directories that could not be removed.
+remove_cgroup_tree() {
+  local mp
+  for mp in $(cgroup_mounts); do
+    [[ -d "$mp/$1" ]] || continue
+    for _ in 1 2 3 4 5; do
+      find "$mp/$1" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+      [[ -d "$mp/$1" ]] || break
+      sleep 0.5
+    done
+    [[ ! -d "$mp/$1" ]] || echo "$mp/$1"
+  done
+}
+
 kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 crictl_node() {
   local cfg=(); [[ ! -f "$BIN_DIR/crictl.yaml" ]] || cfg=(--config "$BIN_DIR/crictl.yaml")

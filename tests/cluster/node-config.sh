@@ -128,6 +128,7 @@ cgroupDriver: cgroupfs
 ${4:+cgroupRoot: $4
 }failSwapOn: false
 failCgroupV1: false
+maxPods: ${KUBELET_MAX_PODS:-110}
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 staticPodPath: ""
 clusterDomain: cluster.local

@@ -147,7 +147,7 @@ start_in_node() {
 }
 
 node_down() {
-  local name=$1 dir pid mp
+  local name=$1 dir pid
   dir=$(node_dir "$name")
   [[ -d "$dir" ]] || return 0
   local phase=$EPOCHREALTIME
@@ -182,22 +182,11 @@ node_down() {
       kill -KILL "${left[@]}" 2>/dev/null || true; sleep 0.5
     fi
   fi
-  # Processes left in the node's cgroups (containers whose shim is gone).
-  for mp in $(awk '$3 == "cgroup" { print $2 }' /proc/mounts); do
-    [[ -d "$mp/$name" ]] || continue
-    procs=$(find "$mp/$name" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')
-    # shellcheck disable=SC2086
-    [[ -z "${procs// /}" ]] || kill -KILL $procs 2>/dev/null || true
-  done
-  for mp in $(awk '$3 == "cgroup" { print $2 }' /proc/mounts); do
-    [[ -d "$mp/$name" ]] || continue
-    for _ in 1 2 3 4 5; do
-      find "$mp/$name" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-      [[ -d "$mp/$name" ]] || break
-      sleep 0.5
-    done
-    [[ ! -d "$mp/$name" ]] || warn "cannot remove cgroup $mp/$name"
-  done
+  # Processes left in the node's cgroups (containers whose shim is gone), then the cgroups.
+  kill_cgroup_tree "$name" >/dev/null
+  local left
+  left=$(remove_cgroup_tree "$name" | tr '\n' ' ')
+  [[ -z "$left" ]] || warn "cannot remove cgroup(s) $left"
   # The namespaces go with their last reference: the nsfs bind mounts.
   if mountpoint -q "$dir/ns" 2>/dev/null; then
     umount "$dir/ns/mnt" 2>/dev/null || umount -l "$dir/ns/mnt" 2>/dev/null || true
@@ -220,6 +209,9 @@ node_down() {
 
 node_exec() {
   local name=$1; shift
+  # The node's tools (crictl, kubectl) are the cluster's binaries; crictl asks the node's
+  # containerd.
+  export PATH=$BIN_DIR:$PATH CONTAINER_RUNTIME_ENDPOINT=unix://$CONTAINERD_SOCK
   if [[ $name == "$NODE_NAME" ]]; then exec "$@"; fi
   [[ -e "$(node_dir "$name")/ns/mnt" ]] || die "no node $name in $NODES_DIR"
   in_node "$name" "$@"

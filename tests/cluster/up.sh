@@ -12,7 +12,7 @@
 #   The sandbox image localhost/wasmkube/pause:0.1.0 is imported (the kubelet never pulls it)
 #   from (first match): an archive among the arguments that holds it, $PAUSE_ARCHIVE, or a
 #   static build of tests/harness/assets/pause.c (gcc -static) built by `wasmkube image build`.
-# Env: CLUSTER_DIR (/var/tmp/wasmkube-cluster)  NODE_NAME (wasmkube-node)
+# Env: CLUSTER_DIR (/var/tmp/wasmkube-cluster)  NODE_NAME (wasmkube-node)  KUBELET_MAX_PODS (110)
 #      PAUSE_ARCHIVE  K8S_BIN_DIR  TIMEOUT (per wait, seconds; 120)
 set -euo pipefail
 LOG_TAG=up
@@ -318,7 +318,20 @@ T_ETCD=$(elapsed "$phase")
 log "etcd $(etcd --version | awk '/etcd Version/{print $3}') healthy in $T_ETCD s"
 
 phase=$EPOCHREALTIME
+# An audit log of the wasmkube operator's requests only (its ServiceAccount): what bench/cluster.sh
+# counts as the operator's API requests; every other client is not logged.
+cat > "$CFG_DIR/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:wasmkube-system:wasmkube-operator"]
+- level: None
+EOF
 start kube-apiserver "$BIN_DIR/kube-apiserver" \
+  --audit-policy-file="$CFG_DIR/audit-policy.yaml" --audit-log-path="$LOG_DIR/audit.log" \
+  --audit-log-maxsize=200 --audit-log-maxbackup=1 \
   --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --advertise-address="$POD_GATEWAY" \
   --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --client-ca-file="$PKI_DIR/ca.crt" \

@@ -89,6 +89,9 @@ kind get kubeconfig --name "$CLUSTER" >"$KUBECONFIG"
 export WASMKUBE_E2E_NODE="$CLUSTER-control-plane"
 export WASMKUBE_E2E_NODE_EXEC="docker exec -i {node}"
 export WASMKUBE_E2E_NODE_REMOVE="docker rm -f {node}"
+# The API server outage: its static pod's manifest moved away and back (the kubelet stops and
+# starts it), then wait for /readyz.
+export WASMKUBE_E2E_APISERVER_OUTAGE="docker exec $CLUSTER-control-plane sh -c 'mv /etc/kubernetes/manifests/kube-apiserver.yaml /root/ && sleep {seconds} && mv /root/kube-apiserver.yaml /etc/kubernetes/manifests/ && until curl -fsk https://127.0.0.1:6443/readyz >/dev/null 2>&1; do sleep 1; done'"
 export WASMKUBE_REQUIRE_CLUSTER=1
 echo "== e2e suite (tests/e2e) on kind"
 # --workspace (not -p): the same feature resolution as the build, so nothing is rebuilt.

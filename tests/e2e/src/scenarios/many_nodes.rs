@@ -19,7 +19,7 @@ use wasmkube_operator::crd::WasmApp;
 use wasmkube_operator::names::{labels, runtime_state, RUNTIME_LABEL, WASM_NODE};
 
 use super::faults::{start_load, stop_load};
-use super::serving::{apply, cluster_ip, get, wasm_app};
+use super::serving::{apply, cluster_ip, get, ready_replicas, wasm_app};
 use super::CONTAINERD_CONFIG;
 use crate::node;
 use crate::wait::{within, Poll};
@@ -212,28 +212,6 @@ async fn app_pods(c: &Cluster, app: &str) -> Result<Vec<(String, String, bool)>>
         .collect())
 }
 
-/// Waits for the Deployment of `app` to have `n` ready replicas.
-async fn ready_replicas(c: &Cluster, app: &str, n: i32) -> Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
-    within(
-        &format!("{n} ready replicas of {app}"),
-        Duration::from_secs(180),
-        || async {
-            let ready = deployments
-                .get_opt(app)
-                .await?
-                .and_then(|d| d.status?.ready_replicas)
-                .unwrap_or(0);
-            Ok(if ready == n {
-                Poll::Done(())
-            } else {
-                Poll::NotYet(format!("{ready} ready"))
-            })
-        },
-    )
-    .await
-}
-
 /// Two nodes opted in at once under `--max-concurrent-installs 1` (the operator's default),
 /// the leader SIGKILLed when the first install starts: the installs run one after the other
 /// (never two nodes `pending` together) and both end `ready`. The third node, not opted in, never gets a wasm pod, even when the app asks for more
@@ -314,7 +292,7 @@ pub async fn two_nodes_install_one_at_a_time(c: &Cluster) -> Result<()> {
     // every child is written once (its spec never changed after creation: generation 1).
     let killed = sigkill_leader(c).await?;
     println!("  SIGKILLed the leader {killed} mid-apply");
-    ready_replicas(c, app, 2).await?;
+    ready_replicas(c, NS, app, 2).await?;
     let deployment = Api::<Deployment>::namespaced(c.client.clone(), NS)
         .get(app)
         .await?;
@@ -384,7 +362,7 @@ pub async fn opt_out_under_load_fails_no_request(c: &Cluster) -> Result<()> {
     let manifest = wasm_app(NS, app, "hello-http", "").replace("replicas: 1", "replicas: 2");
     let (ok, _, err) = apply(c, app, &manifest)?;
     ensure!(ok, "applying WasmApp {app}: {err}");
-    ready_replicas(c, app, 2).await?;
+    ready_replicas(c, NS, app, 2).await?;
     let before = app_pods(c, app).await?;
     let nodes: BTreeSet<&str> = before.iter().map(|(_, n, _)| n.as_str()).collect();
     ensure!(
@@ -400,7 +378,7 @@ pub async fn opt_out_under_load_fails_no_request(c: &Cluster) -> Result<()> {
     opt(&[&cc], false)?;
     let moved = async {
         node::wait_clean(&cc, Duration::from_secs(240)).await?;
-        ready_replicas(c, app, 2).await?;
+        ready_replicas(c, NS, app, 2).await?;
         within(
             "both replicas on the remaining node",
             Duration::from_secs(60),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::Api;
 
 use crate::wait::{within, Poll};
@@ -95,4 +95,26 @@ pub fn http_status(c: &Cluster, url: &str) -> Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no HTTP status from {url}: {out:?}"))?;
     Ok((status, out))
+}
+
+/// Waits until the Deployment `name` in `ns` (a WasmApp's) has `n` ready replicas.
+pub async fn ready_replicas(c: &Cluster, ns: &str, name: &str, n: i32) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
+    within(
+        &format!("{n} ready replicas of {name}"),
+        Duration::from_secs(180),
+        || async {
+            let ready = deployments
+                .get_opt(name)
+                .await?
+                .and_then(|d| d.status?.ready_replicas)
+                .unwrap_or(0);
+            Ok(if ready == n {
+                Poll::Done(())
+            } else {
+                Poll::NotYet(format!("{ready} ready"))
+            })
+        },
+    )
+    .await
 }
