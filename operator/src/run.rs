@@ -70,6 +70,12 @@ async fn lead_until_done(
             stopped(&stop_rx),
         ));
     }
+    // Tells /readyz when the API server is back for watches that restart without a word.
+    tasks.spawn(crate::watch_health::probe_api(
+        client.clone(),
+        metrics.watches.clone(),
+        stopped(&stop_rx),
+    ));
     let lost = async {
         match leadership {
             Some(l) => l.lost().await,

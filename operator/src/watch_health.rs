@@ -9,7 +9,11 @@
 //!   failed to (re)start and then recovered says nothing until an object changes, which in a
 //!   quiet cluster may be never, so a failure not repeated for [`QUIET_RECOVERY`] is taken as
 //!   recovered: a persisting failure repeats at least every ~1 minute (30 s backoff cap plus
-//!   the 30 s connect timeout).
+//!   the 30 s connect timeout). A failure that was only the API server's absence (connect, TLS, a
+//!   dropped connection) ends sooner: while one lasts, [`probe_api`] asks the API server for its
+//!   version every 5 s, and once it has answered for [`API_RECOVERY`] (longer than the watcher's
+//!   back-off cap, so the watch has tried again since) the failures from before are taken as
+//!   recovered; a retry that failed again records a newer failure, which stays.
 //!
 //! A watch is healthy when it is listed and not failing.
 
@@ -25,6 +29,11 @@ use tracing::warn;
 
 /// How long after its last error a failing watch that keeps quiet is taken as recovered.
 pub const QUIET_RECOVERY: Duration = Duration::from_secs(120);
+/// How long the API server must have answered (see [`WatchHealth::api_answered`]) before a
+/// watch whose failures were all transport errors from before that is taken as recovered:
+/// longer than the watcher's back-off cap (30 s), so it has tried again since, and a retry that
+/// failed would have recorded a newer failure.
+pub const API_RECOVERY: Duration = Duration::from_secs(35);
 
 /// The state of every observed watch; cloning shares it.
 #[derive(Clone, Debug)]
@@ -35,6 +44,9 @@ pub struct WatchHealth {
 #[derive(Debug)]
 struct Inner {
     quiet_recovery: Duration,
+    api_recovery: Duration,
+    /// Since when the API server has answered every probe, if it does.
+    api_answering_since: Option<Instant>,
     watches: BTreeMap<&'static str, WatchState>,
 }
 
@@ -49,6 +61,8 @@ struct WatchState {
 struct Failure {
     at: Instant,
     message: String,
+    /// No answer from the API server at all (connect, TLS, a dropped connection).
+    transport: bool,
 }
 
 /// One watch, as `/readyz` and `/metrics` report it.
@@ -76,12 +90,41 @@ impl Default for WatchHealth {
 impl WatchHealth {
     /// A registry in which a failing watch that keeps quiet for `quiet_recovery` is recovered.
     pub fn with_quiet_recovery(quiet_recovery: Duration) -> Self {
+        WatchHealth::with_recovery(quiet_recovery, API_RECOVERY)
+    }
+
+    /// As [`WatchHealth::with_quiet_recovery`], and transport failures from before the API
+    /// server answered again are recovered after it answered for `api_recovery`.
+    pub fn with_recovery(quiet_recovery: Duration, api_recovery: Duration) -> Self {
         WatchHealth {
             inner: Arc::new(Mutex::new(Inner {
                 quiet_recovery,
+                api_recovery,
+                api_answering_since: None,
                 watches: BTreeMap::new(),
             })),
         }
+    }
+
+    /// Whether a watch fails for want of the API server itself, which a probe can tell
+    /// recovered: a watch that restarts cleanly says nothing until an object changes.
+    pub fn waits_for_the_api(&self) -> bool {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner.watches.values().any(|w| {
+            w.failure.as_ref().is_some_and(|f| f.transport) && w.problem(now, &inner).is_some()
+        })
+    }
+
+    /// The result of a probe of the API server (a cheap request made while
+    /// [`WatchHealth::waits_for_the_api`]).
+    pub fn api_answered(&self, ok: bool) {
+        let mut inner = self.lock();
+        inner.api_answering_since = match (ok, inner.api_answering_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(Instant::now()),
+            (false, _) => None,
+        };
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -108,7 +151,7 @@ impl WatchHealth {
             .iter()
             .map(|(&name, state)| WatchStatus {
                 name,
-                problem: state.problem(now, inner.quiet_recovery),
+                problem: state.problem(now, &inner),
                 errors: state.errors,
             })
             .collect()
@@ -137,6 +180,8 @@ impl WatchHealth {
                 state.failure = Some(Failure {
                     at: Instant::now(),
                     message: describe(e),
+                    transport: api_status(e).is_none()
+                        && !matches!(e, watcher::Error::NoResourceVersion),
                 });
                 drop(inner);
                 log_error(name, e);
@@ -146,11 +191,16 @@ impl WatchHealth {
 }
 
 impl WatchState {
-    fn problem(&self, now: Instant, quiet_recovery: Duration) -> Option<String> {
-        let recent = self
-            .failure
-            .as_ref()
-            .filter(|f| now.saturating_duration_since(f.at) < quiet_recovery);
+    fn problem(&self, now: Instant, inner: &Inner) -> Option<String> {
+        let answered_since_then = |f: &Failure| {
+            f.transport
+                && inner.api_answering_since.is_some_and(|since| {
+                    f.at < since && now.saturating_duration_since(since) >= inner.api_recovery
+                })
+        };
+        let recent = self.failure.as_ref().filter(|f| {
+            now.saturating_duration_since(f.at) < inner.quiet_recovery && !answered_since_then(f)
+        });
         match (recent, self.listed, &self.failure) {
             (Some(f), _, _) => Some(format!("failing: {}", f.message)),
             (None, true, _) => None,
@@ -201,6 +251,27 @@ fn log_error(name: &'static str, e: &watcher::Error) {
             "watch failed"
         ),
         None => warn!(watch = name, phase, error = %e, "watch failed"),
+    }
+}
+
+/// While a watch fails for want of the API server, asks the API server for its version every
+/// 5 s and tells `health` whether it answered (see [`WatchHealth::api_answered`]); no request
+/// otherwise. Runs until `stop` resolves.
+pub async fn probe_api(
+    client: kube::Client,
+    health: WatchHealth,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if health.waits_for_the_api() {
+            let answered = client.apiserver_version().await.is_ok();
+            health.api_answered(answered);
+        }
     }
 }
 
@@ -349,6 +420,50 @@ mod tests {
         watch.next().await;
         assert!(health.unhealthy().is_empty());
         assert_eq!(health.statuses()[0].errors, 2);
+    }
+
+    #[tokio::test]
+    async fn transport_failures_recover_once_the_api_answers_again() {
+        let health = WatchHealth::with_recovery(Duration::from_secs(3600), Duration::ZERO);
+        let unreachable = || {
+            watcher::Error::WatchStartFailed(kube::Error::Service(
+                std::io::Error::other("client error (Connect)").into(),
+            ))
+        };
+        let events: Vec<Result<Event<ConfigMap>, _>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Err(unreachable()),
+            Err(forbidden()),
+        ];
+        let mut watch = Box::pin(observe(stream::iter(events), health.clone(), "apps"));
+        watch.next().await;
+        watch.next().await;
+        watch.next().await;
+        assert!(health.waits_for_the_api());
+        assert_eq!(
+            health.unhealthy().len(),
+            1,
+            "failing while the API is silent"
+        );
+        health.api_answered(false);
+        assert_eq!(
+            health.unhealthy().len(),
+            1,
+            "a failed probe changes nothing"
+        );
+        health.api_answered(true);
+        assert!(
+            health.unhealthy().is_empty(),
+            "the API answered after the failure (for the zero window): recovered"
+        );
+        assert!(!health.waits_for_the_api());
+        // A failure the API server answered (403) is not cured by the API answering.
+        watch.next().await;
+        assert_eq!(health.unhealthy().len(), 1);
+        assert!(!health.waits_for_the_api());
+        health.api_answered(true);
+        assert_eq!(health.unhealthy().len(), 1);
     }
 
     #[test]
