@@ -2,6 +2,10 @@
 //! operator reads it: the states, failure kinds and reasons both sides name.
 use serde::{Deserialize, Serialize};
 
+/// The environment variable that makes the installer SIGKILL itself at a named step (its crash
+/// points, node-installer/src/crash_point.rs), for the tests that prove a killed run loses nothing.
+pub const CRASH_AT_ENV: &str = "WASMKUBE_INSTALLER_CRASH_AT";
+
 /// What an installer run did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -14,7 +14,7 @@
 //! and in `uninstall` `after-shim-removed`.
 
 /// The environment variable naming the point to die at.
-pub const ENV: &str = "WASMKUBE_INSTALLER_CRASH_AT";
+pub const ENV: &str = wasmkube_contract::installer::CRASH_AT_ENV;
 
 /// Dies by SIGKILL here when [`ENV`] names `point`.
 pub fn crash_point(point: &str) {

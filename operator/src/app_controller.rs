@@ -459,7 +459,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             health.clone(),
             "wasmapps",
         )
-        .default_backoff()
+        .backoff(crate::watch_health::WatchBackoff::default())
         .inspect(ctx.backoff.forget_deleted(ObjectRef::from_obj)),
         writer,
     );
@@ -476,7 +476,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             health.clone(),
             "deployments",
         )
-        .default_backoff(),
+        .backoff(crate::watch_health::WatchBackoff::default()),
         writers.deployments,
     );
     let services = triggers::children(
@@ -488,7 +488,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             health.clone(),
             "services",
         )
-        .default_backoff(),
+        .backoff(crate::watch_health::WatchBackoff::default()),
         writers.services,
     );
     let hpas = triggers::autoscalers(
@@ -500,7 +500,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             health,
             "horizontalpodautoscalers",
         )
-        .default_backoff(),
+        .backoff(crate::watch_health::WatchBackoff::default()),
         writers.autoscalers,
     );
     Controller::for_stream(apps, reader)

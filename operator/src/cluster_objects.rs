@@ -67,7 +67,7 @@ async fn keep_cluster_objects_loop(client: Client, cfg: InstallerConfig, metrics
         metrics.watches.clone(),
         "installer-daemonsets",
     )
-    .default_backoff()
+    .backoff(crate::watch_health::WatchBackoff::default())
     .map(|_| ());
     let rc_events = crate::watch_health::observe(
         watcher(
@@ -78,26 +78,48 @@ async fn keep_cluster_objects_loop(client: Client, cfg: InstallerConfig, metrics
         metrics.watches.clone(),
         "runtimeclass",
     )
-    .default_backoff()
+    .backoff(crate::watch_health::WatchBackoff::default())
     .map(|_| ());
     let mut triggers = Box::pin(futures::stream::select(ds_events, rc_events));
     let backoff = ErrorBackoff::default();
     loop {
-        match ensure_cluster_objects(&client, &cfg).await {
-            Ok(()) => backoff.reset(&()),
+        let pause = match ensure_cluster_objects(&client, &cfg).await {
+            Ok(()) => {
+                backoff.reset(&());
+                // Wait for a change (our own no-op applies do not produce one), then coalesce
+                // a burst.
+                if triggers.next().await.is_none() {
+                    return;
+                }
+                Duration::from_millis(500)
+            }
             Err(e) => {
                 metrics.error("cluster", &e);
                 let delay = backoff.next_delay(());
                 warn!(error = %e, ?delay, "cannot apply installer DaemonSets / RuntimeClass");
-                tokio::time::sleep(delay).await;
-                continue;
+                delay
             }
-        }
-        // Wait for a change (our own no-op applies do not produce one), then coalesce a burst.
-        if triggers.next().await.is_none() {
+        };
+        // The watches go on while the loop pauses: their health (`/readyz`) stays current, and
+        // a watch that must re-list after the API server came back does so now, not after a
+        // back-off of up to 5 minutes.
+        if !drain_for(&mut triggers, pause).await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Some(Some(())) = futures::FutureExt::now_or_never(triggers.next()) {}
+    }
+}
+
+/// Polls `triggers` (dropping its items) for `pause`; false if it ended.
+async fn drain_for<S: futures::Stream<Item = ()> + Unpin>(
+    triggers: &mut S,
+    pause: Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(pause);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            item = triggers.next() => if item.is_none() { return false },
+        }
     }
 }

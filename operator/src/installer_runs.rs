@@ -22,6 +22,11 @@ use crate::{
 
 /// How long after a run began its pod may be missing before the node fails.
 pub const POD_MISSING_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long after a run began a missing pod is first explained by the DaemonSet's
+/// `FailedCreate` event: the DaemonSet controller tries at once, so a refusal (Pod Security, a
+/// quota) is known within a second or two, and waiting out [`POD_MISSING_TIMEOUT`] would only
+/// delay the user's answer. Without such an event the node waits for the full timeout.
+pub const FAILED_CREATE_AFTER: Duration = Duration::from_secs(10);
 /// Clock skew tolerated between the operator (which writes `runtime-since`) and the API server
 /// (which stamps pod creation).
 const SKEW: i64 = 2;
@@ -105,16 +110,6 @@ pub async fn current_outcome(lookup: &RunLookup<'_>, action: InstallerAction) ->
     let Some(since) = since.filter(|_| starting) else {
         return Run::default();
     };
-    let age = Duration::try_from(lookup.now.duration_since(since)).unwrap_or_default();
-    if let Some(left) = POD_MISSING_TIMEOUT
-        .checked_sub(age)
-        .filter(|d| !d.is_zero())
-    {
-        return Run {
-            recheck: Some(left),
-            ..Run::default()
-        };
-    }
     // Reported already: the DaemonSet controller's message changes with every retry (a new
     // generated pod name), and one report per run is enough.
     if lookup
@@ -125,14 +120,43 @@ pub async fn current_outcome(lookup: &RunLookup<'_>, action: InstallerAction) ->
     {
         return Run::default();
     }
+    let age = Duration::try_from(lookup.now.duration_since(since)).unwrap_or_default();
+    let left_until = |limit: Duration| limit.checked_sub(age).filter(|d| !d.is_zero());
+    if let Some(left) = left_until(FAILED_CREATE_AFTER) {
+        return Run {
+            recheck: Some(left),
+            ..Run::default()
+        };
+    }
     let why = failed_create(lookup.client, lookup.namespace, action, since).await;
+    let message = match (left_until(POD_MISSING_TIMEOUT), &why) {
+        // The DaemonSet controller says why it cannot create the pod: the user hears it now.
+        (Some(_), Some(why)) => refused_message(action, why),
+        // Nothing said yet: the pod may still come (a slow DaemonSet controller).
+        (Some(left), None) => {
+            return Run {
+                recheck: Some(left),
+                ..Run::default()
+            }
+        }
+        (None, _) => missing_message(action, &why),
+    };
     Run {
         outcome: Some(Outcome::Failed(Failure::operator(
             operator_reasons::INSTALLER_POD_MISSING,
-            missing_message(action, &why),
+            message,
         ))),
         ..Run::default()
     }
+}
+
+/// The failure reason for a run whose pod the DaemonSet controller reported it cannot create.
+pub fn refused_message(action: InstallerAction, why: &str) -> String {
+    crate::events::note(format!(
+        "{POD_MISSING}: the DaemonSet controller cannot create the {} pod; DaemonSet {}: {why}",
+        action.component(),
+        action.daemonset_name()
+    ))
 }
 
 /// The failure reason for a run whose pod never appeared.
@@ -241,6 +265,14 @@ mod tests {
         );
         assert!(
             m.contains("DaemonSet wasmkube-node-installer: Error creating"),
+            "{m}"
+        );
+        let m = refused_message(InstallerAction::Install, "Error creating: quota");
+        assert!(
+            m.starts_with(
+                "InstallerPodMissing: the DaemonSet controller cannot create the install pod; \
+                 DaemonSet wasmkube-node-installer: Error creating: quota"
+            ),
             "{m}"
         );
         let m = missing_message(InstallerAction::Uninstall, &None);

@@ -315,7 +315,7 @@ pub async fn run(
         health.clone(),
         "nodes",
     )
-    .default_backoff()
+    .backoff(crate::watch_health::WatchBackoff::default())
     .reflect(node_writer)
     .inspect({
         let ctx = ctx.clone();
@@ -347,7 +347,7 @@ pub async fn run(
         health,
         "installer-pods",
     )
-    .default_backoff()
+    .backoff(crate::watch_health::WatchBackoff::default())
     .inspect(move |event| {
         if let Ok(event) = event {
             index.apply(event);

@@ -1,6 +1,6 @@
 //! Health of the controllers' watches, for `/readyz` and `wasmkube_operator_watch_healthy`.
 //!
-//! [`observe`] wraps a raw `watcher()` stream (before `.default_backoff()`, so it sees every
+//! [`observe`] wraps a raw `watcher()` stream (before its [`WatchBackoff`], so it sees every
 //! error) and keeps the state of one named watch in a shared [`WatchHealth`]:
 //! - a watch is *listed* once its list completes (`InitDone`); a new `Init` means it re-lists
 //!   (after a failed list, a 410 Gone or a missing resourceVersion) and is not listed until the
@@ -8,9 +8,9 @@
 //! - an error marks it *failing*; an `Apply`, `Delete` or `InitDone` clears that. A watch that
 //!   failed to (re)start and then recovered says nothing until an object changes, which in a
 //!   quiet cluster may be never, so a failure not repeated for [`QUIET_RECOVERY`] is taken as
-//!   recovered: a persisting failure repeats at least every ~1 minute (30 s backoff cap plus
-//!   the 30 s connect timeout). A failure that was only the API server's absence (connect, TLS, a
-//!   dropped connection) ends sooner: while one lasts, [`probe_api`] asks the API server for its
+//!   recovered: a persisting failure repeats at least every ~35 s (the 5 s back-off cap of
+//!   [`WatchBackoff`] plus the 30 s connect timeout). A failure that was only the API server's
+//!   absence (connect, TLS, a dropped connection) ends sooner: while one lasts, [`probe_api`] asks the API server for its
 //!   version every 5 s, and once it has answered for [`API_RECOVERY`] (longer than the watcher's
 //!   back-off cap, so the watch has tried again since) the failures from before are taken as
 //!   recovered; a retry that failed again records a newer failure, which stays.
@@ -31,9 +31,51 @@ use tracing::warn;
 pub const QUIET_RECOVERY: Duration = Duration::from_secs(120);
 /// How long the API server must have answered (see [`WatchHealth::api_answered`]) before a
 /// watch whose failures were all transport errors from before that is taken as recovered:
-/// longer than the watcher's back-off cap (30 s), so it has tried again since, and a retry that
-/// failed would have recorded a newer failure.
+/// several times the watcher's back-off cap ([`WatchBackoff::MAX`], 5 s), so it has tried again
+/// since (a watch request can wait on a restarting API server's caches for tens of seconds), and
+/// a retry that failed would have recorded a newer failure.
 pub const API_RECOVERY: Duration = Duration::from_secs(35);
+
+/// The back-off between a watch's retries (`.backoff(WatchBackoff::default())` in place of
+/// kube-runtime's `.default_backoff()`): [`WatchBackoff::MIN`] doubling to [`WatchBackoff::MAX`],
+/// back to the minimum after any event. kube-runtime's default grows to 30 s plus up to 100 %
+/// jitter, so after an API server outage a watch waited up to a minute to find the server back,
+/// and up to a minute again after the 410 that makes it re-list: the operator stayed unready
+/// (and blind to changes) for over two minutes. A few watches retrying every 5 s are no load
+/// for an API server.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    pub const MIN: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: WatchBackoff::MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(WatchBackoff::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WatchBackoff::MIN;
+    }
+}
 
 /// The state of every observed watch; cloning shares it.
 #[derive(Clone, Debug)]
@@ -276,7 +318,7 @@ pub async fn probe_api(
 }
 
 /// Registers the watch `name` in `health` and keeps its state from the events of `stream`, a
-/// raw `watcher()` stream; place it before `.default_backoff()`.
+/// raw `watcher()` stream; place it before the back-off ([`WatchBackoff`]).
 pub fn observe<S, K>(
     stream: S,
     health: WatchHealth,
@@ -291,6 +333,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_watch_backoff_doubles_to_five_seconds_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = super::WatchBackoff::default();
+        let ms: Vec<u128> = b.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next().map(|d| d.as_millis()), Some(500));
+    }
+
     use std::{
         io::Write,
         sync::{Arc, Mutex},

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_result_from_before_the_run_is_never_used() {
-    // The node re-entered pending ten seconds ago; the only install pod is from 2023 and
+    // The node re-entered pending five seconds ago; the only install pod is from 2023 and
     // reports a failure (a terminating pod the cache still shows, say).
     let stale = pod(
         "inst-old",
@@ -13,7 +13,7 @@ async fn a_result_from_before_the_run_is_never_used() {
         Some((1, r#"{"state":"failed","message":"stale"}"#)),
         false,
     );
-    let action = run(pending(Some(ago(10))), vec![stale], vec![]).await;
+    let action = run(pending(Some(ago(5))), vec![stale], vec![]).await;
     // Waiting for the new pod, with a timer for the case it never comes.
     assert!(
         format!("{action:?}").contains("requeue_after: Some("),
@@ -76,6 +76,43 @@ async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_re
 }
 
 #[tokio::test]
+async fn a_refused_install_pod_is_reported_as_soon_as_the_daemonset_says_why() {
+    // 15 s into the run: past FAILED_CREATE_AFTER, well before POD_MISSING_TIMEOUT.
+    let since = ago(15);
+    let reason = format!(
+        "InstallerPodMissing: the DaemonSet controller cannot create the install pod; \
+         DaemonSet wasmkube-node-installer: {FORBIDDEN}"
+    );
+    let steps = vec![
+        failed_create_events(),
+        apply_node_since(
+            json!({"wasmkube.dev/runtime": "failed"}),
+            json!({"wasmkube.dev/runtime-reason": reason}),
+            Since::Kept(since),
+        ),
+        node_event("Warning", reasons::INSTALL_FAILED),
+    ];
+    run(pending(Some(since)), vec![], steps).await;
+}
+
+#[tokio::test]
+async fn a_missing_pod_without_a_failed_create_waits_for_the_timeout() {
+    // 20 s into the run, the DaemonSet has said nothing: look again at 45 s.
+    let steps = vec![Step::get("/api/v1/namespaces/wasmkube-system/events")
+        .query(
+            "fieldSelector",
+            "involvedObject.kind=DaemonSet,involvedObject.name=wasmkube-node-installer,reason=FailedCreate",
+        )
+        .reply(json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}))];
+    let action = run(pending(Some(ago(20))), vec![], steps).await;
+    let debug = format!("{action:?}");
+    assert!(
+        debug.contains("requeue_after: Some(26") || debug.contains("requeue_after: Some(25"),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_pod_is_reported_once_per_run() {
     let since = ago(120);
     let n = node(
@@ -97,9 +134,10 @@ async fn a_missing_pod_is_reported_once_per_run() {
 async fn a_pod_still_expected_sets_a_timer() {
     let action = run(pending(Some(ago(5))), vec![], vec![]).await;
     let debug = format!("{action:?}");
-    // 45 s after the run began, minus the 5 s gone, plus a second.
+    // FAILED_CREATE_AFTER (10 s) after the run began, minus the 5 s gone, plus a second; no
+    // event read before then.
     assert!(
-        debug.contains("requeue_after: Some(41") || debug.contains("requeue_after: Some(40"),
+        debug.contains("requeue_after: Some(6") || debug.contains("requeue_after: Some(5"),
         "{debug}"
     );
 }

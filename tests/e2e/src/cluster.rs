@@ -23,7 +23,7 @@ pub struct Cluster {
     kubectl: PathBuf,
     node_exec: Vec<String>,
     /// Logs of operator containers kept before their pods were replaced, by
-    /// `pod/container[ (previous)]` (see `scenarios::install::save_operator_logs`).
+    /// `pod/container container-id` (see `scenarios::install::save_operator_logs`).
     pub saved_logs: Arc<Mutex<BTreeMap<String, String>>>,
 }
 

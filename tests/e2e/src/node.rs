@@ -233,6 +233,7 @@ fn observed(n: &Node) -> (Option<String>, bool) {
 /// with the node's label, so only a watch is sure to see it.
 pub struct Results {
     seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    killed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -258,6 +259,8 @@ impl Results {
             .boxed();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let into = seen.clone();
+        let killed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kills_into = killed.clone();
         let node = c.node.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(event)) = stream.next().await {
@@ -272,15 +275,61 @@ impl Results {
                             seen.push(result);
                         }
                     }
+                    if on_node {
+                        let mut killed = kills_into.lock().unwrap_or_else(|e| e.into_inner());
+                        for kill in sigkills(&p) {
+                            if !killed.contains(&kill) {
+                                killed.push(kill);
+                            }
+                        }
+                    }
                 }
             }
         });
-        Ok(Self { seen, task })
+        Ok(Self { seen, killed, task })
     }
 
     pub fn seen(&self) -> Vec<serde_json::Value> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The installer runs that died by SIGKILL, each as `pod#attempt: last log lines` (the
+    /// container's termination message falls back to its log).
+    pub fn killed(&self) -> Vec<String> {
+        self.killed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The installer container's terminations by SIGKILL (exit code 137) in `pod`'s status.
+fn sigkills(pod: &Pod) -> Vec<String> {
+    let Some(status) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|s| s.iter().find(|s| s.name == installer::INIT_CONTAINER))
+    else {
+        return Vec::new();
+    };
+    // `lastState` is the run before `restartCount`'s; `state` the current one.
+    let runs = [
+        (status.last_state.as_ref(), status.restart_count),
+        (status.state.as_ref(), status.restart_count + 1),
+    ];
+    runs.into_iter()
+        .filter_map(|(state, attempt)| {
+            let t = state?.terminated.as_ref()?;
+            (t.exit_code == 137).then(|| {
+                format!(
+                    "{}#{attempt}: {}",
+                    pod.name_any(),
+                    t.message.as_deref().unwrap_or_default().trim()
+                )
+            })
+        })
+        .collect()
 }
 
 impl Drop for Results {

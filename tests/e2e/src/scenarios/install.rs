@@ -50,29 +50,53 @@ pub fn save_operator_logs(c: &Cluster) -> Result<()> {
         "-l",
         OPERATOR_SELECTOR,
         "-o",
-        "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+        "jsonpath={range .items[*]}{.metadata.name}|{.status.containerStatuses[0].containerID}|{.status.containerStatuses[0].lastState.terminated.containerID}{\"\\n\"}{end}",
     ])?;
+    // Keyed by container id: a container killed twice still has the logs of each run saved.
+    let short = |id: &str| {
+        id.rsplit('/')
+            .next()
+            .unwrap_or(id)
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
     for line in listing.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(pod), restarts) = (parts.next(), parts.next()) else {
+        let mut parts = line.split('|');
+        let (Some(pod), current, previous) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        let mut runs = vec![(format!("{pod}/operator"), vec!["logs", pod])];
-        if restarts.and_then(|r| r.parse::<u32>().ok()).unwrap_or(0) > 0 {
+        let mut runs = Vec::new();
+        if let Some(id) = current.filter(|id| !id.is_empty()) {
+            runs.push((format!("{pod}/operator {}", short(id)), vec!["logs", pod]));
+        }
+        if let Some(id) = previous.filter(|id| !id.is_empty()) {
             runs.push((
-                format!("{pod}/operator (previous)"),
+                format!("{pod}/operator {}", short(id)),
                 vec!["logs", "--previous", pod],
             ));
         }
         for (key, args) in runs {
             let mut full = vec!["-n", NS];
             full.extend(args);
-            // A pod that is going away may no longer have logs: keep what was saved before.
-            if let Ok(text) = c.kubectl(&full) {
+            // A pod that is going away may no longer have logs: keep what was saved before. A
+            // container that started a moment ago may not have logged its first line yet: an
+            // empty read is retried for 10 s before it is kept (and fails the check).
+            let mut read = c.kubectl(&full);
+            for _ in 0..10 {
+                if !matches!(&read, Ok(text) if text.trim().is_empty()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                read = c.kubectl(&full);
+            }
+            if let Ok(text) = read {
                 let mut saved = c
                     .saved_logs
                     .lock()
                     .map_err(|_| anyhow::anyhow!("log store poisoned"))?;
+                // The key names the container: read as the current one and later as the
+                // previous one, it is one entry.
                 saved.insert(key, text);
             }
         }

@@ -168,6 +168,8 @@ impl Drop for StateLog {
 /// SIGKILLs the leader operator's process on its node (no SIGTERM, no lease release: as an OOM
 /// kill or a node's power loss would); returns the pod's name.
 async fn sigkill_leader(c: &Cluster) -> Result<String> {
+    // A container killed twice loses its first run's logs: keep them for the log check.
+    super::install::save_operator_logs(c)?;
     let leader = super::install::leader(c)
         .await?
         .context("no operator holds the Lease")?;

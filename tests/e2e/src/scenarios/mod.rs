@@ -13,6 +13,7 @@ pub mod config;
 pub mod faults;
 pub mod in_pod;
 pub mod install;
+pub mod installer_kills;
 pub mod keyvalue;
 pub mod lifecycle;
 pub mod many_nodes;
@@ -120,6 +121,10 @@ pub fn all() -> Runner {
         .scenario("opt_out_drains_wasm_pods_then_uninstalls_cleanly", |c| {
             Box::pin(node_lifecycle::opt_out_drains_before_uninstalling(c))
         })
+        .scenario(
+            "installer_killed_mid_install_and_uninstall_converges",
+            |c| Box::pin(installer_kills::installer_killed_mid_run_converges(c)),
+        )
         .scenario(
             "opt_in_waits_for_a_rollout_slot_and_survives_re_opt_in",
             |c| Box::pin(node_lifecycle::opt_in_waits_for_a_rollout_slot(c)),

@@ -18,7 +18,7 @@ use super::{CONTAINERD_CONFIG, ORIGINAL_CONFIG};
 use crate::wait::{until, within, Poll};
 use crate::{events, node, Cluster};
 
-fn annotate(c: &Cluster, on: bool) -> Result<()> {
+pub(super) fn annotate(c: &Cluster, on: bool) -> Result<()> {
     let arg = if on {
         format!("{WASM_NODE}=true")
     } else {
@@ -262,7 +262,7 @@ pub async fn opt_out_drains_before_uninstalling(c: &Cluster) -> Result<()> {
 
 /// The containerd config is the original; no shim, compiled-module cache or config backup is
 /// left on the node, and containerd's CRI no longer lists the handler.
-fn assert_runtime_gone(c: &Cluster) -> Result<()> {
+pub(super) fn assert_runtime_gone(c: &Cluster) -> Result<()> {
     let digest = c.node_file_digest(CONTAINERD_CONFIG)?;
     ensure!(
         Some(&digest) == ORIGINAL_CONFIG.get(),
