@@ -503,10 +503,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .backoff(crate::watch_health::WatchBackoff::default()),
         writers.autoscalers,
     );
-    Controller::for_stream(apps, reader)
-        .owns_stream(deployments)
-        .owns_stream(services)
-        .owns_stream(hpas)
+    use crate::watch_health::without_errors;
+    Controller::for_stream(without_errors(apps), reader)
+        .owns_stream(without_errors(deployments))
+        .owns_stream(without_errors(services))
+        .owns_stream(without_errors(hpas))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

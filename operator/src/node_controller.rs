@@ -367,8 +367,9 @@ pub async fn run(
         )
     });
 
-    Controller::for_stream(node_stream, ctx.nodes.clone())
-        .watches_stream(pod_stream, |pod: Pod| {
+    use crate::watch_health::without_errors;
+    Controller::for_stream(without_errors(node_stream), ctx.nodes.clone())
+        .watches_stream(without_errors(pod_stream), |pod: Pod| {
             pod.spec
                 .and_then(|s| s.node_name)
                 .map(|n| ObjectRef::<PartialObjectMeta<Node>>::new(&n))

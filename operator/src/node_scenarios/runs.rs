@@ -53,14 +53,9 @@ fn failed_create_events() -> Step {
         }))
 }
 
-#[tokio::test]
-async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_reason() {
-    let since = ago(60);
-    let reason = format!(
-        "InstallerPodMissing: no install pod appeared on the node within 45 s; \
-         DaemonSet wasmkube-node-installer: {FORBIDDEN}"
-    );
-    let steps = vec![
+/// The calls of a reconcile that finds the Pod Security refusal and fails the node with `reason`.
+fn refused(since: &'static str, reason: String) -> Vec<Step> {
+    vec![
         failed_create_events(),
         apply_node_since(
             json!({"wasmkube.dev/runtime": "failed"}),
@@ -71,8 +66,17 @@ async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_re
             let note = b["note"].as_str().unwrap_or_default();
             assert!(note.contains("PodSecurity"), "{note}");
         }),
-    ];
-    run(pending(Some(since)), vec![], steps).await;
+    ]
+}
+
+#[tokio::test]
+async fn an_install_pod_that_never_appears_fails_the_node_with_the_daemonsets_reason() {
+    let since = ago(60);
+    let reason = format!(
+        "InstallerPodMissing: no install pod appeared on the node within 45 s; \
+         DaemonSet wasmkube-node-installer: {FORBIDDEN}"
+    );
+    run(pending(Some(since)), vec![], refused(since, reason)).await;
 }
 
 #[tokio::test]
@@ -83,16 +87,7 @@ async fn a_refused_install_pod_is_reported_as_soon_as_the_daemonset_says_why() {
         "InstallerPodMissing: the DaemonSet controller cannot create the install pod; \
          DaemonSet wasmkube-node-installer: {FORBIDDEN}"
     );
-    let steps = vec![
-        failed_create_events(),
-        apply_node_since(
-            json!({"wasmkube.dev/runtime": "failed"}),
-            json!({"wasmkube.dev/runtime-reason": reason}),
-            Since::Kept(since),
-        ),
-        node_event("Warning", reasons::INSTALL_FAILED),
-    ];
-    run(pending(Some(since)), vec![], steps).await;
+    run(pending(Some(since)), vec![], refused(since, reason)).await;
 }
 
 #[tokio::test]

@@ -25,6 +25,10 @@ pub struct Cluster {
     /// Logs of operator containers kept before their pods were replaced, by
     /// `pod/container container-id` (see `scenarios::install::save_operator_logs`).
     pub saved_logs: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Spans of time (UTC, `YYYY-MM-DDTHH:MM:SS`, from and to) in which the API server was
+    /// restarting: its authorizer answers 403 until its RBAC cache is filled, so an operator log
+    /// line about a 403 in one of them is not a missing permission.
+    pub api_restarts: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 /// Why the suite cannot run here.
@@ -76,6 +80,7 @@ impl Cluster {
             kubectl,
             node_exec,
             saved_logs: Arc::default(),
+            api_restarts: Arc::default(),
         })
     }
 

@@ -99,10 +99,21 @@ pub fn http_status(c: &Cluster, url: &str) -> Result<(u16, String)> {
 
 /// Waits until the Deployment `name` in `ns` (a WasmApp's) has `n` ready replicas.
 pub async fn ready_replicas(c: &Cluster, ns: &str, name: &str, n: i32) -> Result<()> {
+    ready_replicas_within(c, ns, name, n, Duration::from_secs(180)).await
+}
+
+/// [`ready_replicas`] with its own time limit.
+pub async fn ready_replicas_within(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    n: i32,
+    timeout: Duration,
+) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
     within(
         &format!("{n} ready replicas of {name}"),
-        Duration::from_secs(180),
+        timeout,
         || async {
             let ready = deployments
                 .get_opt(name)
