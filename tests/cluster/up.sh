@@ -429,7 +429,8 @@ start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
   --cluster-signing-cert-file="$PKI_DIR/ca.crt" --cluster-signing-key-file="$PKI_DIR/ca.key" \
   --root-ca-file="$PKI_DIR/ca.crt" --service-account-private-key-file="$PKI_DIR/sa.key" \
   --use-service-account-credentials=true --controllers='*' \
-  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1
+  --allocate-node-cidrs=false --leader-elect=false --profiling=false --v=1 \
+  --horizontal-pod-autoscaler-sync-period=5s
 start kube-scheduler "$BIN_DIR/kube-scheduler" \
   --kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
@@ -483,7 +484,7 @@ start metrics-server "$BIN_DIR/metrics-server" \
   --bind-address="$POD_GATEWAY" --secure-port="$METRICS_SERVER_PORT" \
   --tls-cert-file="$PKI_DIR/metrics-server.crt" --tls-private-key-file="$PKI_DIR/metrics-server.key" \
   --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port \
-  --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=15s
+  --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=10s
 {
   host_service metrics-server "{k8s-app: metrics-server}" "" \
     "- {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}" \

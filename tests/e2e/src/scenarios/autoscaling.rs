@@ -186,7 +186,7 @@ pub async fn hpa_scales_a_wasm_app_on_cpu_load(c: &Cluster) -> Result<()> {
         &image,
         "  resources:\n    requests:\n      cpu: 50m\n    limits:\n      cpu: 300m\n  \
          autoscaling:\n    minReplicas: 1\n    maxReplicas: 3\n    targetCPUUtilizationPercentage: 50\n    \
-         scaleDownStabilizationSeconds: 30\n",
+         scaleDownStabilizationSeconds: 10\n",
     );
     let (ok, _, err) = apply(c, BUSY, &manifest)?;
     ensure!(ok, "applying WasmApp {BUSY}: {err}");
@@ -256,7 +256,7 @@ pub async fn hpa_scales_a_wasm_app_on_cpu_load(c: &Cluster) -> Result<()> {
     .await?;
     get(c, &ip, "/after").await?;
     println!(
-        "  load stopped: back to 1 replica {:.0} s later (scaleDownStabilizationSeconds: 30)",
+        "  load stopped: back to 1 replica {:.0} s later (scaleDownStabilizationSeconds: 10)",
         stopped.elapsed().as_secs_f64()
     );
     c.kubectl(&["delete", "namespace", HPA_NS, "--wait=false"])?;
