@@ -484,7 +484,7 @@ start metrics-server "$BIN_DIR/metrics-server" \
   --bind-address="$POD_GATEWAY" --secure-port="$METRICS_SERVER_PORT" \
   --tls-cert-file="$PKI_DIR/metrics-server.crt" --tls-private-key-file="$PKI_DIR/metrics-server.key" \
   --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port \
-  --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=10s
+  --kubelet-certificate-authority="$PKI_DIR/ca.crt" --metric-resolution=15s
 {
   host_service metrics-server "{k8s-app: metrics-server}" "" \
     "- {name: https, port: 443, protocol: TCP, targetPort: $METRICS_SERVER_PORT}" \
