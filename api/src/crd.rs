@@ -235,6 +235,55 @@ pub struct WasmAppSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub key_value: Vec<KeyValueSpec>,
+
+    /// How the wasi:http server runs the app's component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+}
+
+/// `spec.http`: how requests meet instances of the app's wasi:http component.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// Serve several requests, one after another, with one instance of the component. Off
+    /// (absent): every request gets a fresh instance, as in Spin and `wasmtime serve`, so no
+    /// state survives a request. On: globals, linear memory and whatever the guest's language
+    /// runtime keeps (caches, a JavaScript heap) carry over from one request to the next on the
+    /// same instance, while different instances share nothing: turn it on only for apps that
+    /// expect that. An instance that traps, exceeds its deadline or loses its client is dropped,
+    /// never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<InstanceReuse>,
+}
+
+/// `spec.http.instanceReuse`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReuse {
+    /// Requests one instance serves before it is dropped (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_requests: Option<i32>,
+    /// Reusable instances alive at once, idle or serving; each serves one request at a time
+    /// (a wasi:http 0.2 export is not re-entrant). A request that finds none idle while this
+    /// many are alive gets a fresh instance of its own. Default: as many as the pod serves
+    /// requests at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: Option<i32>,
+    /// How long an idle instance is kept, e.g. `30s` or `500ms` (default `60s`). Idle
+    /// instances keep their memory; the pod's memory limit still bounds them together with the
+    /// instances serving, and idle ones are dropped first when a request needs the memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(ms|s)$"))]
+    pub idle_timeout: Option<String>,
+}
+
+impl InstanceReuse {
+    /// Default of `maxRequests`.
+    pub const DEFAULT_MAX_REQUESTS: i32 = 1000;
+    /// Default of `idleTimeout`.
+    pub const DEFAULT_IDLE_TIMEOUT: &'static str = "60s";
 }
 
 /// A container's `imagePullPolicy`.

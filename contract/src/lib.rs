@@ -10,6 +10,7 @@
 //! narrows what a wasm pod may do: a wasm pod without the document has no grants at all.
 pub mod grants;
 pub mod host_grant;
+pub mod http;
 pub mod installer;
 pub mod names;
 

@@ -129,6 +129,7 @@ fn schema_pin() {
             "autoscaling",
             "config",
             "env",
+            "http",
             "image",
             "imagePullPolicy",
             "imagePullSecrets",
@@ -161,6 +162,12 @@ fn schema_pin() {
     );
     assert_eq!(p["replicas"]["minimum"], 0.0);
     assert_eq!(p["replicas"]["maximum"], 10000.0);
+    let reuse = &p["http"]["properties"]["instanceReuse"]["properties"];
+    assert_eq!(reuse["maxRequests"]["minimum"], 1.0);
+    assert_eq!(reuse["maxRequests"]["maximum"], 1_000_000.0);
+    assert_eq!(reuse["maxConcurrent"]["minimum"], 1.0);
+    assert_eq!(reuse["maxConcurrent"]["maximum"], 1000.0);
+    assert_eq!(reuse["idleTimeout"]["pattern"], "^[1-9][0-9]{0,6}(ms|s)$");
     assert_eq!(
         p["service"]["properties"]["type"]["enum"],
         json!(["ClusterIP", "NodePort", "LoadBalancer", "None"])

@@ -12,7 +12,7 @@
 //! client that went away (an aborted task drops its store too).
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::ResourceLimiter;
 
@@ -27,6 +27,18 @@ pub struct MemoryBudget {
     code: usize,
     /// Bytes the live stores hold.
     used: AtomicUsize,
+    /// Frees memory held without need (idle reusable instances) when a growth would be
+    /// refused; says whether it freed any.
+    reclaim: OnceLock<Reclaim>,
+}
+
+/// [`MemoryBudget::on_pressure`]'s hook.
+struct Reclaim(Box<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Reclaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reclaim")
+    }
 }
 
 impl MemoryBudget {
@@ -37,7 +49,24 @@ impl MemoryBudget {
             capacity: allowance.saturating_sub(code),
             code,
             used: AtomicUsize::new(0),
+            reclaim: OnceLock::new(),
         })
+    }
+
+    /// Sets what to call before refusing a growth: it frees what others hold without need (the
+    /// idle instances of [`crate::instance_pool`]) and says whether it freed anything, and the
+    /// growth is tried once more. Set once; later calls are ignored.
+    pub fn on_pressure(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.reclaim.set(Reclaim(Box::new(reclaim)));
+    }
+
+    /// Reserves `bytes`, after reclaiming idle memory if the budget is short.
+    fn reserve(&self, bytes: usize) -> Result<(), usize> {
+        self.try_reserve(bytes)
+            .or_else(|in_use| match self.reclaim.get() {
+                Some(Reclaim(reclaim)) if reclaim() => self.try_reserve(bytes),
+                _ => Err(in_use),
+            })
     }
 
     /// The budget for a loaded program of `code` bytes, when the container has a limit at all:
@@ -188,7 +217,7 @@ impl ResourceLimiter for GuestLimiter {
         }
         let delta = desired.saturating_sub(current);
         if let Some(budget) = &self.budget {
-            if let Err(in_use) = budget.try_reserve(delta) {
+            if let Err(in_use) = budget.reserve(delta) {
                 let refusal = MemoryRefusal {
                     desired: self.held.saturating_add(delta),
                     others: in_use.saturating_sub(self.held),
@@ -264,6 +293,38 @@ mod tests {
         let mut capped = GuestLimiter::new(Some(budget.clone()));
         assert!(!capped.memory_growing(0, 2 * PAGE, Some(PAGE)).expect("ask"));
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn idle_memory_is_reclaimed_before_a_growth_is_refused() {
+        let budget = MemoryBudget::new(MIB, 0);
+        let mut idle = GuestLimiter::new(Some(budget.clone()));
+        assert!(idle.memory_growing(0, 768 << 10, None).expect("grow"));
+        let mut busy = GuestLimiter::new(Some(budget.clone()));
+        // No hook: the idle store's memory makes the budget refuse.
+        busy.memory_growing(0, 512 << 10, None)
+            .expect_err("refused while the idle store holds 768 KiB");
+        let mut busy = GuestLimiter::new(Some(budget.clone()));
+        let parked = Arc::new(std::sync::Mutex::new(Some(idle)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        budget.on_pressure({
+            let (parked, calls) = (parked.clone(), calls.clone());
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                parked.lock().expect("lock").take().is_some()
+            }
+        });
+        assert!(busy.memory_growing(0, 512 << 10, None).expect("grow"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            budget.in_use(),
+            512 << 10,
+            "the idle store's memory went back"
+        );
+        // Nothing left to reclaim: refused, after asking once more.
+        busy.memory_growing(512 << 10, 2 * MIB - 1, None)
+            .expect_err("refused");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]

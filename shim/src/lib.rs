@@ -4,7 +4,8 @@
 //! Code map: [`shim`] plugs into runwasi; [`engine`] configures Wasmtime; [`broker`] compiles
 //! code outside the container and keeps it in [`cache`]; [`descriptors`] closes the host
 //! handles a container process inherits; [`command`] runs modules and CLI components; [`http`]
-//! serves wasi:http within [`limits`] and the shared memory [`budget`]; [`cgroup`], [`memory`],
+//! serves wasi:http within [`limits`] and the shared memory [`budget`], reusing instances from
+//! [`instance_pool`] when the app opts in; [`cgroup`], [`memory`],
 //! [`cpu`], [`preopens`] and [`stop`] turn the container's cgroup, mounts and signals into store
 //! limits, defaults, WASI preopens and epoch interruption; [`privileges`] gives the guest
 //! process the capabilities an exec would have left it; [`listen`] binds the wasi:http socket;
@@ -22,9 +23,13 @@ pub mod config;
 pub mod cpu;
 pub mod descriptors;
 pub mod engine;
+pub mod epoch;
 pub mod error;
 pub mod http;
+mod http_errors;
+pub mod instance_pool;
 pub mod keyvalue;
+pub mod limited_body;
 pub mod limits;
 pub mod listen;
 pub mod memory;

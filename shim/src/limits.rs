@@ -6,6 +6,9 @@
 //! | `WASMKUBE_HTTP_MAX_CONCURRENT` | 16 per CPU of the container's limit, 4 to 1000 | requests served at once; more get 503 at once (at most [`MAX_INSTANCES`]) |
 //! | `WASMKUBE_HTTP_HEADER_TIMEOUT` | `10s` | time a client has to send the request head; then the connection is closed |
 //! | `WASMKUBE_HTTP_MAX_BODY` | `16Mi` | largest request body; bigger bodies get 413 |
+//! | `WASMKUBE_HTTP_REUSE_MAX_REQUESTS` | unset: no reuse | opt-in instance reuse ([`crate::instance_pool`]): requests one instance serves, 1 to 1000000 |
+//! | `WASMKUBE_HTTP_REUSE_MAX_CONCURRENT` | the request concurrency | reusable instances alive at once, 1 to it |
+//! | `WASMKUBE_HTTP_REUSE_IDLE_TIMEOUT` | `60s` | how long an idle reusable instance is kept |
 //!
 //! Durations are `<n>s`, `<n>ms` or a bare number of seconds; sizes are bytes with an optional
 //! `Ki`/`Mi`/`Gi` (or `K`/`M`/`G`, also powers of 1024) suffix.
@@ -18,8 +21,13 @@
 //! (each also holds an instance and a share of the memory budget).
 use std::time::Duration;
 
+use wasmkube_contract::http::{
+    REUSE_IDLE_TIMEOUT_ENV, REUSE_MAX_CONCURRENT_ENV, REUSE_MAX_REQUESTS_ENV,
+};
+
 use crate::engine::MAX_INSTANCES;
 use crate::error::ShimError;
+use crate::instance_pool::InstanceReuse;
 use crate::state::GuestConfig;
 
 pub const REQUEST_TIMEOUT_ENV: &str = "WASMKUBE_HTTP_REQUEST_TIMEOUT";
@@ -57,7 +65,14 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Largest request body in bytes.
     pub max_body: u64,
+    /// Opt-in instance reuse; `None`: a fresh instance per request.
+    pub reuse: Option<InstanceReuse>,
 }
+
+/// Most requests `WASMKUBE_HTTP_REUSE_MAX_REQUESTS` may allow one instance.
+pub const MAX_REUSE_REQUESTS: u32 = 1_000_000;
+/// Default of `WASMKUBE_HTTP_REUSE_IDLE_TIMEOUT`.
+pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl HttpLimits {
     /// The defaults for a container limited to `cpus` CPUs.
@@ -67,6 +82,7 @@ impl HttpLimits {
             max_concurrent: default_max_concurrent(cpus),
             header_timeout: Duration::from_secs(10),
             max_body: 16 << 20,
+            reuse: None,
         }
     }
 
@@ -114,25 +130,86 @@ impl HttpLimits {
                 })?;
         }
         if let Some(v) = env(MAX_CONCURRENT_ENV) {
-            limits.max_concurrent = v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_INSTANCES as usize).contains(n))
-                .ok_or_else(|| {
-                    bad(
-                        MAX_CONCURRENT_ENV,
-                        v,
-                        &format!("expected a whole number from 1 to {MAX_INSTANCES}"),
-                    )
-                })?;
+            limits.max_concurrent = instance_count(MAX_CONCURRENT_ENV, v)?;
         }
         if let Some(v) = env(MAX_BODY_ENV) {
             limits.max_body = parse_size(v)
                 .ok_or_else(|| bad(MAX_BODY_ENV, v, "expected bytes such as 1048576 or 16Mi"))?;
         }
+        limits.reuse = reuse_from_lookup(&env, limits.max_concurrent)?;
         Ok(limits)
     }
+}
+
+/// Instance reuse from the environment: on when `WASMKUBE_HTTP_REUSE_MAX_REQUESTS` is set; the
+/// other two variables alone are an error (they would silently do nothing). The count of
+/// reusable instances never exceeds `max_concurrent`, the requests served at once.
+/// `value` of `var` as a number of instances, 1 to [`MAX_INSTANCES`].
+fn instance_count(var: &str, value: &str) -> Result<usize, ShimError> {
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_INSTANCES as usize).contains(n))
+        .ok_or_else(|| ShimError::Config {
+            var: var.to_string(),
+            value: value.to_string(),
+            detail: format!("expected a whole number from 1 to {MAX_INSTANCES}"),
+        })
+}
+
+fn reuse_from_lookup<'a>(
+    env: &impl Fn(&str) -> Option<&'a str>,
+    max_concurrent: usize,
+) -> Result<Option<InstanceReuse>, ShimError> {
+    let bad = |var: &str, value: &str, detail: String| ShimError::Config {
+        var: var.to_string(),
+        value: value.to_string(),
+        detail,
+    };
+    let Some(requests) = env(REUSE_MAX_REQUESTS_ENV) else {
+        for var in [REUSE_MAX_CONCURRENT_ENV, REUSE_IDLE_TIMEOUT_ENV] {
+            if let Some(v) = env(var) {
+                return Err(bad(
+                    var,
+                    v,
+                    format!("instance reuse is off: set {REUSE_MAX_REQUESTS_ENV} to turn it on"),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let max_requests = requests
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_REUSE_REQUESTS).contains(n))
+        .ok_or_else(|| {
+            bad(
+                REUSE_MAX_REQUESTS_ENV,
+                requests,
+                format!("expected a whole number from 1 to {MAX_REUSE_REQUESTS}"),
+            )
+        })?;
+    let max_instances = match env(REUSE_MAX_CONCURRENT_ENV) {
+        None => max_concurrent,
+        Some(v) => instance_count(REUSE_MAX_CONCURRENT_ENV, v)?.min(max_concurrent),
+    };
+    let idle_timeout = match env(REUSE_IDLE_TIMEOUT_ENV) {
+        None => DEFAULT_REUSE_IDLE_TIMEOUT,
+        Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(
+                REUSE_IDLE_TIMEOUT_ENV,
+                v,
+                "expected a duration such as 60s or 500ms".to_string(),
+            )
+        })?,
+    };
+    Ok(Some(InstanceReuse {
+        max_requests,
+        max_instances,
+        idle_timeout,
+    }))
 }
 
 /// `30s`, `500ms` or `30` (seconds).
@@ -203,6 +280,7 @@ mod tests {
                 max_concurrent: 4,
                 header_timeout: Duration::from_millis(1500),
                 max_body: 1024,
+                reuse: None,
             }
         );
         for (var, value) in [
@@ -211,6 +289,10 @@ mod tests {
             (MAX_CONCURRENT_ENV, "100000"),
             (HEADER_TIMEOUT_ENV, "soon"),
             (MAX_BODY_ENV, "lots"),
+            (REUSE_MAX_REQUESTS_ENV, "0"),
+            (REUSE_MAX_REQUESTS_ENV, "2000000"),
+            (REUSE_MAX_CONCURRENT_ENV, "4"),
+            (REUSE_IDLE_TIMEOUT_ENV, "30s"),
         ] {
             let err = HttpLimits::from_lookup(|k| (k == var).then_some(value), 2.0)
                 .expect_err("must be refused");
@@ -218,6 +300,46 @@ mod tests {
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
             assert_eq!(err.exit_code(), crate::error::EXIT_CANNOT_RUN);
         }
+    }
+
+    #[test]
+    fn instance_reuse_is_opt_in_and_bounded_by_the_request_concurrency() {
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+        };
+        let on =
+            HttpLimits::from_lookup(lookup(&[(REUSE_MAX_REQUESTS_ENV, "50")]), 1.0).expect("valid");
+        assert_eq!(
+            on.reuse,
+            Some(InstanceReuse {
+                max_requests: 50,
+                max_instances: 16,
+                idle_timeout: DEFAULT_REUSE_IDLE_TIMEOUT,
+            }),
+            "by default every request slot may hold a reusable instance"
+        );
+        let set = HttpLimits::from_lookup(
+            lookup(&[
+                (REUSE_MAX_REQUESTS_ENV, "3"),
+                (REUSE_MAX_CONCURRENT_ENV, "900"),
+                (REUSE_IDLE_TIMEOUT_ENV, "1500ms"),
+                (MAX_CONCURRENT_ENV, "8"),
+            ]),
+            1.0,
+        )
+        .expect("valid");
+        assert_eq!(
+            set.reuse,
+            Some(InstanceReuse {
+                max_requests: 3,
+                max_instances: 8,
+                idle_timeout: Duration::from_millis(1500),
+            }),
+            "never more reusable instances than requests served at once"
+        );
+        let err = HttpLimits::from_lookup(lookup(&[(REUSE_IDLE_TIMEOUT_ENV, "30s")]), 1.0)
+            .expect_err("reuse settings without reuse");
+        assert!(err.to_string().contains(REUSE_MAX_REQUESTS_ENV), "{err}");
     }
 
     #[test]

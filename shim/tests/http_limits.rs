@@ -6,77 +6,17 @@
 //! timer. Needs root, containerd and runc.
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use wasmkube_test_harness::containerd::wait_child;
-use wasmkube_test_harness::guests::guest;
-use wasmkube_test_harness::{
-    free_port, missing_prerequisites, skip_unless, unique_id, Containerd, CtrRun,
+use support::http_server::{
+    exchange, get, start_server, start_server_with, status, stop, together,
 };
+use wasmkube_test_harness::containerd::wait_child;
+use wasmkube_test_harness::{missing_prerequisites, skip_unless, unique_id, Containerd};
 
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
+mod support;
 
-/// Sends `raw` and reads until the server closes; `None` if the server cannot be reached.
-fn exchange(port: u16, raw: &[u8]) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    // The server may answer (413) and close before reading all of a body: ignore write errors.
-    let _ = s.write_all(raw);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    Some(String::from_utf8_lossy(&resp).into_owned())
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    exchange(
-        port,
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-}
-
-/// The status code of a response (0 when there is none).
-fn status(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Starts http-limits with `env` on a free port; returns the port and the `ctr run` child once
-/// the server answers.
-fn start_server(ctd: &Containerd, id: &str, env: &[&str]) -> (u16, Child, tempfile::TempDir) {
-    start_server_with(ctd, id, env, None)
-}
-
-/// As [`start_server`], with a memory limit.
-fn start_server_with(
-    ctd: &Containerd,
-    id: &str,
-    env: &[&str],
-    memory_limit: Option<u64>,
-) -> (u16, Child, tempfile::TempDir) {
-    let root =
-        wasmkube_test_harness::containerd::rootfs_with(&[("http.wasm", &guest("http_limits"))]);
-    let port = free_port();
-    let mut run = CtrRun::rootfs(id, root.path(), &["/http.wasm"])
-        .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
-    for kv in env {
-        run = run.env(kv);
-    }
-    run.net_host = true;
-    run.memory_limit = memory_limit;
-    let child = ctd.spawn_run(&run);
-    let start = Instant::now();
-    while get(port, "/ready").map(|r| status(&r)) != Some(200) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "server never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (port, child, root)
-}
+use support::SHIM;
 
 /// `n` `/loop` requests on their own threads; each yields its status and how long it took.
 fn loops(port: u16, n: usize) -> Vec<std::thread::JoinHandle<(u16, Duration)>> {
@@ -86,21 +26,6 @@ fn loops(port: u16, n: usize) -> Vec<std::thread::JoinHandle<(u16, Duration)>> {
                 let t = Instant::now();
                 let resp = get(port, "/loop").unwrap_or_default();
                 (status(&resp), t.elapsed())
-            })
-        })
-        .collect()
-}
-
-/// `n` requests for `path` released together; each yields its response and how long it took.
-fn together(port: u16, path: &str, n: usize) -> Vec<std::thread::JoinHandle<(String, Duration)>> {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-    (0..n)
-        .map(|_| {
-            let (start, path) = (start.clone(), path.to_string());
-            std::thread::spawn(move || {
-                start.wait();
-                let t = Instant::now();
-                (get(port, &path).unwrap_or_default(), t.elapsed())
             })
         })
         .collect()
@@ -118,18 +43,6 @@ fn oom_kills(id: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
-}
-
-/// SIGTERM; the container must exit 0. Returns its stderr.
-fn stop(ctd: &Containerd, id: &str, child: &mut Child) -> String {
-    ctd.ctr(&["tasks", "kill", id]).ok();
-    let exit = wait_child(child, Duration::from_secs(15)).expect("server did not stop");
-    assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
-    let mut err = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut err);
-    }
-    err
 }
 
 #[test]

@@ -21,9 +21,10 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use kube::{core::ObjectMeta, Resource, ResourceExt};
+use wasmkube_contract::http;
 
 use crate::{
-    crd::{HttpProbe, ServiceType, WasmApp},
+    crd::{HttpProbe, InstanceReuse, ServiceType, WasmApp},
     names::{self, labels},
     BuildError,
 };
@@ -176,6 +177,36 @@ fn non_empty<T: Clone>(v: &[T]) -> Option<Vec<T>> {
     (!v.is_empty()).then(|| v.to_vec())
 }
 
+/// `spec.http.instanceReuse` as the shim reads it: every variable set, defaults filled in
+/// (except `maxConcurrent`, whose default the shim derives from the pod's concurrency).
+fn instance_reuse_env(reuse: &InstanceReuse) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        var(
+            http::REUSE_MAX_REQUESTS_ENV,
+            reuse
+                .max_requests
+                .unwrap_or(InstanceReuse::DEFAULT_MAX_REQUESTS)
+                .to_string(),
+        ),
+        var(
+            http::REUSE_IDLE_TIMEOUT_ENV,
+            reuse
+                .idle_timeout
+                .clone()
+                .unwrap_or_else(|| InstanceReuse::DEFAULT_IDLE_TIMEOUT.to_string()),
+        ),
+    ];
+    if let Some(n) = reuse.max_concurrent {
+        env.push(var(http::REUSE_MAX_CONCURRENT_ENV, n.to_string()));
+    }
+    env
+}
+
 /// The Deployment: one container, `runtimeClassName: wasmkube` unless overridden.
 pub fn deployment(app: &WasmApp) -> Deployment {
     let spec = &app.spec;
@@ -189,12 +220,18 @@ pub fn deployment(app: &WasmApp) -> Deployment {
             ..EnvVar::default()
         });
     }
+    let reuse = spec.http.as_ref().and_then(|h| h.instance_reuse.as_ref());
     env.extend(
         spec.env
             .iter()
             .filter(|e| e.name != wasmkube_contract::GRANTS_ENV)
+            // spec.http.instanceReuse owns these when set.
+            .filter(|e| reuse.is_none() || !http::REUSE_ENVS.contains(&e.name.as_str()))
             .cloned(),
     );
+    if let Some(reuse) = reuse {
+        env.extend(instance_reuse_env(reuse));
+    }
     // Last, so no entry of spec.env can stand in for it (validation also refuses one).
     let grants = super::grants::pod_grants(app);
     env.push(EnvVar {

@@ -10,6 +10,8 @@ use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::images::{pack, pause_archive};
 use wasmkube_test_harness::{unique_id, Containerd};
 
+pub mod http_server;
+
 pub const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
 
 /// A containerd with the pause image and the named guests imported into `k8s.io`.

@@ -577,3 +577,72 @@ fn bad_outbound_entries_are_reported_by_field() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn instance_reuse_reaches_the_shim_as_its_variables_and_owns_them() {
+    use crate::crd::{HttpSpec, InstanceReuse};
+    let env_of = |spec: WasmAppSpec| -> Vec<(String, String)> {
+        let json = serde_json::to_value(deployment(&app(spec))).expect("json");
+        json["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let reuse_vars = |env: &[(String, String)]| -> Vec<(String, String)> {
+        env.iter()
+            .filter(|(n, _)| http::REUSE_ENVS.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    };
+    // Off by default: no variable, so every request gets a fresh instance.
+    assert!(reuse_vars(&env_of(basic())).is_empty());
+    // A user's own variables stay when the spec does not set reuse.
+    let mut by_hand = basic();
+    by_hand.env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: http::REUSE_MAX_REQUESTS_ENV.to_string(),
+        value: Some("7".to_string()),
+        ..Default::default()
+    });
+    assert_eq!(
+        reuse_vars(&env_of(by_hand.clone())),
+        vec![(http::REUSE_MAX_REQUESTS_ENV.to_string(), "7".to_string())]
+    );
+    // `instanceReuse: {}`: the defaults, spelled out; maxConcurrent left to the shim.
+    let mut on = by_hand;
+    on.http = Some(HttpSpec {
+        instance_reuse: Some(InstanceReuse::default()),
+    });
+    assert_eq!(
+        reuse_vars(&env_of(on.clone())),
+        vec![
+            (http::REUSE_MAX_REQUESTS_ENV.to_string(), "1000".to_string()),
+            (http::REUSE_IDLE_TIMEOUT_ENV.to_string(), "60s".to_string()),
+        ],
+        "the spec's setting replaces the user's variable"
+    );
+    on.http = Some(HttpSpec {
+        instance_reuse: Some(InstanceReuse {
+            max_requests: Some(50),
+            max_concurrent: Some(4),
+            idle_timeout: Some("1500ms".to_string()),
+        }),
+    });
+    assert_eq!(
+        reuse_vars(&env_of(on)),
+        vec![
+            (http::REUSE_MAX_REQUESTS_ENV.to_string(), "50".to_string()),
+            (
+                http::REUSE_IDLE_TIMEOUT_ENV.to_string(),
+                "1500ms".to_string()
+            ),
+            (http::REUSE_MAX_CONCURRENT_ENV.to_string(), "4".to_string()),
+        ]
+    );
+}

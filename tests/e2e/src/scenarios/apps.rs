@@ -219,6 +219,11 @@ pub async fn cel_rejects_invalid(c: &Cluster) -> Result<()> {
             "nodePort needs type NodePort or LoadBalancer",
         ),
         ("e2e-bad-replicas", "  replicas: -1\n", "spec.replicas"),
+        (
+            "e2e-bad-reuse",
+            "  http:\n    instanceReuse:\n      idleTimeout: 1m\n",
+            "spec.http.instanceReuse.idleTimeout",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("wk-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod in_pod;
 pub mod install;
 pub mod installer_kills;
+pub mod instance_reuse;
 pub mod keyvalue;
 pub mod lifecycle;
 pub mod many_nodes;
@@ -78,6 +79,12 @@ pub fn all() -> Runner {
         )
         .scenario("command_jobs_run_to_completion_with_args_and_logs", |c| {
             Box::pin(in_pod::command_jobs_run_to_completion_with_args_and_logs(c))
+        })
+        .scenario("instance_reuse_on_and_off", |c| {
+            Box::pin(instance_reuse::instance_reuse_on_and_off(c))
+        })
+        .scenario("reuse_turned_off_for_an_app_that_cannot_be_reused", |c| {
+            Box::pin(instance_reuse::reuse_turned_off_for_an_app_that_cannot_be_reused(c))
         })
         .scenario("memory_limit_refuses_requests_without_a_restart", |c| {
             Box::pin(in_pod::memory_limit_refuses_requests_without_a_restart(c))

@@ -10,6 +10,12 @@
 //!   (a refused growth traps);
 //! - `/sleep?ms=<t>`: waits `t` ms on a `wasi:clocks` timer (blocked in the host, no busy loop)
 //!   and answers `slept <t> ms\n`;
+//! - `/count?ms=<t>`: waits `t` ms, then answers `instance <id> request <n>\n`: a random id
+//!   drawn by this instance's first request and how many requests this instance has served
+//!   (1 for a fresh instance; more only when the shim reuses instances);
+//! - `/panic`: counts the request, then panics (a trap);
+//! - `/silent`: counts the request, then returns without answering, keeping the
+//!   response-outparam (as StarlingMonkey's FetchEvent does on a reused instance);
 //! - anything else: 200 `ok <path-with-query>\n`.
 
 use std::io::Read as _;
@@ -25,6 +31,11 @@ impl Guest for HttpLimits {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let (route, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
+        if route == "/silent" {
+            http_reply::count_request();
+            std::mem::forget(response_out);
+            return;
+        }
         let text = match route {
             "/loop" => spin(),
             "/body" => format!("body {} bytes\n", read_body(request)),
@@ -35,6 +46,15 @@ impl Guest for HttpLimits {
                 let text = format!("held {} MiB for {ms} ms\n", held.len() >> 20);
                 drop(held);
                 text
+            }
+            "/count" => {
+                sleep_ms(param(query, "ms"));
+                let (id, n) = http_reply::count_request();
+                format!("instance {id:016x} request {n}\n")
+            }
+            "/panic" => {
+                http_reply::count_request();
+                panic!("/panic requested");
             }
             "/sleep" => {
                 let ms = param(query, "ms");

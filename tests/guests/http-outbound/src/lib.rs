@@ -8,6 +8,9 @@
 //!   `error=<io error>`.
 //!
 //! - `/env`: the names of the guest's environment variables, comma-separated.
+//! - `/instance`: `instance <id>: request <n> of this instance`, as the example app answers.
+//! - `/silent`: returns without answering, keeping the response-outparam (what a componentize-js
+//!   FetchEvent app does on a reused instance): the e2e case of an app that cannot be reused.
 //!
 //! Any other path: `outbound guest` (a readiness target).
 
@@ -25,7 +28,15 @@ impl Guest for HttpOutbound {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let (route, arg) = path.split_once('?').unwrap_or((path.as_str(), ""));
+        if route == "/silent" {
+            std::mem::forget(response_out);
+            return;
+        }
         let text = match route {
+            "/instance" => {
+                let (id, n) = http_reply::count_request();
+                format!("instance {id:016x}: request {n} of this instance")
+            }
             "/fetch" => fetch(arg).unwrap_or_else(|e| format!("error={e}")),
             "/tcp" => tcp(arg),
             "/lookup" => lookup(arg),

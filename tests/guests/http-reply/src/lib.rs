@@ -19,3 +19,19 @@ pub fn text(response_out: ResponseOutparam, text: &str) {
     drop(stream);
     OutgoingBody::finish(body, None).expect("finish body");
 }
+
+/// This instance's id (drawn on its first request) and the requests it has served, this one
+/// included: shows whether the host reuses instances (the count stays 1 when it does not).
+pub fn count_request() -> (u64, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ID: AtomicU64 = AtomicU64::new(0);
+    static SERVED: AtomicU64 = AtomicU64::new(0);
+    if ID.load(Ordering::Relaxed) == 0 {
+        ID.store(
+            wasi::random::random::get_random_u64() | 1,
+            Ordering::Relaxed,
+        );
+    }
+    let n = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+    (ID.load(Ordering::Relaxed), n)
+}

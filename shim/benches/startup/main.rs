@@ -7,12 +7,16 @@
 //! (d) memory of one idle wasi:http instance (shim + container processes);
 //! (e) HTTP requests/s through the shim vs `wasmtime serve`, same component, same `wrk` load;
 //! (f) memory of the first instance of a 20 MB module on a node (cold cache: compiled by the
-//!     compile broker) vs the next one (warm): the compiler's memory must not stay with it.
+//!     compile broker) vs the next one (warm): the compiler's memory must not stay with it;
+//! (g) HTTP requests/s with opt-in instance reuse vs `wasmtime serve`: the Rust guest and a real
+//!     componentize-js component (and that component without reuse), see `http_rate`;
+//! (h) density: total PSS of 1, 5 and 20 idle wasi:http instances and the slope, for the Rust
+//!     guest and the componentize-js component, see `density`.
 //!
 //! Environment: `BENCH_N` (default 10), `BENCH_BIG_N` (default 3), `BENCH_ASSETS` (dir with
-//! graphviz.wasm, yosys.wasm, wasmtime), `BENCH_ONLY` (comma list of a,b,c,d,e,f).
+//! graphviz.wasm, yosys.wasm, js-hello.wasm, wasmtime), `BENCH_ONLY` (comma list of
+//! a,b,c,d,e,f,g,h).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmkube_test_harness::containerd::rootfs_with;
@@ -20,61 +24,21 @@ use wasmkube_test_harness::guests::guest;
 use wasmkube_test_harness::wasm_gen::big_module;
 use wasmkube_test_harness::{free_port, missing_prerequisites, unique_id, Containerd, CtrRun};
 
+mod density;
+mod http_rate;
+mod measure;
+use measure::{
+    clear_cache, curl, env_usize, mb, median, mem_of, shim_tree, timed, wait_http, Table,
+};
+
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn timed(ctd: &Containerd, run: &CtrRun) -> f64 {
-    let t = Instant::now();
-    let out = ctd.run(run);
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(out.code, Some(0), "benchmark run failed: {out:#?}");
-    ms
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn clear_cache(ctd: &Containerd) {
-    if let Ok(d) = std::fs::read_dir(ctd.cache_dir()) {
-        for e in d.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-struct Table(Vec<[String; 5]>);
-
-impl Table {
-    fn row(&mut self, what: &str, a: &str, b: &str, ratio: f64, target: &str) {
-        self.0.push([
-            what.into(),
-            a.into(),
-            b.into(),
-            format!("{ratio:.2}x"),
-            target.into(),
-        ]);
-    }
-}
 
 fn main() {
     if let Some(missing) = missing_prerequisites() {
         eprintln!("SKIP shim benchmarks: missing {missing}");
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,h".into());
     let wants = |k: &str| only.split(',').any(|o| o.trim() == k);
     let n = env_usize("BENCH_N", 10);
     let big_n = env_usize("BENCH_BIG_N", 3);
@@ -238,53 +202,19 @@ fn main() {
     }
 
     let wasmtime = assets.join("wasmtime");
-    if wants("e") && wasmtime.is_file() && wasmkube_test_harness::which("wrk").is_some() {
-        let root = rootfs_with(&[("http.wasm", &http)]);
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let port = free_port();
-            let id = unique_id("rps");
-            let mut run = CtrRun::rootfs(&id, root.path(), &["/http.wasm"])
-                .env(&format!("WASMKUBE_HTTP_ADDR=127.0.0.1:{port}"));
-            run.net_host = true;
-            let mut child = ctd.spawn_run(&run);
-            wait_http(port);
-            ours.push(wrk(port));
-            ctd.ctr(&["tasks", "kill", &id]);
-            let _ = child.wait();
+    if wants("e") || wants("g") {
+        http_rate::rows(&ctd, &assets, &wasmtime, &http, &wants, &mut table);
+    }
 
-            let port = free_port();
-            let mut serve = Command::new(&wasmtime)
-                .args([
-                    "serve",
-                    "-S",
-                    "cli=y",
-                    "--addr",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .arg(&http)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("wasmtime serve");
-            wait_http(port);
-            theirs.push(wrk(port));
-            let _ = serve.kill();
-            let _ = serve.wait();
+    if wants("h") {
+        let js = assets.join("js-hello.wasm");
+        let mut apps = vec![("Rust guest", http.as_path())];
+        if js.is_file() {
+            apps.push(("componentize-js", js.as_path()));
+        } else {
+            println!("SKIP (h) componentize-js: {} missing", js.display());
         }
-        let (o, t) = (median(ours), median(theirs));
-        table.row(
-            "(e) wasi:http req/s: shim vs wasmtime serve (wrk -t1 -c16 -d5s)",
-            &format!("{o:.0}/s"),
-            &format!("{t:.0}/s"),
-            o / t,
-            ">= 0.80x",
-        );
-    } else if wants("e") {
-        println!(
-            "SKIP (e): needs {} and wrk (bench/shim.sh installs both)",
-            wasmtime.display()
-        );
+        density::rows(&ctd, &apps, &mut table);
     }
 
     if wants("f") {
@@ -340,122 +270,4 @@ fn main() {
     for [a, b, c, d, e] in &table.0 {
         println!("| {a} | {b} | {c} | {d} | {e} |");
     }
-}
-
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
-fn curl(port: u16) -> bool {
-    Command::new("curl")
-        .args([
-            "-sf",
-            "--max-time",
-            "2",
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn wait_http(port: u16) {
-    let t = Instant::now();
-    while !curl(port) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "server on {port} never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Requests per second from `wrk` (loopback, bounded: 5 s).
-fn wrk(port: u16) -> f64 {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c16", "-d5s", &format!("http://127.0.0.1:{port}/")])
-        .output()
-        .expect("wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("Requests/sec:")
-                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-        })
-        .unwrap_or(0.0)
-}
-
-/// The shim daemon serving container `id` and all its descendants, with a role name.
-fn shim_tree(id: &str) -> Vec<(u32, String)> {
-    let procs: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
-        })
-        .collect();
-    let Some(shim) = procs.iter().find(|(_, _, c)| {
-        c.contains("containerd-shim-wasmkube-v1 ") && c.contains(&format!("-id {id} "))
-    }) else {
-        return Vec::new();
-    };
-    let mut out = vec![(shim.0, "shim daemon".to_string())];
-    let mut zygote_seen = false;
-    let mut frontier = vec![shim.0];
-    while let Some(p) = frontier.pop() {
-        for (pid, ppid, _) in &procs {
-            if *ppid == p {
-                let cmd = &procs
-                    .iter()
-                    .find(|q| q.0 == *pid)
-                    .map(|q| q.2.as_str())
-                    .unwrap_or("");
-                let role = if cmd.contains("--wasmkube-compile-broker") {
-                    "compile broker"
-                } else if cmd.contains("--wasmkube-compile-worker") {
-                    "compile worker"
-                } else if !zygote_seen {
-                    zygote_seen = true;
-                    "shim child (zygote)"
-                } else {
-                    "container process"
-                };
-                out.push((*pid, role.to_string()));
-                frontier.push(*pid);
-            }
-        }
-    }
-    out
-}
-
-/// (peak RSS, RSS, PSS, anonymous) in kB.
-fn mem_of(pid: u32) -> (u64, u64, u64, u64) {
-    let field = |text: &str, key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(0)
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    (
-        field(&status, "VmHWM:"),
-        field(&status, "VmRSS:"),
-        field(&rollup, "Pss:"),
-        field(&rollup, "Anonymous:"),
-    )
 }
