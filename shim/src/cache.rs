@@ -6,20 +6,38 @@
 //! Trust model (what stands between a file on disk and the unsafe `deserialize`):
 //! - **The directory** is the worker's own (root on a node), mode 0700. An existing directory
 //!   with another owner or any group/other bit is refused with a message, and the cache is off.
-//! - **Each entry** must be a regular file owned by that user with no group/other bit, checked on
-//!   the opened descriptor (no race with a rename).
-//! - **Each entry is authenticated**: `WKC2` magic, then HMAC-SHA256 under a node-local key over
-//!   the entry's name and payload, then the payload. The key is `key` in the directory: 32 random
-//!   bytes, mode 0600, written to a temp file and renamed into place without replacing (so it
-//!   is never seen half-written, and a concurrent first start adopts the winner's). An entry not made with this node's key (a
-//!   planted one with a valid checksum, one renamed to another module's name, one from a copied
-//!   disk) fails the MAC, is removed and rebuilt.
+//! - **Each entry** must be a regular file owned by that user with no group/other write bit,
+//!   checked on the opened descriptor (no race with a rename). Entries are 0644 so that a
+//!   container running as any user can map the one it is handed (see *Mapped entries*); the
+//!   0700 directory still keeps every other process from naming them.
+//! - **Each entry is authenticated**: the payload (the artefact, so that it starts at offset 0
+//!   and can be mapped as it is), then a trailer: `WKC3` magic and HMAC-SHA256 under a
+//!   node-local key over the entry's name and payload. The key is `key` in the directory: 32
+//!   random bytes, mode 0600, written to a temp file and renamed into place without replacing
+//!   (so it is never seen half-written, and a concurrent first start adopts the winner's). An
+//!   entry not made with this node's key (a planted one with a valid checksum, one renamed to
+//!   another module's name, one from a copied disk) fails the MAC, is removed and rebuilt.
 //! - Writes go to a unique temp file (`O_CREAT|O_EXCL`), are fsynced and renamed into place, so
 //!   concurrent cold starts never clobber each other's half-written files.
 //! - **Size bound**: a hit refreshes the entry's mtime; after a store, the least recently used
 //!   entries are removed until the directory holds at most the bound. An artefact larger than
 //!   the whole bound is not stored (it would evict every other entry). Temp files older than
 //!   [`STALE_TEMP`] (a writer that died) are removed after each store.
+//!
+//! **Mapped entries.** A container maps its artefact straight from the page cache, so that
+//! every pod of an app on the node shares one copy of its machine code and memory image. The
+//! broker bind-mounts the directory read-only onto its `view` subdirectory in its own mount
+//! namespace ([`make_read_only_view`]); a worker opens the entry through that view, checks the
+//! descriptor it opened (owner, mode, MAC over the bytes read from it) and hands the container
+//! that same descriptor. Why the mapped file cannot change after its check:
+//! - an entry is never written in place: a writer makes a new inode (temp file) and renames it
+//!   over the name, so the inode the worker checked keeps its content; eviction only unlinks;
+//! - the container's descriptor is read-only and belongs to a read-only mount, so neither
+//!   `write`, `ftruncate`, a shared writable mapping, `fchmod` nor a reopen of
+//!   `/proc/self/fd/N` for writing works, even for a container running as root with
+//!   `CAP_DAC_OVERRIDE` (`EROFS`);
+//! - only host root (outside every container) could write the inode through the read-write
+//!   path, and host root is trusted anyway.
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -41,9 +59,13 @@ pub const CACHE_MAX_ENV: &str = "WASMKUBE_CACHE_MAX_BYTES";
 /// Default size bound.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-const MAGIC: &[u8; 4] = b"WKC2";
+const MAGIC: &[u8; 4] = b"WKC3";
 const MAC_LEN: usize = 32;
-const HEADER_LEN: usize = MAGIC.len() + MAC_LEN;
+const TRAILER_LEN: usize = MAGIC.len() + MAC_LEN;
+/// The read-only view of the directory, in the broker's mount namespace.
+pub const VIEW_DIR: &str = "view";
+/// Mode of an entry: readable by a container of any user that holds its descriptor.
+const ENTRY_MODE: u32 = 0o644;
 const KEY_FILE: &str = "key";
 const KEY_LEN: usize = 32;
 const ENTRY_SUFFIX: &str = ".cwasm";
@@ -143,6 +165,8 @@ impl CacheKey {
 pub struct ArtifactCache {
     path: PathBuf,
     dir: OwnedFd,
+    /// The directory through its read-only mount, when this process sees one.
+    view: Option<OwnedFd>,
     key: [u8; KEY_LEN],
     max_bytes: u64,
 }
@@ -183,9 +207,11 @@ impl ArtifactCache {
             path: path.clone(),
             detail,
         })?;
+        let view = read_only_view(&dir, &stat);
         Ok(ArtifactCache {
             path,
             dir,
+            view,
             key,
             max_bytes: config.max_bytes,
         })
@@ -195,11 +221,24 @@ impl ArtifactCache {
         &self.path
     }
 
+    /// Whether entries are opened through a read-only mount (and so may be handed out).
+    pub fn has_view(&self) -> bool {
+        self.view.is_some()
+    }
+
     /// The authenticated payload of an entry, or `None` (missing, untrusted or corrupt; those
     /// are removed). A hit marks the entry recently used.
     pub fn load(&self, key: &CacheKey) -> Option<Vec<u8>> {
+        self.open_entry(key).map(|entry| entry.payload)
+    }
+
+    /// An authenticated entry: its payload, and the descriptor it was read from when that
+    /// descriptor belongs to the read-only view (see *Mapped entries*). `None` as for
+    /// [`Self::load`].
+    pub fn open_entry(&self, key: &CacheKey) -> Option<Entry> {
+        let through = self.view.as_ref().unwrap_or(&self.dir);
         let fd = rustix::fs::openat(
-            &self.dir,
+            through,
             key.file_name(),
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
@@ -213,7 +252,7 @@ impl ArtifactCache {
                 {
                     return Err("not a regular file".to_string());
                 }
-                private_to_me(&st)
+                mine_and_not_writable_by_others(&st)
             });
         if let Err(why) = trusted {
             tracing::warn!("discarding cache entry {}: {why}", key.file_name());
@@ -233,17 +272,26 @@ impl ArtifactCache {
             self.remove(key);
             return None;
         }
-        // Recently used: the LRU order is the mtime order.
-        let _ = rustix::fs::futimens(&file, &now());
-        bytes.drain(..HEADER_LEN);
-        Some(bytes)
+        // Recently used: the LRU order is the mtime order (through the read-write directory:
+        // the view refuses even a timestamp).
+        let _ = rustix::fs::utimensat(
+            &self.dir,
+            key.file_name(),
+            &now(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+        bytes.truncate(bytes.len() - TRAILER_LEN);
+        Some(Entry {
+            payload: bytes,
+            file: self.view.is_some().then_some(file),
+        })
     }
 
     /// Writes an entry: unique temp file (`O_EXCL`), fsync, rename; then evicts the least
     /// recently used entries past the size bound.
     pub fn store(&self, key: &CacheKey, payload: &[u8]) -> Result<(), CacheError> {
         let name = key.file_name();
-        let size = (HEADER_LEN + payload.len()) as u64;
+        let size = (payload.len() + TRAILER_LEN) as u64;
         if size > self.max_bytes {
             return Err(CacheError::TooLarge {
                 name: name.to_string(),
@@ -266,11 +314,14 @@ impl ArtifactCache {
         )
         .map_err(|e| err(e.into()))?;
         let mut file = File::from(fd);
-        let written = self
-            .mac(key, payload)
+        // Not through the umask: a container of any user must be able to map the entry it is
+        // handed.
+        let written = rustix::fs::fchmod(&file, Mode::from_raw_mode(ENTRY_MODE))
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.mac(key, payload))
+            .and_then(|tag| file.write_all(payload).map(|()| tag))
             .and_then(|tag| file.write_all(MAGIC).map(|()| tag))
             .and_then(|tag| file.write_all(&tag))
-            .and_then(|()| file.write_all(payload))
             .and_then(|()| file.sync_all());
         let renamed = written.and_then(|()| {
             rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name).map_err(Into::into)
@@ -386,16 +437,64 @@ impl ArtifactCache {
     }
 
     fn authentic(&self, key: &CacheKey, bytes: &[u8]) -> bool {
-        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+        let Some(split) = bytes.len().checked_sub(TRAILER_LEN) else {
+            return false;
+        };
+        let (payload, trailer) = bytes.split_at(split);
+        let (magic, tag) = trailer.split_at(MAGIC.len());
+        if magic != MAGIC {
             return false;
         }
-        let (tag, payload) = bytes[MAGIC.len()..].split_at(MAC_LEN);
         let Some(mut mac) = self.keyed(key) else {
             return false;
         };
         mac.update(payload);
         mac.verify_slice(tag).is_ok()
     }
+}
+
+/// `Ok` when `st` belongs to this process's effective user and no other user may write it.
+fn mine_and_not_writable_by_others(st: &rustix::fs::Stat) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(format!("belongs to uid {}, not to uid {me}", st.st_uid));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(format!(
+            "has mode {:04o}; only its owner may write it",
+            st.st_mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The directory's read-only view ([`VIEW_DIR`]), if this process sees one: the same directory
+/// (device and inode) on a read-only mount. In every other mount namespace `view` is an empty
+/// directory (or absent), and entries are handed out as bytes.
+fn read_only_view(dir: &OwnedFd, dir_stat: &rustix::fs::Stat) -> Option<OwnedFd> {
+    let view = rustix::fs::openat(
+        dir,
+        VIEW_DIR,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&view).ok()?;
+    let same = st.st_dev == dir_stat.st_dev && st.st_ino == dir_stat.st_ino;
+    let read_only = rustix::fs::fstatvfs(&view)
+        .map(|vfs| vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+        .unwrap_or(false);
+    (same && read_only).then_some(view)
+}
+
+/// An authenticated cache entry.
+#[derive(Debug)]
+pub struct Entry {
+    /// The artefact.
+    pub payload: Vec<u8>,
+    /// The descriptor the payload was read from, when it belongs to the read-only view: the
+    /// artefact is its first `payload.len()` bytes (an authentication trailer follows).
+    pub file: Option<File>,
 }
 
 /// `Ok` when `st` belongs to this process's effective user and has no group/other bit.

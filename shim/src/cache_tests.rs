@@ -47,7 +47,11 @@ fn round_trip_is_private_and_leaves_no_temp_files() {
     );
     assert_eq!(mode(cache.path()), 0o700);
     assert_eq!(mode(&cache.path().join(KEY_FILE)), 0o600);
-    assert_eq!(mode(&cache.path().join(k.file_name())), 0o600);
+    assert_eq!(
+        mode(&cache.path().join(k.file_name())),
+        0o644,
+        "readable by a container of any user that is handed it, writable by none"
+    );
 }
 
 #[test]
@@ -107,14 +111,14 @@ fn planted_entries_are_refused_and_removed() {
     assert_eq!(cache.load(&k), None, "a checksummed but unkeyed entry");
     assert!(!path.exists());
 
-    // The new magic with a MAC under a guessed key.
-    let mut guessed = MAGIC.to_vec();
+    // The current format with a MAC under a guessed key.
+    let mut guessed = payload.to_vec();
     let mut mac = <HmacSha256 as Mac>::new_from_slice(&[0u8; 32]).expect("mac");
     mac.update(k.file_name().as_bytes());
     mac.update(&[0]);
     mac.update(payload);
+    guessed.extend_from_slice(MAGIC);
     guessed.extend_from_slice(&mac.finalize().into_bytes());
-    guessed.extend_from_slice(payload);
     std::fs::write(&path, &guessed).expect("plant");
     assert_eq!(cache.load(&k), None, "a MAC under another key");
 
@@ -138,11 +142,16 @@ fn corrupt_truncated_or_loose_entries_are_misses_and_removed() {
     assert!(!path.exists(), "corrupt entry removed");
 
     cache.store(&k, b"0123456789").expect("store");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    assert_eq!(cache.load(&k), None, "a group/world-readable entry");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    assert_eq!(cache.load(&k), None, "a group-writable entry");
     assert!(!path.exists());
 
-    std::fs::write(&path, b"WKC2short").expect("truncate");
+    cache.store(&k, b"0123456789").expect("store");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o646)).expect("chmod");
+    assert_eq!(cache.load(&k), None, "a world-writable entry");
+    assert!(!path.exists());
+
+    std::fs::write(&path, b"WKC3short").expect("truncate");
     assert_eq!(cache.load(&k), None);
 }
 

@@ -13,11 +13,15 @@
 //!   survive into it: the daemon's, libcontainer's (the `O_PATH` roots of the private procfs
 //!   mounts libpathrs caches, directories opened before `pivot_root`). Their numbers and
 //!   identities are listed when the sandbox is made ([`Inherited::list`], in libcontainer's
-//!   `validate`, before runwasi's async runtime exists), and all of them are closed before the
-//!   guest is loaded ([`Inherited::close_all_but`]) except an allow-list: stdio and the broker's
-//!   client socket. A descriptor whose number now names another file (one the process opened
-//!   since, e.g. the runtime's epoll) is not inherited and stays. If the list cannot be read,
-//!   the guest does not start.
+//!   `validate`, before runwasi's async runtime exists), and all of them are retired before the
+//!   guest is loaded ([`Inherited::retire_all_but`]) except an allow-list: stdio and the
+//!   broker's client socket. Retired means the number is pointed at the container's `/dev/null`
+//!   rather than closed: code inherited from the daemon still holds some of those numbers (the
+//!   shim's logger writes to its log FIFO's number), and a closed number would be handed to the
+//!   next file the process opens, e.g. an accepted HTTP connection, which would then receive
+//!   the daemon's log lines. A descriptor whose number now names another file (one the process
+//!   opened since, e.g. the runtime's epoll) is not inherited and stays. If the list cannot be
+//!   read, the guest does not start.
 //!
 //! [`host_rooted`] and its helpers describe the host-filesystem handles the live tests look for.
 use std::collections::HashSet;
@@ -111,10 +115,17 @@ impl Inherited {
         self.fds.iter().map(|(n, _)| *n).collect()
     }
 
-    /// Closes every listed descriptor that still refers to the same file, except `keep`;
-    /// returns what it closed (`"<n> -> <target>"`). Run single-threaded, before the guest.
-    pub fn close_all_but(&self, keep: &[i32]) -> Vec<String> {
-        let mut closed = Vec::new();
+    /// Retires every listed descriptor that still refers to the same file, except `keep`: its
+    /// number then names `/dev/null` (closed when `/dev/null` cannot be opened); returns what
+    /// it retired (`"<n> -> <target>"`). Run single-threaded, before the guest.
+    pub fn retire_all_but(&self, keep: &[i32]) -> Vec<String> {
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok();
+        let mut retired = Vec::new();
         for &(n, id) in &self.fds {
             if keep.contains(&n) || identity(n) != Some(id) {
                 continue;
@@ -122,10 +133,10 @@ impl Inherited {
             let target = std::fs::read_link(format!("/proc/self/fd/{n}"))
                 .map(|l| l.display().to_string())
                 .unwrap_or_default();
-            close(n);
-            closed.push(format!("{n} -> {target}"));
+            retire(n, null.as_ref());
+            retired.push(format!("{n} -> {target}"));
         }
-        closed
+        retired
     }
 }
 
@@ -151,6 +162,22 @@ pub fn close_from(first: u32) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Points `n` at `null` (`dup3`, close-on-exec), or closes it when there is no `null` or the
+/// `dup3` fails.
+#[allow(unsafe_code)]
+fn retire(n: i32, null: Option<&std::os::fd::OwnedFd>) {
+    use std::os::fd::AsRawFd;
+    if let Some(null) = null {
+        // SAFETY: `dup3` atomically replaces whatever `n` named (see `close` for why nothing of
+        // ours owns it) with a new reference to `/dev/null`; `null` stays owned by the caller.
+        let rc = unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) };
+        if rc == n {
+            return;
+        }
+    }
+    close(n);
 }
 
 #[allow(unsafe_code)]
@@ -239,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn inherited_descriptors_close_except_the_kept_and_the_reused() {
+    fn inherited_descriptors_are_retired_except_the_kept_and_the_reused() {
         use std::os::fd::{AsRawFd, IntoRawFd};
         let tmp = tempfile::tempdir().expect("tmp");
         let (r, w) = std::io::pipe().expect("pipe");
@@ -248,15 +275,21 @@ mod tests {
         assert_eq!(listed.numbers(), vec![r, w]);
         let pipe_end = identity(r);
         assert!(pipe_end.is_some());
-        let closed = listed.close_all_but(&[w]);
+        let null = rustix::fs::stat("/dev/null").expect("stat /dev/null");
+        let closed = listed.retire_all_but(&[w]);
         assert_eq!(closed.len(), 1, "{closed:?}");
         assert!(
             closed[0].starts_with(&format!("{r} -> pipe:")),
             "{closed:?}"
         );
-        // Closed: the number no longer names that pipe end (another test in this process may
-        // already have been given the number again).
-        assert_ne!(identity(r), pipe_end, "the inherited end is closed");
+        // Retired: the number names /dev/null now, not that pipe end, and is not free for the
+        // next file this process opens.
+        assert_ne!(identity(r), pipe_end, "the inherited end is gone");
+        assert_eq!(
+            identity(r),
+            Some((null.st_dev, null.st_ino)),
+            "the number is held by /dev/null"
+        );
         assert!(identity(w).is_some(), "the kept end stays");
         // A number that names another file since the listing is not inherited: it stays.
         let mut old = std::fs::File::create(tmp.path().join("old")).expect("old");
@@ -269,12 +302,16 @@ mod tests {
             rustix::io::dup2(new.as_fd(), &mut target).expect("dup2");
             old = std::fs::File::from(target);
         }
-        assert!(listed.close_all_but(&[]).is_empty());
+        assert!(listed.retire_all_but(&[]).is_empty());
         assert!(identity(n).is_some(), "the reused number stays open");
         drop(old);
         #[allow(unsafe_code)]
-        // SAFETY: `w` was leaked from the pipe above and is owned by nothing else.
-        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(w) });
+        // SAFETY: `w` and `r` (now /dev/null) were leaked from the pipe above and are owned by
+        // nothing else.
+        unsafe {
+            drop(<std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(w));
+            drop(<std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r));
+        }
     }
 
     #[test]

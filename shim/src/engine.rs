@@ -4,6 +4,9 @@ use containerd_shim_wasm::sandbox::context::WasmBinaryType;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::broker::protocol::Artefact;
 use crate::cache::ArtifactKind;
 use crate::error::ShimError;
 
@@ -28,11 +31,69 @@ pub enum Allocation {
 /// Largest table a pooled instance may have (CPython-on-WASI needs ~47k entries).
 pub const POOL_TABLE_ELEMENTS: usize = 200_000;
 
-/// An engine. Epoch interruption makes stop requests preemptive; compilation settings are the
-/// same for both allocation strategies.
+/// Environment variable (containerd's, inherited by the shim): `off` compiles a program's first
+/// start on a node with Cranelift too, instead of Winch.
+pub const BASELINE_ENV: &str = "WASMKUBE_BASELINE_COMPILER";
+
+/// Which compiler an artefact comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Winch, Wasmtime's single-pass baseline compiler: several times faster to compile, slower
+    /// code. A program's first start on a node, while the broker compiles the optimised
+    /// artefact for the next start in the background.
+    Baseline,
+    /// Cranelift: optimised code.
+    Optimized,
+}
+
+impl Tier {
+    /// Both tiers, in the order the cache is searched: optimised code first.
+    pub const LOOKUP: [Tier; 2] = [Tier::Optimized, Tier::Baseline];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Baseline => "winch",
+            Tier::Optimized => "cranelift",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Tier> {
+        [Tier::Baseline, Tier::Optimized]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+
+    /// What a cache key says of the tier (nothing for optimised code: its keys are as before
+    /// tiers existed).
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Tier::Baseline => "-winch",
+            Tier::Optimized => "",
+        }
+    }
+
+    /// The tiers a first start may use, fastest to compile first.
+    pub fn for_first_start(env: impl Fn(&str) -> Option<String>) -> &'static [Tier] {
+        match env(BASELINE_ENV).as_deref() {
+            Some("off") => &[Tier::Optimized],
+            _ => &[Tier::Baseline, Tier::Optimized],
+        }
+    }
+}
+
+/// An engine for optimised (Cranelift) code.
 pub fn new_engine(allocation: Allocation) -> Result<Engine, ShimError> {
+    new_engine_for(allocation, Tier::Optimized)
+}
+
+/// An engine. Epoch interruption makes stop requests preemptive (Winch code checks the epoch
+/// too); other settings are the same for both allocation strategies and both tiers.
+pub fn new_engine_for(allocation: Allocation, tier: Tier) -> Result<Engine, ShimError> {
     let mut config = Config::new();
     config.epoch_interruption(true).wasm_component_model(true);
+    if tier == Tier::Baseline {
+        config.strategy(wasmtime::Strategy::Winch);
+    }
     if allocation == Allocation::Pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(MAX_INSTANCES)
@@ -146,7 +207,62 @@ impl Program {
     }
 }
 
-/// Loads an artefact the compile broker produced.
+/// Loads an artefact the compile broker produced: a cache entry's descriptor is mapped (its
+/// pages shared with every other container of the app on the node); when that cannot be done,
+/// its bytes are read into this process, as for an artefact sent as bytes.
+pub fn load_artefact(
+    engine: &Engine,
+    kind: ArtifactKind,
+    artefact: Artefact,
+) -> wasmtime::Result<Program> {
+    match artefact {
+        Artefact::Bytes(bytes) => deserialize(engine, kind, &bytes),
+        Artefact::File { file, len } => match map(engine, kind, &file) {
+            Ok(program) => Ok(program),
+            Err(e) => {
+                eprintln!(
+                    "wasmkube: cannot map the compiled module ({e:#}); loading a private copy"
+                );
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(std::fs::File::from(file), len),
+                    &mut bytes,
+                )?;
+                if bytes.len() as u64 != len {
+                    wasmtime::bail!("the compiled module's file is shorter than announced");
+                }
+                deserialize(engine, kind, &bytes)
+            }
+        },
+    }
+}
+
+/// Maps a cache entry the broker handed over (see [`crate::cache`], *Mapped entries*).
+#[allow(unsafe_code)]
+fn map(engine: &Engine, kind: ArtifactKind, file: &OwnedFd) -> wasmtime::Result<Program> {
+    // SAFETY: as for `deserialize`, and the file cannot change while it is mapped: the worker
+    // read and authenticated the bytes of this very descriptor (opened through the broker's
+    // read-only view of the cache), entries are never written in place (a writer renames a new
+    // inode over the name), and this descriptor, like a reopen of it, is read-only on a
+    // read-only mount (`EROFS` for every write, even with CAP_DAC_OVERRIDE). The authentication
+    // trailer after the artefact is ignored by wasmtime's ELF reader.
+    unsafe {
+        match kind {
+            ArtifactKind::Module => {
+                Module::deserialize_open_file(engine, std::fs::File::from(file.try_clone()?))
+                    .map(Program::Module)
+            }
+            // Wasmtime 48 maps a component only by path: this process's own descriptor, reopened
+            // read-only (the entry is 0644, so a container of any user may).
+            ArtifactKind::Component => {
+                Component::deserialize_file(engine, format!("/proc/self/fd/{}", file.as_raw_fd()))
+                    .map(Program::Component)
+            }
+        }
+    }
+}
+
+/// Loads artefact bytes the compile broker produced.
 #[allow(unsafe_code)]
 pub fn deserialize(
     engine: &Engine,

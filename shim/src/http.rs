@@ -41,7 +41,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::budget::{code_size, GuestLimiter, MemoryBudget, MemoryRefusal};
 use crate::epoch::EpochTicker;
 use crate::error::ShimError;
-use crate::http_errors::{plain, DeadlineExceeded, RequestError, REUSE_REFUSED};
+use crate::http_errors::{plain, retry_later, DeadlineExceeded, RequestError, REUSE_REFUSED};
 use crate::instance_pool::{Checkout, InstancePool};
 use crate::limited_body::LimitedBody;
 use crate::limits::HttpLimits;
@@ -259,15 +259,7 @@ impl Server {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            let mut resp = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in flight\n",
-            );
-            resp.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("1"),
-            );
-            return resp;
+            return retry_later("too many requests in flight\n");
         };
         self.ticker.busy();
         let method = req.method().clone();

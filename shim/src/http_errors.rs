@@ -48,22 +48,24 @@ impl RequestError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "request needs more wasm memory than the container's memory limit allows\n",
             ),
-            RequestError::Memory(_) => {
-                let mut resp = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "container memory limit reached: memory in use by concurrent requests\n",
-                );
-                resp.headers_mut().insert(
-                    hyper::header::RETRY_AFTER,
-                    hyper::header::HeaderValue::from_static("1"),
-                );
-                resp
-            }
+            RequestError::Memory(_) => retry_later(
+                "container memory limit reached: memory in use by concurrent requests\n",
+            ),
             RequestError::Guest(_) => {
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n")
             }
         }
     }
+}
+
+/// 503 with `retry-after: 1`: the server is busy now, not broken.
+pub(crate) fn retry_later(text: &'static str) -> hyper::Response<HyperOutgoingBody> {
+    let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// A response with a short plain-text body.

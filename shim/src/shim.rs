@@ -79,7 +79,7 @@ impl Default for WasmkubeSandbox {
 /// What the container process held when the sandbox was made.
 static INHERITED: OnceLock<Result<Inherited, String>> = OnceLock::new();
 
-/// Closes every inherited descriptor but stdio and the compile broker's client socket; fails
+/// Retires every inherited descriptor but stdio and the compile broker's client socket; fails
 /// (the guest does not start) when they could not be listed.
 fn close_inherited() -> Result<(), ShimError> {
     let inherited = match INHERITED.get() {
@@ -99,9 +99,9 @@ fn close_inherited() -> Result<(), ShimError> {
         .map(|fd| fd.as_raw_fd())
         .into_iter()
         .collect();
-    let closed = inherited.close_all_but(&keep);
-    if !closed.is_empty() {
-        tracing::debug!(?closed, "closed inherited descriptors");
+    let retired = inherited.retire_all_but(&keep);
+    if !retired.is_empty() {
+        tracing::debug!(?retired, "retired inherited descriptors");
     }
     Ok(())
 }
@@ -272,6 +272,7 @@ async fn load(what: &str, bytes: Vec<u8>, stop: StopSignal) -> Result<Loaded, Sh
     let why = match answer {
         Ok(Response::Loaded {
             allocation,
+            tier,
             kind,
             artefact,
             notes,
@@ -279,8 +280,8 @@ async fn load(what: &str, bytes: Vec<u8>, stop: StopSignal) -> Result<Loaded, Sh
             for note in notes {
                 eprintln!("wasmkube: {note}");
             }
-            let engine = engine::new_engine(allocation)?;
-            match engine::deserialize(&engine, kind, &artefact) {
+            let engine = engine::new_engine_for(allocation, tier)?;
+            match engine::load_artefact(&engine, kind, artefact) {
                 Ok(program) => return Ok(Loaded::Ready(engine, program)),
                 Err(e) => format!("the broker's artefact does not load: {e:#}"),
             }

@@ -1,7 +1,9 @@
 //! The compile broker under a real containerd (`ctr run`): compiled code comes only from the
 //! shim's host-side workers, the cache refuses what they did not write, the guest process holds
 //! no descriptor of the host's filesystem, no process but the shim daemon holds its containerd
-//! socket, a stop during a long compile is prompt, the compiler is confined (a hostPID root
+//! socket, the guest maps its entry read-only (Winch code on a first start, Cranelift's once the
+//! background tier-up stored it; a module Winch refuses runs from Cranelift code at once), a
+//! stop during a long compile is prompt, the compiler is confined (a hostPID root
 //! cannot look into it) and a module that fails to compile is not compiled again at each restart.
 //! Needs root, containerd and runc; see `wasmkube_test_harness::skip_unless!`.
 use std::io::Read as _;
@@ -25,7 +27,7 @@ fn containerd() -> Containerd {
 /// Descriptors of `pid` rooted in the host's filesystem: directory, `O_PATH` or regular-file
 /// handles on mounts outside the process's own mount namespace (containerd's stdio and log
 /// FIFOs, sockets, pipes, devices and memfds do not resolve to anything a guest could walk).
-fn host_rooted_fds(pid: u32) -> Vec<String> {
+fn host_rooted_fds(pid: u32) -> Vec<(String, wasmkube_shim::descriptors::FdFacts)> {
     use wasmkube_shim::descriptors::{host_rooted, own_mounts, parse_fdinfo, FdFacts};
     let own =
         own_mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo"));
@@ -50,45 +52,159 @@ fn host_rooted_fds(pid: u32) -> Vec<String> {
             file_type: rustix::fs::FileType::from_raw_mode(meta.mode()),
         };
         if host_rooted(&facts, &own) {
-            found.push(format!("{n}: {facts:?}"));
+            found.push((n, facts));
         }
     }
     found
 }
 
 #[test]
-fn the_guest_process_holds_no_descriptor_of_the_hosts_filesystem() {
+fn the_guest_maps_its_cache_entry_read_only_and_holds_no_other_host_descriptor() {
     skip_unless!(missing_prerequisites());
-    let ctd = containerd();
+    // As on a node: the first start runs Winch code and the broker tiers up in the background.
+    let ctd = Containerd::builder()
+        .shim(SHIM)
+        .winch_first_starts()
+        .start();
     let root =
         wasmkube_test_harness::containerd::rootfs_with(&[("busyloop.wasm", &guest("busyloop"))]);
-    let id = unique_id("fds");
-    let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/busyloop.wasm"]));
-    ctd.wait_task_running(&id, Duration::from_secs(30))
-        .expect("running");
-    // Running wasm (past compilation and instantiation), not only a started task: the cache
-    // entry exists once the broker compiled it (on a loaded machine that takes a while), and
-    // the guest starts right after it received the artefact.
-    let start = Instant::now();
-    while ctd.cache_entries().is_empty() && start.elapsed() < Duration::from_secs(180) {
-        std::thread::sleep(Duration::from_millis(100));
+    let optimised = || {
+        ctd.cache_entries()
+            .into_iter()
+            .find(|e| !e.to_string_lossy().contains("-winch-"))
+    };
+    // The first start compiles with Winch (and is handed the entry just stored); the second,
+    // once the tier-up has stored Cranelift's code, is a hit on that.
+    for (round, tier) in [
+        ("first start", "-winch-"),
+        ("after the tier-up", "-ondemand-"),
+    ] {
+        if round == "after the tier-up" {
+            let start = Instant::now();
+            while optimised().is_none() && start.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let entries = ctd.cache_entries();
+            assert!(
+                entries.len() == 2 && optimised().is_some(),
+                "the tier-up stored optimised code beside the Winch code: {entries:?}"
+            );
+        }
+        let id = unique_id("fds");
+        let mut child = ctd.spawn_run(&CtrRun::rootfs(&id, root.path(), &["/busyloop.wasm"]));
+        ctd.wait_task_running(&id, Duration::from_secs(30))
+            .expect("running");
+        // Running wasm (past compilation and instantiation), not only a started task: the
+        // program's code is mapped once it was loaded.
+        let pid = ctd.task_pid(&id);
+        let start = Instant::now();
+        let mut code = Vec::new();
+        while code.is_empty() && start.elapsed() < Duration::from_secs(180) {
+            std::thread::sleep(Duration::from_millis(100));
+            code = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.ends_with(".cwasm") && l.contains(" r-xp "))
+                .map(str::to_string)
+                .collect();
+        }
+        assert!(
+            !code.is_empty()
+                && code
+                    .iter()
+                    .all(|l| l.contains("/view/module-ondemand") && l.contains(tier)),
+            "{round}: the guest runs its machine code from its cache entry ({tier}), mapped \
+             through the read-only view: {code:#?}"
+        );
+        if round == "first start" {
+            assert!(
+                code.iter().all(|l| l.contains("-winch-")),
+                "{round}: Winch code: {code:#?}"
+            );
+        } else {
+            assert!(
+                code.iter().all(|l| !l.contains("-winch-")),
+                "{round}: Cranelift code: {code:#?}"
+            );
+        }
+        // The only host file the guest holds is that entry, read-only, on a read-only mount:
+        // not even host root can write it through the guest's descriptor.
+        let held = host_rooted_fds(pid);
+        let (artefact, others): (Vec<_>, Vec<_>) = held
+            .iter()
+            .partition(|(_, f)| f.link.contains("/view/") && f.link.ends_with(".cwasm"));
+        assert!(
+            others.is_empty(),
+            "{round}: the guest holds host filesystem descriptors: {others:#?}"
+        );
+        let [(n, facts)] = &artefact[..] else {
+            panic!("{round}: one cache entry held: {held:#?}");
+        };
+        assert_eq!(facts.flags & 0o3, 0, "{round}: opened read-only: {facts:?}");
+        let through = format!("/proc/{pid}/fd/{n}");
+        let mut head = [0u8; 4];
+        std::fs::File::open(&through)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .expect("readable");
+        assert_eq!(&head, b"\x7fELF");
+        for (what, open) in [
+            ("write", std::fs::OpenOptions::new().write(true).clone()),
+            ("append", std::fs::OpenOptions::new().append(true).clone()),
+        ] {
+            let e = open.open(&through).expect_err(what);
+            assert_eq!(
+                e.raw_os_error(),
+                Some(rustix::io::Errno::ROFS.raw_os_error()),
+                "{round}: reopening the guest's entry to {what}: {e}"
+            );
+        }
+        let e = std::fs::set_permissions(&through, std::fs::Permissions::from_mode(0o666))
+            .expect_err("chmod");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::ROFS.raw_os_error()),
+            "{round}: {e}"
+        );
+        ctd.ctr(&["tasks", "kill", &id]).ok();
+        let status = wait_child(&mut child, Duration::from_secs(10)).expect("stopped");
+        assert_eq!(status.code(), Some(128 + 15));
     }
-    assert_eq!(
-        ctd.cache_entries().len(),
-        1,
-        "the module was compiled and cached"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = ctd.task_pid(&id);
-    // The cache exists on the host (the broker made it), so a leaked handle would show.
-    let leaked = host_rooted_fds(pid);
+}
+
+#[test]
+fn a_module_winch_refuses_runs_on_its_first_start_from_cranelift_code() {
+    skip_unless!(missing_prerequisites());
+    let ctd = Containerd::builder()
+        .shim(SHIM)
+        .winch_first_starts()
+        .start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let wat = dir.path().join("tail.wat");
+    // Tail calls (Winch refuses them): a million of them, then exit 3 through WASI.
+    std::fs::write(
+        &wat,
+        r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $loop (param i32) (result i32)
+    (if (result i32) (i32.eqz (local.get 0))
+      (then (i32.const 3))
+      (else (return_call $loop (i32.sub (local.get 0) (i32.const 1))))))
+  (func (export "_start") (call $exit (call $loop (i32.const 1000000)))))"#,
+    )
+    .expect("write");
+    let root = wasmkube_test_harness::containerd::rootfs_with(&[("tail.wat", &wat)]);
+    let out = ctd.run(&CtrRun::rootfs(
+        unique_id("tail"),
+        root.path(),
+        &["/tail.wat"],
+    ));
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    let entries = ctd.cache_entries();
     assert!(
-        leaked.is_empty(),
-        "the guest holds host filesystem descriptors: {leaked:#?}"
+        entries.len() == 1 && !entries[0].to_string_lossy().contains("winch"),
+        "compiled once, by Cranelift, and no tier-up needed: {entries:?}"
     );
-    ctd.ctr(&["tasks", "kill", &id]).ok();
-    let status = wait_child(&mut child, Duration::from_secs(10)).expect("stopped");
-    assert_eq!(status.code(), Some(128 + 15));
 }
 
 #[test]
@@ -298,7 +414,8 @@ fn a_planted_cache_entry_is_refused_and_rebuilt() {
         .expect("trap cached");
     // Genuine compiled code (the trap guest's), planted under the hello module's name with a
     // checksum anyone can compute, as a tenant that could write the directory would.
-    let trap_code = std::fs::read(&trap_entry).expect("read")[36..].to_vec();
+    let trap_entry = std::fs::read(&trap_entry).expect("read");
+    let trap_code = trap_entry[..trap_entry.len() - 36].to_vec();
     let mut planted = b"WKC1".to_vec();
     planted.extend_from_slice(&Sha256::digest(&trap_code));
     planted.extend_from_slice(&trap_code);
@@ -318,7 +435,8 @@ fn a_planted_cache_entry_is_refused_and_rebuilt() {
     );
     let rebuilt = std::fs::read(&hello_entry).expect("rebuilt");
     assert_ne!(rebuilt, planted, "the planted entry was replaced");
-    assert!(rebuilt.starts_with(b"WKC2"));
+    assert!(rebuilt.starts_with(b"\x7fELF"), "the artefact at offset 0");
+    assert_eq!(&rebuilt[rebuilt.len() - 36..rebuilt.len() - 32], b"WKC3");
 }
 
 #[test]

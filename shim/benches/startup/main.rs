@@ -2,7 +2,9 @@
 //! the real-world modules and the `wasmtime` CLI first). Interleaved A/B runs, medians, ratios:
 //!
 //! (a) `ctr run --rm` hello: wasm shim vs runc + static busybox `echo`;
-//! (b) a ~1 MB real-world module (graphviz, C) from its second start, vs runc + busybox;
+//! (b) a ~1 MB real-world module (graphviz, C): its first start on a node (Winch), second and
+//!     third start (Cranelift's code, from the background tier-up), and a first start with
+//!     Winch off, each vs runc + busybox;
 //! (c) first vs second start of a large module (Yosys, 69 MB): the compiled-module cache;
 //! (d) memory of one idle wasi:http instance (shim + container processes);
 //! (e) HTTP requests/s through the shim vs `wasmtime serve`, same component, same `wrk` load;
@@ -11,11 +13,13 @@
 //! (g) HTTP requests/s with opt-in instance reuse vs `wasmtime serve`: the Rust guest and a real
 //!     componentize-js component (and that component without reuse), see `http_rate`;
 //! (h) density: total PSS of 1, 5 and 20 idle wasi:http instances and the slope, for the Rust
-//!     guest and the componentize-js component, see `density`.
+//!     guest and the componentize-js component, see `density`;
+//! (i) throughput of Winch code vs Cranelift code on a compute-bound guest (`busyloop <rounds>`:
+//!     generate, sort and hash 1 MiB per round, timed inside the guest), through the shim.
 //!
 //! Environment: `BENCH_N` (default 10), `BENCH_BIG_N` (default 3), `BENCH_ASSETS` (dir with
 //! graphviz.wasm, yosys.wasm, js-hello.wasm, wasmtime), `BENCH_ONLY` (comma list of
-//! a,b,c,d,e,f,g,h).
+//! a,b,c,d,e,f,g,h,i).
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,7 +32,8 @@ mod density;
 mod http_rate;
 mod measure;
 use measure::{
-    clear_cache, curl, env_usize, mb, median, mem_of, shim_tree, timed, wait_http, Table,
+    clear_cache, curl, env_usize, mb, median, mem_of, shim_tree, timed, wait_for_tier_ups,
+    wait_http, Table,
 };
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-wasmkube-v1");
@@ -38,14 +43,18 @@ fn main() {
         eprintln!("SKIP shim benchmarks: missing {missing}");
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,h".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,h,i".into());
     let wants = |k: &str| only.split(',').any(|o| o.trim() == k);
     let n = env_usize("BENCH_N", 10);
     let big_n = env_usize("BENCH_BIG_N", 3);
     let assets = PathBuf::from(
         std::env::var("BENCH_ASSETS").unwrap_or_else(|_| "/var/tmp/wasmkube-bench".into()),
     );
-    let ctd = Containerd::builder().shim(SHIM).start();
+    // As on a node: first starts run Winch code and tier up in the background.
+    let ctd = Containerd::builder()
+        .shim(SHIM)
+        .winch_first_starts()
+        .start();
     let busybox = Path::new("/bin/busybox");
     let native = rootfs_with(&[("busybox", busybox)]);
     let runc = |id: String| {
@@ -94,31 +103,50 @@ fn main() {
     if wants("b") && graphviz.is_file() {
         let root = rootfs_with(&[("graphviz.wasm", &graphviz)]);
         let run = |id: String| CtrRun::rootfs(id, root.path(), &["/graphviz.wasm", "-V"]);
-        let mut first = Vec::new();
+        // The same first start with Winch off: Cranelift compiles it while the start waits.
+        let cranelift_only = Containerd::builder().shim(SHIM).start();
+        let (mut first, mut second, mut third, mut no_winch, mut native_ms) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n.min(5) {
             clear_cache(&ctd);
             first.push(timed(&ctd, &run(unique_id("gv1"))));
-        }
-        let (mut second, mut native_ms) = (Vec::new(), Vec::new());
-        for _ in 0..n {
+            native_ms.push(timed(&ctd, &runc(unique_id("b"))));
+            // A user's next start comes later than the tier-up (about a second here).
+            wait_for_tier_ups();
             second.push(timed(&ctd, &run(unique_id("gv2"))));
             native_ms.push(timed(&ctd, &runc(unique_id("b"))));
+            third.push(timed(&ctd, &run(unique_id("gv3"))));
+            clear_cache(&cranelift_only);
+            no_winch.push(timed(&cranelift_only, &run(unique_id("gv0"))));
         }
-        let (f, s, r) = (median(first), median(second), median(native_ms));
-        table.row(
-            "(b) graphviz.wasm 933 KB, second start vs runc+busybox",
-            &format!("{s:.1} ms"),
-            &format!("{r:.1} ms"),
-            s / r,
-            "<= 1.00x",
-        );
-        table.row(
-            "(b') graphviz.wasm first start (compile) vs second start",
-            &format!("{f:.1} ms"),
-            &format!("{s:.1} ms"),
-            f / s,
-            "(info)",
-        );
+        let r = median(native_ms);
+        for (what, ms, target) in [
+            (
+                "(b) graphviz.wasm 933 KB, first start on a node (Winch)",
+                first,
+                "<= 3.00x",
+            ),
+            (
+                "(b') graphviz.wasm, second start (Cranelift code, cached)",
+                second,
+                "<= 1.00x",
+            ),
+            ("(b'') graphviz.wasm, third start", third, "<= 1.00x"),
+            (
+                "(b0) graphviz.wasm, first start with Winch off",
+                no_winch,
+                "(info)",
+            ),
+        ] {
+            let ms = median(ms);
+            table.row(
+                &format!("{what} vs runc+busybox"),
+                &format!("{ms:.1} ms"),
+                &format!("{r:.1} ms"),
+                ms / r,
+                target,
+            );
+        }
     } else if wants("b") {
         println!(
             "SKIP (b): {} missing (bench/shim.sh downloads it)",
@@ -261,6 +289,35 @@ fn main() {
             &format!("{:.1} MB", mb(warm_hwm)),
             first_hwm as f64 / warm_hwm.max(1) as f64,
             "<= 2.00x",
+        );
+    }
+
+    if wants("i") {
+        let root = rootfs_with(&[("busyloop.wasm", &guest("busyloop"))]);
+        let run = |id: String| CtrRun::rootfs(id, root.path(), &["/busyloop.wasm", "50"]);
+        // "work 50: <hash> in <ms> ms"
+        let compute_ms = |out: &str| -> f64 {
+            out.split(" in ")
+                .nth(1)
+                .and_then(|t| t.trim().strip_suffix(" ms"))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("no timing in {out:?}"))
+        };
+        let (mut winch, mut cranelift) = (Vec::new(), Vec::new());
+        for _ in 0..n.min(5) {
+            clear_cache(&ctd);
+            winch.push(compute_ms(&ctd.run(&run(unique_id("iw"))).ok().stdout));
+            wait_for_tier_ups();
+            cranelift.push(compute_ms(&ctd.run(&run(unique_id("ic"))).ok().stdout));
+        }
+        let (w, c) = (median(winch), median(cranelift));
+        table.row(
+            "(i) compute-bound guest (busyloop 50: generate, sort, hash 50 MiB), Winch code vs \
+             Cranelift code",
+            &format!("{w:.0} ms"),
+            &format!("{c:.0} ms"),
+            w / c,
+            "(info)",
         );
     }
 

@@ -30,6 +30,28 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Waits (at most 5 min) until no background tier-up runs on this machine: the optimised code
+/// of every first start so far is cached, and no compiler is using CPU or memory.
+pub fn wait_for_tier_ups() {
+    let running = || {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| c.split(|b| *b == 0).any(|a| a == b"--wasmkube-tier-up"))
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    // A tier-up starts just before its container gets its answer.
+    std::thread::sleep(Duration::from_millis(100));
+    while running() && t.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn clear_cache(ctd: &Containerd) {
     if let Ok(d) = std::fs::read_dir(ctd.cache_dir()) {
         for e in d.flatten() {

@@ -1,13 +1,10 @@
 //! The container side: a private socket pair per request, its far end passed to the broker.
 use std::borrow::Cow;
-use std::io::{BufReader, IoSlice};
-use std::mem::MaybeUninit;
+use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 use super::protocol::{HostLimits, Request, Response, WireError};
 use crate::stop::StopSignal;
@@ -41,24 +38,18 @@ fn connect() -> Result<UnixStream, ClientError> {
         None,
     )
     .map_err(std::io::Error::from)?;
-    let fds = [theirs.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(
-        shared,
-        &[IoSlice::new(&[1])],
-        &mut control,
-        SendFlags::empty(),
-    )
-    .map_err(std::io::Error::from)?;
+    super::passing::send_with(shared, &[1], theirs.as_fd())?;
     Ok(UnixStream::from(mine))
 }
 
 fn exchange(conn: &UnixStream, request: &Request<'_>) -> Result<Response, ClientError> {
     let mut w = conn;
     request.write_to(&mut w)?;
-    Ok(Response::decode(&mut BufReader::new(conn))?)
+    // A cache entry's descriptor comes with the answer's first byte.
+    let (first, passed) = super::passing::recv_first(conn.as_fd())?;
+    let head = [first];
+    let mut rest = (&head[..]).chain(BufReader::new(conn));
+    Ok(Response::decode(&mut rest, passed)?)
 }
 
 /// How long a stopped container waits for its worker to end its compile.

@@ -85,13 +85,18 @@ pub fn run_dir(env: impl Fn(&str) -> Option<String>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
 }
 
-/// In a worker: keeps only [`COMPILER_CAPS`] in the bounding set (so the compiler it starts
-/// gets nothing else), then drops every capability of its own, and stops being dumpable (it
-/// holds the cache and the node key).
+/// In a worker (and a tier-up, which a worker starts with what it left): keeps only
+/// [`COMPILER_CAPS`] in the bounding set (so the compiler it starts gets nothing else), then
+/// drops every capability of its own, and stops being dumpable (it holds the cache and the node
+/// key). A capability already out of the bounding set is not dropped again (that needs
+/// `CAP_SETPCAP`, which a tier-up no longer has).
 pub fn worker_gives_up_privileges() -> Result<(), ConfineError> {
-    use rustix::thread::{remove_capability_from_bounding_set, set_capabilities, CapabilitySets};
+    use rustix::thread::{
+        capability_is_in_bounding_set, remove_capability_from_bounding_set, set_capabilities,
+        CapabilitySets,
+    };
     for cap in CapabilitySet::all().iter() {
-        if COMPILER_CAPS.contains(cap) {
+        if COMPILER_CAPS.contains(cap) || capability_is_in_bounding_set(cap) == Ok(false) {
             continue;
         }
         match remove_capability_from_bounding_set(cap) {

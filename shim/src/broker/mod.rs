@@ -4,10 +4,13 @@
 //! ```text
 //!  shim daemon ──spawn──▶ broker (`--wasmkube-compile-broker`, stdin = SEQPACKET server end)
 //!     │ (client end, CLOEXEC)      │ one message per request, carrying a fresh stream socket
-//!     ▼ fork                       ▼ spawn, at most `max(2, CPUs)` at once
+//!     ▼ fork                       ▼ spawn, at most `max(2, CPUs)` at once (own mount namespace:
+//!                                  │ the cache read-only at `<cache>/view`)
 //!  zygote ─clone─▶ container process ══ private socket pair ══▶ worker (`--wasmkube-compile-worker`)
 //!                  (after pivot_root)      request: the wasm      cache lookup (MAC-checked); on a
-//!                                          response: artefact     miss, a node-wide slot, then:
+//!                                          response: the cache    miss, a node-wide slot, then:
+//!                                          entry's descriptor
+//!                                          (mapped), or bytes
 //!                                                                   │ spawn, stdin/stdout pipes
 //!                                                                   ▼
 //!                                                      compiler (`--wasmkube-compiler`): own uid,
@@ -28,7 +31,11 @@
 //!   remembered for ten minutes ([`failures`]).
 //! - **No host descriptors in containers.** The shim opens no host directory before runwasi
 //!   forks its zygote: a container process inherits only the client socket (close-on-exec, so
-//!   native containers lose it at `execve`). The host-side memory limit and CPU quota of a cgroup v1 container
+//!   native containers lose it at `execve`). The one host file a container is handed is its own
+//!   artefact's cache entry, read-only, on the broker's read-only view of the cache ([`view`]),
+//!   which it maps (one page-cache copy per app on the node): a regular file, so it names no
+//!   directory to escape through, and nothing can write it through that descriptor or a reopen
+//!   of it (see [`crate::cache`], *Mapped entries*). The host-side memory limit and CPU quota of a cgroup v1 container
 //!   is asked of a worker too ([`protocol::Request::Limits`]).
 //! - **Compiler memory is returned.** Each compile runs in a fresh process that exits after
 //!   answering, so the first instance of an app does not keep Cranelift's heap.
@@ -53,10 +60,13 @@ pub mod client;
 mod compiler;
 pub mod confine;
 mod failures;
+mod passing;
 mod peer;
 pub mod protocol;
 mod server;
 pub mod slots;
+mod tier_up;
+mod view;
 mod worker;
 
 /// argv\[1\] of the broker process.
@@ -65,6 +75,8 @@ pub const BROKER_ARG: &str = "--wasmkube-compile-broker";
 pub const WORKER_ARG: &str = "--wasmkube-compile-worker";
 /// argv\[1\] of a compiler process.
 pub const COMPILER_ARG: &str = "--wasmkube-compiler";
+/// argv\[1\] of a tier-up process.
+pub const TIER_UP_ARG: &str = "--wasmkube-tier-up";
 
 static SOCKET: OnceLock<OwnedFd> = OnceLock::new();
 
@@ -78,6 +90,7 @@ pub fn run_role(args: &[OsString]) -> Option<i32> {
         BROKER_ARG => ("compile broker", server::run),
         WORKER_ARG => ("compile worker", worker::run),
         COMPILER_ARG => ("compiler", compiler::run),
+        TIER_UP_ARG => ("tier-up", tier_up::run),
         _ => return None,
     };
     // Inherited from the shim daemon: containerd's TTRPC listener (fd 3, not close-on-exec)

@@ -2,9 +2,10 @@
 //! length-prefixed fields, every length capped before anything is allocated.
 use std::borrow::Cow;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::cache::ArtifactKind;
-use crate::engine::Allocation;
+use crate::engine::{Allocation, Tier};
 
 /// Largest module a container may send (wasmtime itself refuses far smaller code sections).
 pub const MAX_WASM: u64 = 512 << 20;
@@ -28,13 +29,39 @@ pub enum Request<'a> {
     Limits,
 }
 
+/// How a compiled artefact travels.
+#[derive(Debug)]
+pub enum Artefact {
+    /// In the message.
+    Bytes(Vec<u8>),
+    /// As a read-only descriptor of an authenticated cache entry, passed beside the message
+    /// (`SCM_RIGHTS`): the artefact is the file's first `len` bytes, mapped by the container
+    /// so that the page cache holds one copy for every pod of the app (see [`crate::cache`],
+    /// *Mapped entries*).
+    File { file: OwnedFd, len: u64 },
+}
+
+impl PartialEq for Artefact {
+    /// Files are equal when their lengths are: a descriptor has no content to compare.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Artefact::Bytes(a), Artefact::Bytes(b)) => a == b,
+            (Artefact::File { len: a, .. }, Artefact::File { len: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Artefact {}
+
 /// What the broker answers.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Response {
     Loaded {
         allocation: Allocation,
+        tier: Tier,
         kind: ArtifactKind,
-        artefact: Vec<u8>,
+        artefact: Artefact,
         /// Things the container should print on its stderr (e.g. why the cache is off).
         notes: Vec<String>,
     },
@@ -98,6 +125,7 @@ impl Response {
         match self {
             Response::Loaded {
                 allocation,
+                tier,
                 kind,
                 artefact,
                 notes,
@@ -106,6 +134,10 @@ impl Response {
                 out.push(match allocation {
                     Allocation::OnDemand => 0,
                     Allocation::Pooling => 1,
+                });
+                out.push(match tier {
+                    Tier::Optimized => 0,
+                    Tier::Baseline => 1,
                 });
                 out.push(match kind {
                     ArtifactKind::Module => 0,
@@ -116,7 +148,16 @@ impl Response {
                 for n in notes {
                     put_text(&mut out, n);
                 }
-                put_blob(&mut out, artefact);
+                match artefact {
+                    Artefact::Bytes(bytes) => {
+                        out.push(0);
+                        put_blob(&mut out, bytes);
+                    }
+                    Artefact::File { len, .. } => {
+                        out.push(1);
+                        out.extend_from_slice(&len.to_le_bytes());
+                    }
+                }
             }
             Response::Invalid { detail } => {
                 out.push(2);
@@ -144,13 +185,30 @@ impl Response {
         out
     }
 
-    pub fn decode(r: &mut impl Read) -> Result<Self, WireError> {
+    /// The descriptor that travels beside the message, if any.
+    pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Response::Loaded {
+                artefact: Artefact::File { file, .. },
+                ..
+            } => Some(file.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Reads a response; `passed` is the descriptor that came with its first byte, if any.
+    pub fn decode(r: &mut impl Read, passed: Option<OwnedFd>) -> Result<Self, WireError> {
         match get_u8(r)? {
             1 => {
                 let allocation = match get_u8(r)? {
                     0 => Allocation::OnDemand,
                     1 => Allocation::Pooling,
                     a => return Err(WireError::Malformed(format!("unknown allocation {a}"))),
+                };
+                let tier = match get_u8(r)? {
+                    0 => Tier::Optimized,
+                    1 => Tier::Baseline,
+                    t => return Err(WireError::Malformed(format!("unknown tier {t}"))),
                 };
                 let kind = match get_u8(r)? {
                     0 => ArtifactKind::Module,
@@ -162,11 +220,22 @@ impl Response {
                     return Err(WireError::Malformed(format!("{count} notes")));
                 }
                 let notes = (0..count).map(|_| get_text(r)).collect::<Result<_, _>>()?;
+                let artefact = match get_u8(r)? {
+                    0 => Artefact::Bytes(get_blob(r, MAX_ARTEFACT)?),
+                    1 => Artefact::File {
+                        len: get_u64(r)?,
+                        file: passed.ok_or_else(|| {
+                            WireError::Malformed("a file answer without its descriptor".into())
+                        })?,
+                    },
+                    t => return Err(WireError::Malformed(format!("unknown artefact {t}"))),
+                };
                 Ok(Response::Loaded {
                     allocation,
+                    tier,
                     kind,
                     notes,
-                    artefact: get_blob(r, MAX_ARTEFACT)?,
+                    artefact,
                 })
             }
             2 => Ok(Response::Invalid {
@@ -265,8 +334,9 @@ mod tests {
         for resp in [
             Response::Loaded {
                 allocation: Allocation::Pooling,
+                tier: Tier::Baseline,
                 kind: ArtifactKind::Component,
-                artefact: vec![1, 2, 3],
+                artefact: Artefact::Bytes(vec![1, 2, 3]),
                 notes: vec!["cache off".into()],
             },
             Response::Invalid {
@@ -279,8 +349,34 @@ mod tests {
             Response::Limits(HostLimits::default()),
         ] {
             let bytes = resp.encode();
-            assert_eq!(Response::decode(&mut &bytes[..]).expect("decode"), resp);
+            assert_eq!(
+                Response::decode(&mut &bytes[..], None).expect("decode"),
+                resp
+            );
         }
+    }
+
+    #[test]
+    fn a_file_answer_needs_its_descriptor() {
+        let file = OwnedFd::from(std::fs::File::open("/dev/null").expect("open"));
+        let resp = Response::Loaded {
+            allocation: Allocation::OnDemand,
+            tier: Tier::Optimized,
+            kind: ArtifactKind::Module,
+            artefact: Artefact::File { file, len: 42 },
+            notes: vec![],
+        };
+        assert!(resp.descriptor().is_some());
+        let bytes = resp.encode();
+        assert!(matches!(
+            Response::decode(&mut &bytes[..], None),
+            Err(WireError::Malformed(m)) if m.contains("without its descriptor")
+        ));
+        let passed = OwnedFd::from(std::fs::File::open("/dev/null").expect("open"));
+        assert_eq!(
+            Response::decode(&mut &bytes[..], Some(passed)).expect("decode"),
+            resp
+        );
     }
 
     #[test]

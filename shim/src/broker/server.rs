@@ -56,6 +56,13 @@ pub fn run() -> i32 {
             return 1;
         }
     };
+    // Before any worker: they inherit the namespace with its read-only view of the cache.
+    if let Err(e) = super::view::make_read_only_view() {
+        eprintln!(
+            "wasmkube compile broker: no read-only view of the compiled-module cache, each \
+             container gets a private copy of its artefact: {e}"
+        );
+    }
     let max = max_workers();
     let mut running: Vec<Running> = Vec::new();
     let mut waiting: VecDeque<Waiting> = VecDeque::new();

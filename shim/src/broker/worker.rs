@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use crate::cache::{ArtifactCache, ArtifactKind, CacheConfig, CacheKey};
-use crate::engine::{self, Allocation};
+use crate::engine::{self, Allocation, Tier};
 use crate::error::ShimError;
 
 use super::peer::{self, Peer};
-use super::protocol::{HostLimits, Request, Response};
-use super::{compiler, confine, failures, slots, COMPILER_ARG};
+use super::protocol::{Artefact, HostLimits, Request, Response};
+use super::{compiler, confine, failures, slots, tier_up, COMPILER_ARG};
 
 /// A worker never lives longer than this (a 20 MB module compiles in well under a minute).
 /// The running compiler's pid (0: none), for the hang-up watcher: it moves the compiler out of
@@ -37,6 +37,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a container may take to read the answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Ends this process after [`MAX_LIFETIME`].
+pub(super) fn limit_lifetime(role: &'static str) {
+    std::thread::spawn(move || {
+        std::thread::sleep(MAX_LIFETIME);
+        eprintln!("wasmkube {role}: still running after {MAX_LIFETIME:?}, exiting");
+        std::process::exit(1);
+    });
+}
+
 /// Serves the request on stdin; returns the exit code.
 pub fn run() -> i32 {
     // Before any thread exists, so that every thread inherits it.
@@ -44,11 +53,7 @@ pub fn run() -> i32 {
         eprintln!("wasmkube compile worker: cannot drop privileges: {e}");
         return 1;
     }
-    std::thread::spawn(|| {
-        std::thread::sleep(MAX_LIFETIME);
-        eprintln!("wasmkube compile worker: still running after {MAX_LIFETIME:?}, exiting");
-        std::process::exit(1);
-    });
+    limit_lifetime("compile worker");
     match serve() {
         Ok(()) => 0,
         Err(e) => {
@@ -68,7 +73,11 @@ fn serve() -> Result<(), super::protocol::WireError> {
         Request::Load { what, wasm } => load(&conn, &what, &wasm),
         Request::Limits => Response::Limits(peer_limits(&conn)),
     };
-    (&conn).write_all(&response.encode())?;
+    let bytes = response.encode();
+    match response.descriptor() {
+        Some(fd) => super::passing::send_with(conn.as_fd(), &bytes, fd)?,
+        None => (&conn).write_all(&bytes)?,
+    }
     Ok(())
 }
 
@@ -136,16 +145,35 @@ fn load(conn: &UnixStream, what: &str, wasm: &[u8]) -> Response {
         }
     };
     let peer = Peer::of(conn.as_fd());
-    let mut compile = |what: &str, wasm: &[u8], notes: &mut Vec<String>| {
-        compile_confined(peer.as_ref().ok(), what, wasm, notes)
+    let mut compile = |what: &str, wasm: &[u8], tiers: &[Tier], notes: &mut Vec<String>| {
+        compile_confined(Charge::To(peer.as_ref().ok()), what, wasm, tiers, notes)
     };
-    match artefact(what, wasm, cache.as_ref(), &mut notes, &mut compile) {
-        Ok((allocation, kind, artefact)) => Response::Loaded {
-            allocation,
-            kind,
-            artefact,
-            notes,
-        },
+    // Without a cache there is no next start to compile for: optimised code at once.
+    let tiers = match cache {
+        Some(_) => Tier::for_first_start(|k| std::env::var(k).ok()),
+        None => &[Tier::Optimized],
+    };
+    match artefact(what, wasm, tiers, cache.as_ref(), &mut notes, &mut compile) {
+        Ok((allocation, tier, kind, artefact)) => {
+            if tier == Tier::Baseline {
+                // Before answering: once the container has its answer it hangs up, and this
+                // worker ends.
+                // Quiet when it works (an app's log is its own); said when it does not.
+                if let Err(e) = tier_up::start(what, wasm) {
+                    notes.push(format!(
+                        "running baseline (Winch) code: optimised code for the next start could \
+                         not be compiled in the background: {e}"
+                    ));
+                }
+            }
+            Response::Loaded {
+                allocation,
+                tier,
+                kind,
+                artefact,
+                notes,
+            }
+        }
         Err(detail) => Response::Invalid { detail },
     }
 }
@@ -155,6 +183,7 @@ fn load(conn: &UnixStream, what: &str, wasm: &[u8]) -> Response {
 pub enum Compiled {
     Done {
         allocation: Allocation,
+        tier: Tier,
         kind: ArtifactKind,
         artefact: Vec<u8>,
     },
@@ -167,13 +196,22 @@ impl From<Response> for Compiled {
         match response {
             Response::Loaded {
                 allocation,
+                tier,
                 kind,
-                artefact,
+                artefact: Artefact::Bytes(artefact),
                 ..
             } => Compiled::Done {
                 allocation,
+                tier,
                 kind,
                 artefact,
+            },
+            Response::Loaded {
+                artefact: Artefact::File { .. },
+                ..
+            } => Compiled::Failed {
+                detail: "the compiler answered with a file".into(),
+                remember: false,
             },
             Response::Invalid { detail } => Compiled::Failed {
                 detail,
@@ -187,80 +225,89 @@ impl From<Response> for Compiled {
     }
 }
 
-/// Compiles `(what, wasm)`, adding notes for the container.
-pub type Compiler<'a> = dyn FnMut(&str, &[u8], &mut Vec<String>) -> Compiled + 'a;
+/// Compiles `(what, wasm)` with the first of the tiers that can, adding notes for the
+/// container.
+pub type Compiler<'a> = dyn FnMut(&str, &[u8], &[Tier], &mut Vec<String>) -> Compiled + 'a;
 
 /// The compiled artefact for `wasm`: from the cache when an authenticated entry exists for any
-/// allocation strategy the program may use (pooled first); else the remembered failure, if it
-/// failed recently; else what `compile` makes of it, stored under the key for the strategy it
-/// fitted (so a component too big for the pool compiles once, not on every start) — or, if it
-/// fails, remembered. Errors are the detail for the container.
+/// allocation strategy the program may use (pooled first), optimised code first and baseline
+/// code if `tiers` allows it; else the remembered failure, if it failed recently; else what
+/// `compile` makes of it with the first of `tiers` that can, stored under the key for the tier
+/// and strategy it fitted (so a component too big for the pool compiles once, not on every
+/// start) — or, if it fails, remembered. Errors are the detail for the container.
 pub fn artefact(
     what: &str,
     wasm: &[u8],
+    tiers: &[Tier],
     cache: Option<&ArtifactCache>,
     notes: &mut Vec<String>,
     compile: &mut Compiler<'_>,
-) -> Result<(Allocation, ArtifactKind, Vec<u8>), String> {
+) -> Result<(Allocation, Tier, ArtifactKind, Artefact), String> {
     let detail = |e: ShimError| match e {
         ShimError::Invalid { detail, .. } => detail,
         e => e.to_string(),
     };
     let kind = engine::kind_of(what, wasm).map_err(detail)?;
-    let mut engines = Vec::new();
-    for &allocation in engine::allocations_for(kind) {
-        engines.push((allocation, engine::new_engine(allocation).map_err(detail)?));
+    let mut keys: Vec<(Allocation, Tier, CacheKey)> = Vec::new();
+    let mut failure_key = None;
+    for tier in Tier::LOOKUP {
+        if tier != Tier::Optimized && !tiers.contains(&tier) {
+            continue;
+        }
+        for &allocation in engine::allocations_for(kind) {
+            let engine = engine::new_engine_for(allocation, tier).map_err(detail)?;
+            let hash = engine.precompile_compatibility_hash();
+            let strategy = format!("{}{}", allocation.name(), tier.key_suffix());
+            let key = CacheKey::new(kind, &strategy, wasm, &hash);
+            failure_key.get_or_insert_with(|| failures::key(kind, wasm, &hash));
+            keys.push((allocation, tier, key));
+        }
     }
-    let keys: Vec<(Allocation, CacheKey)> = engines
-        .iter()
-        .map(|(allocation, engine)| {
-            let key = CacheKey::new(
-                kind,
-                allocation.name(),
-                wasm,
-                engine.precompile_compatibility_hash(),
-            );
-            (*allocation, key)
-        })
-        .collect();
-    let failure_key = engines
-        .first()
-        .map(|(_, engine)| failures::key(kind, wasm, engine.precompile_compatibility_hash()))
-        .ok_or_else(|| "no allocation strategy".to_string())?;
+    let failure_key = failure_key.ok_or_else(|| "no allocation strategy".to_string())?;
     if let Some(cache) = cache {
-        for (allocation, key) in &keys {
-            if let Some(artefact) = cache.load(key) {
-                return Ok((*allocation, kind, artefact));
+        for (allocation, tier, key) in &keys {
+            if let Some(entry) = cache.open_entry(key) {
+                return Ok((*allocation, *tier, kind, handed_out(entry)));
             }
         }
         if let Some(failed) = failures::recall(cache, &failure_key) {
             return Err(failed);
         }
     }
-    match compile(what, wasm, notes) {
+    match compile(what, wasm, tiers, notes) {
         Compiled::Done {
             allocation,
+            tier,
             kind: compiled_kind,
             artefact,
         } => {
             let key = keys
                 .iter()
-                .find(|(a, _)| *a == allocation)
-                .map(|(_, key)| key)
-                .filter(|_| compiled_kind == kind)
+                .find(|(a, t, _)| *a == allocation && *t == tier)
+                .map(|(_, _, key)| key)
+                .filter(|_| compiled_kind == kind && tiers.contains(&tier))
                 .ok_or_else(|| {
                     format!(
-                        "the compiler answered a {compiled_kind:?} for {} allocation, not what \
-                         was asked",
-                        allocation.name()
+                        "the compiler answered a {compiled_kind:?} for {} allocation and {} \
+                         code, not what was asked",
+                        allocation.name(),
+                        tier.name()
                     )
                 })?;
             if let Some(cache) = cache {
-                if let Err(e) = cache.store(key, &artefact) {
-                    notes.push(e.to_string());
+                match cache.store(key, &artefact) {
+                    // Handed out as the entry just stored, checked again, so that this first
+                    // container shares its pages with the next ones.
+                    Ok(()) if cache.has_view() => {
+                        if let Some(entry) = cache.open_entry(key) {
+                            return Ok((allocation, tier, kind, handed_out(entry)));
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => notes.push(e.to_string()),
                 }
             }
-            Ok((allocation, kind, artefact))
+            Ok((allocation, tier, kind, Artefact::Bytes(artefact)))
         }
         Compiled::Failed { detail, remember } => {
             if let (Some(cache), true) = (cache, remember) {
@@ -271,12 +318,34 @@ pub fn artefact(
     }
 }
 
+/// An authenticated entry as the container gets it: its read-only descriptor when it was
+/// opened through the read-only view, else its bytes.
+fn handed_out(entry: crate::cache::Entry) -> Artefact {
+    match entry.file {
+        Some(file) => Artefact::File {
+            len: entry.payload.len() as u64,
+            file: file.into(),
+        },
+        None => Artefact::Bytes(entry.payload),
+    }
+}
+
+/// Whose cgroups a compile is charged to.
+pub(super) enum Charge<'a> {
+    /// The requesting container's (`None`: it is not known; the container is told).
+    To(Option<&'a Peer>),
+    /// Nobody's: a background compile, which may outlive the container that caused it (a
+    /// runtime cannot remove a cgroup that still holds a task).
+    Nobody,
+}
+
 /// Compiles in a confined compiler process, once a node-wide slot is free, charged to the
 /// peer's cgroups.
-fn compile_confined(
-    peer: Option<&Peer>,
+pub(super) fn compile_confined(
+    charge: Charge<'_>,
     what: &str,
     wasm: &[u8],
+    tiers: &[Tier],
     notes: &mut Vec<String>,
 ) -> Compiled {
     let env = |k: &str| std::env::var(k).ok();
@@ -297,6 +366,7 @@ fn compile_confined(
     };
     let spawned = Command::new("/proc/self/exe")
         .arg(COMPILER_ARG)
+        .arg(compiler::tiers_arg(tiers))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn();
@@ -310,10 +380,15 @@ fn compile_confined(
         }
     };
     COMPILER_PID.store(i32::try_from(child.id()).unwrap_or(0), Ordering::SeqCst);
-    let charged = peer
-        .ok_or_else(|| "the container process is not known".to_string())
-        .and_then(|p| p.proc_cgroup().map_err(|e| e.to_string()))
-        .and_then(|text| peer::charge_to(child.id(), &text, Path::new(crate::cgroup::CGROUP_ROOT)));
+    let charged = match charge {
+        Charge::To(peer) => peer
+            .ok_or_else(|| "the container process is not known".to_string())
+            .and_then(|p| p.proc_cgroup().map_err(|e| e.to_string()))
+            .and_then(|text| {
+                peer::charge_to(child.id(), &text, Path::new(crate::cgroup::CGROUP_ROOT))
+            }),
+        Charge::Nobody => Ok(Vec::new()),
+    };
     if let Err(e) = charged {
         notes.push(format!(
             "the compile is not charged to the container's cgroups: {e}"
@@ -329,7 +404,7 @@ fn compile_confined(
     let answer = child
         .stdout
         .take()
-        .map(|out| Response::decode(&mut BufReader::new(out)));
+        .map(|out| Response::decode(&mut BufReader::new(out), None));
     let status = child.wait();
     COMPILER_PID.store(0, Ordering::SeqCst);
     match (answer, status) {
@@ -397,137 +472,5 @@ fn peer_limits(conn: &UnixStream) -> HostLimits {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TOO_BIG_FOR_THE_POOL: &str =
-        r#"(component (core module (table 300000 funcref)) (core instance (instantiate 0)))"#;
-
-    /// What a compiler process would answer, compiled in this one.
-    fn in_process(what: &str, wasm: &[u8], _: &mut Vec<String>) -> Compiled {
-        let engines: Vec<_> = Allocation::ALL
-            .iter()
-            .map(|&a| (a, engine::new_engine(a).expect("engine")))
-            .collect();
-        compiler::compile(&engines, what, wasm).into()
-    }
-
-    fn cache(dir: &Path) -> ArtifactCache {
-        ArtifactCache::open(&CacheConfig {
-            dir: dir.to_path_buf(),
-            max_bytes: crate::cache::DEFAULT_MAX_BYTES,
-        })
-        .expect("cache")
-    }
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .expect("readdir")
-            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
-            .filter(|n| n.ends_with(".cwasm"))
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn a_miss_compiles_and_stores_and_a_hit_is_the_same_artefact() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let cache = cache(&tmp.path().join("c"));
-        let wat = br#"(module (func (export "_start")))"#;
-        let mut notes = Vec::new();
-        let (alloc, kind, first) =
-            artefact("m", wat, Some(&cache), &mut notes, &mut in_process).expect("compile");
-        assert_eq!((alloc, kind), (Allocation::OnDemand, ArtifactKind::Module));
-        assert_eq!(entries(cache.path()).len(), 1);
-        let (_, _, second) =
-            artefact("m", wat, Some(&cache), &mut notes, &mut in_process).expect("hit");
-        assert_eq!(first, second);
-        assert!(notes.is_empty(), "{notes:?}");
-        let engine = engine::new_engine(alloc).expect("engine");
-        assert!(engine::deserialize(&engine, kind, &second).is_ok());
-    }
-
-    #[test]
-    fn a_component_too_big_for_the_pool_is_cached_on_demand_and_not_recompiled() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let cache = cache(&tmp.path().join("c"));
-        let wasm = TOO_BIG_FOR_THE_POOL.as_bytes();
-        let mut notes = Vec::new();
-        let (alloc, kind, _) =
-            artefact("c", wasm, Some(&cache), &mut notes, &mut in_process).expect("compile");
-        assert_eq!(
-            (alloc, kind),
-            (Allocation::OnDemand, ArtifactKind::Component)
-        );
-        let stored = entries(cache.path());
-        assert_eq!(stored.len(), 1, "{stored:?}");
-        assert!(stored[0].starts_with("component-ondemand-"), "{stored:?}");
-        let path = cache.path().join(&stored[0]);
-        let ino =
-            |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
-        let before = ino(&path);
-        let (alloc, _, _) =
-            artefact("c", wasm, Some(&cache), &mut notes, &mut in_process).expect("hit");
-        assert_eq!(alloc, Allocation::OnDemand);
-        assert_eq!(ino(&path), before, "served from the cache, not rewritten");
-        assert_eq!(
-            entries(cache.path()),
-            stored,
-            "the pooled attempt stored nothing"
-        );
-    }
-
-    #[test]
-    fn a_module_that_fails_is_remembered_and_not_compiled_again() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let cache = cache(&tmp.path().join("c"));
-        let mut compiles = 0;
-        let mut counting = |what: &str, wasm: &[u8], notes: &mut Vec<String>| {
-            compiles += 1;
-            in_process(what, wasm, notes)
-        };
-        let bad = b"\0asm\x01\0\0\0\x05";
-        let first = artefact("bad", bad, Some(&cache), &mut Vec::new(), &mut counting)
-            .expect_err("invalid");
-        let again = artefact("bad", bad, Some(&cache), &mut Vec::new(), &mut counting)
-            .expect_err("remembered");
-        assert_eq!(compiles, 1, "compiled once");
-        assert!(again.starts_with(&first), "{again}");
-        assert!(again.contains("failed to compile on this node"), "{again}");
-        let stored = entries(cache.path());
-        assert_eq!(stored.len(), 1, "{stored:?}");
-        assert!(stored[0].starts_with("module-failed-"), "{stored:?}");
-    }
-
-    #[test]
-    fn a_failure_of_the_node_is_not_held_against_the_module() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let cache = cache(&tmp.path().join("c"));
-        let wat = br#"(module (func (export "_start")))"#;
-        let mut node_fails = |_: &str, _: &[u8], _: &mut Vec<String>| Compiled::Failed {
-            detail: "no compile slot".into(),
-            remember: false,
-        };
-        let e =
-            artefact("m", wat, Some(&cache), &mut Vec::new(), &mut node_fails).expect_err("failed");
-        assert_eq!(e, "no compile slot");
-        assert!(entries(cache.path()).is_empty());
-        artefact("m", wat, Some(&cache), &mut Vec::new(), &mut in_process).expect("compiles");
-    }
-
-    #[test]
-    fn an_answer_for_another_kind_is_refused_and_not_stored() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let cache = cache(&tmp.path().join("c"));
-        let wat = br#"(module (func (export "_start")))"#;
-        let mut lying = |_: &str, _: &[u8], _: &mut Vec<String>| Compiled::Done {
-            allocation: Allocation::Pooling,
-            kind: ArtifactKind::Component,
-            artefact: b"not an artefact".to_vec(),
-        };
-        let e = artefact("m", wat, Some(&cache), &mut Vec::new(), &mut lying).expect_err("refused");
-        assert!(e.contains("not what was asked"), "{e}");
-        assert!(entries(cache.path()).is_empty());
-    }
-}
+#[path = "worker_tests.rs"]
+mod tests;

@@ -187,6 +187,13 @@ impl ContainerdBuilder {
         self
     }
 
+    /// First starts compile with Winch and tier up in the background, as on a node. Without
+    /// this the harness turns that off (`WASMKUBE_BASELINE_COMPILER=off`), so that a test's
+    /// cache holds exactly the entries its starts made, with no background compile racing it.
+    pub fn winch_first_starts(self) -> Self {
+        self.env(BASELINE_ENV, "winch")
+    }
+
     pub fn start(self) -> Containerd {
         let tmp = tempfile::Builder::new()
             .prefix("wk-ctd-")
@@ -220,11 +227,17 @@ impl ContainerdBuilder {
             "WASMKUBE_CACHE_DIR".into(),
             dir.join("cache").display().to_string(),
         ));
+        if !c.env.iter().any(|(k, _)| k == BASELINE_ENV) {
+            c.env.push((BASELINE_ENV.into(), "off".into()));
+        }
         c.write_restart_script();
         c.spawn();
         c
     }
 }
+
+/// The shim's switch for Winch first starts (`wasmkube_shim::engine::BASELINE_ENV`).
+const BASELINE_ENV: &str = "WASMKUBE_BASELINE_COMPILER";
 
 /// A running private containerd. Dropping it kills its tasks, shims and the daemon.
 ///

@@ -156,6 +156,29 @@ pub async fn ready_means_answering_on_a_cold_node(c: &Cluster) -> Result<()> {
         entries.trim().parse::<u32>().unwrap_or(0) >= 1,
         "no compiled entry in {CACHE} after the cold start"
     );
+    // The cold start ran Winch code; the broker then compiled Cranelift's for the next start,
+    // in the background.
+    let tiers = || -> Result<(u32, u32)> {
+        let count = |filter: &str| -> Result<u32> {
+            let n = c.node_sh(&format!("ls {CACHE} | grep 'cwasm$' | {filter} || true"))?;
+            Ok(n.trim().parse().unwrap_or(0))
+        };
+        Ok((count("grep -c -- -winch-")?, count("grep -vc -- -winch-")?))
+    };
+    within(
+        "the tier-up's optimised code",
+        Duration::from_secs(120),
+        || async {
+            Ok(match tiers()? {
+                (winch, optimised) if winch >= 1 && optimised >= 1 => Poll::Done(()),
+                (winch, optimised) => Poll::NotYet(format!(
+                    "{winch} Winch and {optimised} Cranelift entries in {CACHE}"
+                )),
+            })
+        },
+    )
+    .await?;
+    println!("  the cold start ran Winch code; Cranelift's is cached for the next start");
     c.kubectl(&["delete", "-f", &path, "--wait=true", "--timeout=60s"])?;
     Ok(())
 }

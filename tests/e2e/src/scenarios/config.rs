@@ -1,6 +1,6 @@
 //! `spec.config` and `spec.volumes` as a user sees them: the app reads a ConfigMap and a Secret
-//! through `wasi:config`, an edit of the ConfigMap reaches it without a restart (the time it took
-//! is printed), the Secret's value is nowhere but there, the guest sees none of the pod's other
+//! through `wasi:config`, an edit of the ConfigMap reaches it without a restart, even on an
+//! instance that is reused (the time it took is printed), the Secret's value is nowhere but there, the guest sees none of the pod's other
 //! mounts, a missing ConfigMap is named in the WasmApp's status, and a volume with two sources is
 //! refused by the API server.
 use std::time::{Duration, Instant};
@@ -35,7 +35,8 @@ pub async fn config_and_volumes_reach_the_app_and_nothing_else(c: &Cluster) -> R
     ensure!(ok, "applying the Secret: {err}");
     let grants = "  config:\n    values:\n      inline: \"yes\"\n    fromConfigMaps:\n    - name: \
                   app-settings\n    fromSecrets:\n    - name: app-secret\n  volumes:\n  - name: \
-                  scratch\n    mountPath: /scratch\n    emptyDir: {}\n";
+                  scratch\n    mountPath: /scratch\n    emptyDir: {}\n  http:\n    \
+                  instanceReuse:\n      idleTimeout: 600s\n";
     let (ok, _, err) = apply(
         c,
         "configured",
@@ -94,6 +95,9 @@ pub async fn config_and_volumes_reach_the_app_and_nothing_else(c: &Cluster) -> R
         ])
     };
     let pods_before = pod_uids()?;
+    // Reuse is on: one instance serves these sequential requests, and the edit must reach it.
+    let instance = get(c, &ip, "/instance").await?;
+    let (id, served) = super::instance_reuse::instance(&instance)?;
     let edited = Instant::now();
     let (ok, _, err) = apply(c, "settings", &config_map("bonjour"))?;
     ensure!(ok, "editing the ConfigMap: {err}");
@@ -105,8 +109,16 @@ pub async fn config_and_volumes_reach_the_app_and_nothing_else(c: &Cluster) -> R
     })
     .await?;
     println!(
-        "  a ConfigMap edit reached the app in {:.1} s, without a restart",
+        "  a ConfigMap edit reached the app's reused instance in {:.1} s, without a restart",
         edited.elapsed().as_secs_f64()
+    );
+    let again = get(c, &ip, "/instance").await?;
+    let (id_after, served_after) = super::instance_reuse::instance(&again)?;
+    // (`/instance` counts its own requests: the next one on the same instance.)
+    ensure!(
+        id_after == id && served_after == served + 1,
+        "the edit was seen by the instance that served before it ({instance}), not a new one: \
+         {again}"
     );
     let pods_after = pod_uids()?;
     ensure!(

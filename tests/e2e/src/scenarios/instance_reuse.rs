@@ -17,7 +17,7 @@ const NS: &str = "e2e-reuse";
 const APP: &str = "reuse";
 
 /// `/instance`'s answer: (instance id, requests it served).
-fn instance(body: &str) -> Result<(String, u32)> {
+pub(super) fn instance(body: &str) -> Result<(String, u32)> {
     // "instance <id>: request <n> of this instance"
     let mut words = body.split_whitespace();
     let id = words

@@ -13,6 +13,7 @@
 //!   error>` when a call fails.
 //! - `/count`: adds one to `visits` in store `default` and answers `visits=<n>` (the kv-counter
 //!   example).
+//! - `/instance`: `instance <id>: request <n> of this instance`, as the example app answers.
 //!
 //! Any other path: `config guest` (a readiness target).
 
@@ -61,6 +62,10 @@ impl Guest for HttpConfig {
                     }
                     Err(e) => format!("error={e:?}"),
                 },
+                "/instance" => {
+                    let (id, n) = http_reply::count_request();
+                    format!("instance {id:016x}: request {n} of this instance")
+                }
                 "/env" => std::env::vars()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
