@@ -129,3 +129,31 @@ fn one_per_module(run_dir: &std::path::Path, wasm: &[u8]) -> Option<std::fs::Fil
     .ok()?;
     Some(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tier_up_per_module_at_a_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = one_per_module(dir.path(), b"module one");
+        assert!(
+            first.is_some(),
+            "the first tier-up of a module takes the lock"
+        );
+        assert!(
+            one_per_module(dir.path(), b"module one").is_none(),
+            "a second tier-up of the same module is not started"
+        );
+        assert!(
+            one_per_module(dir.path(), b"module two").is_some(),
+            "another module's tier-up is independent"
+        );
+        drop(first);
+        assert!(
+            one_per_module(dir.path(), b"module one").is_some(),
+            "free again once the first ended"
+        );
+    }
+}
