@@ -8,10 +8,14 @@ fn main() {
     if let Some(code) = broker::run_role(&args) {
         std::process::exit(code);
     }
-    // Before runwasi forks its zygote, while this process has one thread: every container
-    // process is cloned from the zygote and inherits the broker's client socket.
     if broker::is_daemon(&args) {
+        // Before runwasi's zygote is forked, while this process has one thread: every container
+        // process is cloned from the zygote and inherits the broker's client socket.
         broker::start();
+        // The zygote now (`WasmkubeShim::run` would fork it next, and leaves it as it is), so
+        // that the broker can be started on demand from a thread of this process.
+        containerd_shimkit::zygote::Zygote::init();
+        broker::serve_on_demand();
     }
     WasmkubeShim::run(None);
 }

@@ -9,7 +9,7 @@ use wasmkube_test_harness::cri::{BridgeCni, ContainerSpec};
 use wasmkube_test_harness::{missing_prerequisites, skip_unless};
 
 mod support;
-use support::{node, pod};
+use support::{node, node_with, pod};
 
 #[test]
 fn cri_runs_a_wasm_container_in_a_host_network_pod() {
@@ -212,19 +212,35 @@ fn cri_a_flooding_client_cannot_stop_or_wedge_the_pods_broker() {
     let (ctd, mut cri, work) = node(&[("hello", "docker.io/wasmkube/hello:flood")]);
     let pod = pod("flood", true, work.path());
     let pod_id = cri.run_pod(&pod).expect("RunPodSandbox");
-    let roles = shim_roles(&ctd.address(), &pod_id).expect("the pod's shim daemon and broker");
-    let broker = roles.broker.expect("broker");
-    // The broker's client end, taken from the shim daemon as a process of the pod could hold it.
+    let roles = shim_roles(&ctd.address(), &pod_id).expect("the pod's shim daemon");
+    // The broker's client end, taken from the shim daemon as a process of the pod could hold it:
+    // of the daemon's two SEQPACKET sockets (it keeps the server end to start brokers on
+    // demand), the one with the clients' send timeout.
     let fds = seqpacket_fds(roles.daemon);
-    assert_eq!(fds.len(), 1, "one SEQPACKET socket in the daemon: {fds:?}");
+    assert_eq!(
+        fds.len(),
+        2,
+        "both ends of the broker's socket in the daemon: {fds:?}"
+    );
     let daemon = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(i32::try_from(roles.daemon).expect("pid")).expect("pid"),
         rustix::process::PidfdFlags::empty(),
     )
     .expect("pidfd_open");
-    let client =
-        rustix::process::pidfd_getfd(&daemon, fds[0], rustix::process::PidfdGetfdFlags::empty())
-            .expect("pidfd_getfd");
+    let mut ends: Vec<_> = fds
+        .iter()
+        .map(|&fd| {
+            rustix::process::pidfd_getfd(&daemon, fd, rustix::process::PidfdGetfdFlags::empty())
+                .expect("pidfd_getfd")
+        })
+        .collect();
+    ends.retain(|end| {
+        rustix::net::sockopt::socket_timeout(end, rustix::net::sockopt::Timeout::Send)
+            .expect("SO_SNDTIMEO")
+            .is_some()
+    });
+    assert_eq!(ends.len(), 1, "one end has the clients' send timeout");
+    let client = ends.remove(0);
 
     // An empty record (it used to read as the end of the stream).
     rustix::net::send(&client, &[], rustix::net::SendFlags::empty()).expect("empty record");
@@ -233,6 +249,10 @@ fn cri_a_flooding_client_cannot_stop_or_wedge_the_pods_broker() {
     rustix::io::write(&stalled, &[1]).expect("one byte");
     // Hundreds more that never send a byte.
     let held: Vec<_> = (0..300).map(|_| hand_over(&client)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let broker = shim_roles(&ctd.address(), &pod_id)
+        .and_then(|r| r.broker)
+        .expect("a broker runs (the requests started one, or the running one kept going)");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         std::fs::metadata(format!("/proc/{broker}")).is_ok(),
@@ -278,5 +298,70 @@ fn cri_a_flooding_client_cannot_stop_or_wedge_the_pods_broker() {
     );
     assert!(!ctd.cache_entries().is_empty(), "compiled by a worker");
     drop((stalled, held, client));
+    cri.remove_pod(&pod_id).expect("remove pod");
+}
+
+/// An idle pod keeps no compile broker and no process per container: once its containers are
+/// loaded, the pod's shim daemon has one child of its own binary, runwasi's zygote (the pause
+/// container runs its own binary). The broker exits when idle (here after 1 s) and the daemon
+/// starts another when a request waits: the pod's next container gets its compiled module from
+/// the cache through a worker, not by compiling in its own process. (Stopping a started
+/// container, whose builder zygote is gone, is `cri_http_app_in_a_pod_network_serves_and_stops_promptly`.)
+#[test]
+fn cri_an_idle_pod_keeps_no_broker_and_its_next_container_is_still_served() {
+    skip_unless!(missing_prerequisites());
+    use wasmkube_test_harness::procs::{shim_children, shim_roles};
+    let (ctd, mut cri, work) = node_with(
+        &[("WASMKUBE_BROKER_IDLE_SECS", "1")],
+        &[("hello", "docker.io/wasmkube/hello:idle")],
+    );
+    let pod = pod("idle", true, work.path());
+    let pod_id = cri.run_pod(&pod).expect("RunPodSandbox");
+    let spec = ContainerSpec {
+        name: "hello".into(),
+        image: "docker.io/wasmkube/hello:idle".into(),
+        ..Default::default()
+    };
+    let first = cri
+        .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))
+        .expect("hello runs");
+    assert_eq!(first.code, 0, "{:?}", first.log);
+    let entries = ctd.cache_entries().len();
+    assert!(entries > 0, "compiled by a worker");
+
+    let daemon = shim_roles(&ctd.address(), &pod_id)
+        .expect("the pod's shim daemon")
+        .daemon;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut children = shim_children(daemon);
+    while children.len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        children = shim_children(daemon);
+    }
+    assert_eq!(
+        children.len(),
+        1,
+        "an idle pod's daemon keeps only its zygote: {children:?}"
+    );
+    assert!(
+        !children[0].1.iter().any(|a| a.starts_with("--wasmkube")),
+        "the one left is the zygote, not a broker: {children:?}"
+    );
+
+    let second = cri
+        .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))
+        .expect("hello runs again");
+    assert_eq!(second.code, 0, "{:?}", second.log);
+    assert!(second.stream("stdout").starts_with("hello from wasm"));
+    let err = second.stream("stderr");
+    assert!(
+        !err.contains("compiling in the container process"),
+        "a broker started on demand served it: {err}"
+    );
+    assert_eq!(
+        ctd.cache_entries().len(),
+        entries,
+        "served from the cache, not compiled again"
+    );
     cri.remove_pod(&pod_id).expect("remove pod");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmkube_test_harness::containerd::rootfs_with;
 use wasmkube_test_harness::{free_port, unique_id, Containerd, CtrRun};
 
-use crate::measure::{mb, mem_of, shim_tree, wait_http, Table};
+use crate::measure::{mb, mem_of, shim_tree, wait_for_idle_brokers, wait_http, Table};
 
 /// Instance counts measured.
 const COUNTS: [usize; 3] = [1, 5, 20];
@@ -30,6 +30,8 @@ fn idle_pss(ctd: &Containerd, wasm: &Path, n: usize) -> u64 {
         running.push((id, child));
     }
     std::thread::sleep(Duration::from_secs(1));
+    let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+    wait_for_idle_brokers(&ids);
     let total = running
         .iter()
         .flat_map(|(id, _)| shim_tree(id))

@@ -19,7 +19,8 @@
 //!
 //! Environment: `BENCH_N` (default 10), `BENCH_BIG_N` (default 3), `BENCH_ASSETS` (dir with
 //! graphviz.wasm, yosys.wasm, js-hello.wasm, wasmtime), `BENCH_ONLY` (comma list of
-//! a,b,c,d,e,f,g,h,i).
+//! a,b,c,d,e,f,g,h,i), `BENCH_HOLD_SECS` (keep (d)'s idle instance that long after measuring,
+//! to profile its processes by hand).
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -194,6 +195,8 @@ fn main() {
         // A first start's tier-up is the shim daemon's child until it ends: not counted.
         wait_for_tier_ups();
         std::thread::sleep(Duration::from_millis(300));
+        // The steady state: the idle broker has exited.
+        measure::wait_for_idle_brokers(std::slice::from_ref(&id));
         let procs = shim_tree(&id);
         let (mut total_pss, mut total_hwm, mut total_anon) = (0, 0, 0);
         for (pid, role) in &procs {
@@ -204,6 +207,11 @@ fn main() {
             println!(
                 "  (d) {role:<22} pid {pid:>7}: peak RSS {:>6.1} MB, RSS {:>6.1} MB, PSS {:>6.1} MB, anonymous {:>6.1} MB",
                 mb(hwm), mb(rss), mb(pss), mb(anon)
+            );
+            let split = measure::pss_split(*pid);
+            println!(
+                "      PSS: shim binary {:.1} MB {:?}, artefact {:.1} MB, anonymous {:.1} MB, other {:.1} MB",
+                mb(split.binary), split.binary_by_perms, mb(split.artefact), mb(split.anon), mb(split.other)
             );
         }
         table.row(
@@ -227,6 +235,10 @@ fn main() {
             mb(total_hwm) / 20.7,
             "(info)",
         );
+        if let Ok(secs) = std::env::var("BENCH_HOLD_SECS") {
+            println!("holding {secs} s");
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(0)));
+        }
         ctd.ctr(&["tasks", "kill", &id]);
         let _ = child.wait();
     }

@@ -52,6 +52,20 @@ pub fn wait_for_tier_ups() {
     }
 }
 
+/// Waits (at most 30 s) until the shims of containers `ids` keep no compile broker: an idle
+/// broker exits after a few seconds (`WASMKUBE_BROKER_IDLE_SECS`), so this is their steady state.
+pub fn wait_for_idle_brokers(ids: &[String]) {
+    let t = Instant::now();
+    while ids.iter().any(|id| {
+        shim_tree(id)
+            .iter()
+            .any(|(_, role)| role == "compile broker")
+    }) && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn clear_cache(ctd: &Containerd) {
     if let Ok(d) = std::fs::read_dir(ctd.cache_dir()) {
         for e in d.flatten() {
@@ -190,4 +204,54 @@ pub fn mem_of(pid: u32) -> (u64, u64, u64, u64) {
         field(&rollup, "Pss:"),
         field(&rollup, "Anonymous:"),
     )
+}
+
+/// Where a process's PSS lies (kB): the shim binary's pages, cache entries mapped (the
+/// artefact), anonymous memory, and everything else (libc-free static binary: mostly the
+/// stack, vDSO and shared-memory mappings).
+pub struct PssSplit {
+    pub binary: u64,
+    pub artefact: u64,
+    pub anon: u64,
+    pub other: u64,
+    /// The binary's PSS by mapping permissions (`r-xp`, `r--p`, `rw-p`).
+    pub binary_by_perms: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn pss_split(pid: u32) -> PssSplit {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut split = PssSplit {
+        binary: 0,
+        artefact: 0,
+        anon: 0,
+        other: 0,
+        binary_by_perms: Default::default(),
+    };
+    let mut path = String::new();
+    let mut perms = String::new();
+    for line in text.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if head.contains('-') && !head.ends_with(':') {
+            path = line.split_whitespace().nth(5).unwrap_or("").to_string();
+            perms = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        } else if let Some(v) = line.strip_prefix("Pss:") {
+            let kb: u64 = v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let slot = if path.contains("containerd-shim-wasmkube") {
+                *split.binary_by_perms.entry(perms.clone()).or_default() += kb;
+                &mut split.binary
+            } else if path.ends_with(".cwasm") {
+                &mut split.artefact
+            } else if path.is_empty() || path == "[heap]" {
+                &mut split.anon
+            } else {
+                &mut split.other
+            };
+            *slot += kb;
+        }
+    }
+    split
 }

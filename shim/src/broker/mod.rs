@@ -2,8 +2,9 @@
 //! processes outside every container, started for each request.
 //!
 //! ```text
-//!  shim daemon ──spawn──▶ broker (`--wasmkube-compile-broker`, stdin = SEQPACKET server end)
-//!     │ (client end, CLOEXEC)      │ one message per request, carrying a fresh stream socket
+//!  shim daemon ──spawn──▶ broker (`--wasmkube-compile-broker`, stdin = SEQPACKET server end;
+//!     │ (client end,        │      on demand: exits when idle, the daemon starts the next)
+//!     │  CLOEXEC)           │ one message per request, carrying a fresh stream socket
 //!     ▼ fork                       ▼ spawn, at most `max(2, CPUs)` at once (own mount namespace:
 //!                                  │ the cache read-only at `<cache>/view`)
 //!  zygote ─clone─▶ container process ══ private socket pair ══▶ worker (`--wasmkube-compile-worker`)
@@ -37,6 +38,9 @@
 //!   directory to escape through, and nothing can write it through that descriptor or a reopen
 //!   of it (see [`crate::cache`], *Mapped entries*). The host-side memory limit and CPU quota of a cgroup v1 container
 //!   is asked of a worker too ([`protocol::Request::Limits`]).
+//! - **Not resident.** The broker exits after a few idle seconds and the daemon starts another
+//!   when a request waits on the socket ([`activation`]): an idle pod keeps no broker, and no
+//!   request is lost or refused in between.
 //! - **Compiler memory is returned.** Each compile runs in a fresh process that exits after
 //!   answering, so the first instance of an app does not keep Cranelift's heap.
 //! - **Stop works during compilation.** The container waits for its answer asynchronously and
@@ -53,9 +57,9 @@
 //! If the broker cannot start, containers compile in their own process without a cache and say so.
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+mod activation;
 pub mod client;
 mod compiler;
 pub mod confine;
@@ -113,12 +117,14 @@ pub fn is_daemon(args: &[OsString]) -> bool {
     })
 }
 
-/// Starts the broker. Call before runwasi forks its zygote, while the process has one thread,
-/// so that every container process inherits the client socket.
+/// Makes the broker's socket. Call before runwasi forks its zygote, while the process has one
+/// thread, so that every container process inherits the client end; then, once the zygote
+/// exists, [`serve_on_demand`].
 pub fn start() {
-    match spawn() {
-        Ok(client) => {
+    match socket_pair() {
+        Ok((client, server)) => {
             let _ = SOCKET.set(client);
+            *server_end() = Some(server);
         }
         Err(e) => tracing::warn!(
             "compile broker unavailable, containers will compile in their own process: {e}"
@@ -126,7 +132,44 @@ pub fn start() {
     }
 }
 
-fn spawn() -> std::io::Result<OwnedFd> {
+/// Drops the zygote's copy of the server end, then runs brokers from a thread of the daemon,
+/// each started at once or when a request waits ([`activation`]).
+pub fn serve_on_demand() {
+    if let Err(e) =
+        containerd_shimkit::zygote::Zygote::global().try_run(|_| forget_server_end(), ())
+    {
+        tracing::warn!("compile broker unavailable: the zygote kept its socket: {e}");
+        return;
+    }
+    let Some(server) = server_end().take() else {
+        return;
+    };
+    let idle = activation::idle_after(|k| std::env::var(k).ok());
+    let spawned = std::thread::Builder::new()
+        .name("compile-broker".into())
+        .spawn(move || activation::serve(std::path::Path::new("/proc/self/exe"), server, idle));
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "compile broker unavailable, containers will compile in their own process: {e}"
+        );
+    }
+}
+
+/// The server end while the daemon has not handed it to its broker thread.
+fn server_end() -> std::sync::MutexGuard<'static, Option<OwnedFd>> {
+    static SERVER: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+    SERVER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// In the zygote: closes its copy of the server end, so no process but the daemon's broker
+/// thread (and the broker it starts) can read the pod's requests.
+pub(crate) fn forget_server_end() {
+    server_end().take();
+}
+
+fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     let (client, server) = socketpair(
         AddressFamily::UNIX,
@@ -142,14 +185,7 @@ fn spawn() -> std::io::Result<OwnedFd> {
         rustix::net::sockopt::Timeout::Send,
         Some(SEND_TIMEOUT),
     )?;
-    // Not waited for: it outlives nothing it serves (it exits when the last holder of the
-    // client end, this shim's zygote or a container process, is gone).
-    Command::new("/proc/self/exe")
-        .arg(BROKER_ARG)
-        .stdin(Stdio::from(server))
-        .stdout(Stdio::null())
-        .spawn()?;
-    Ok(client)
+    Ok((client, server))
 }
 
 /// The client end, in the shim, its zygote and container processes.

@@ -8,12 +8,14 @@
 //! arrival order among the clients with room, so a client that floods the broker, or whose
 //! requests never finish sending (its worker gives up after the read timeout), delays only
 //! itself. An empty record does not end the broker: only the hang-up of every holder of the
-//! client end does.
+//! client end does, or, when the daemon started it to run on demand, an idle spell (no worker
+//! running, no request waiting) of the time it was given ([`super::activation`]).
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
@@ -24,7 +26,7 @@ pub const PER_CLIENT: usize = 1;
 /// Requests one client may have waiting; more are refused (closed).
 pub const PER_CLIENT_QUEUED: usize = 8;
 /// How often the broker looks for finished workers while some run.
-const REAP_EVERY_MS: i64 = 50;
+const REAP_EVERY: Duration = Duration::from_millis(50);
 
 /// Most workers at once: compiling is CPU-bound, and a crash-looping pod must not fork-bomb
 /// the node.
@@ -47,8 +49,11 @@ struct Running {
     child: Child,
 }
 
-/// Serves until every holder of the client end is gone; returns the exit code.
+/// Serves until every holder of the client end is gone or, when started with an idle time
+/// (argv\[2\], milliseconds), until it has been idle that long; returns the exit code.
 pub fn run() -> i32 {
+    let args: Vec<_> = std::env::args_os().collect();
+    let idle = super::activation::idle_arg(&args);
     let listener = match super::stdin_fd() {
         Ok(fd) => fd,
         Err(e) => {
@@ -70,7 +75,10 @@ pub fn run() -> i32 {
         reap(&mut running);
         start_waiting(&mut waiting, &mut running, max);
         let busy = !running.is_empty() || !waiting.is_empty();
-        match readable(&listener, busy) {
+        let wait = if busy { Some(REAP_EVERY) } else { idle };
+        match readable(&listener, wait) {
+            // Idle that long: the daemon starts another broker for the next request.
+            Ok(false) if !busy => return 0,
             Ok(false) => continue,
             Ok(true) => {}
             Err(rustix::io::Errno::INTR) => continue,
@@ -139,16 +147,13 @@ fn reap(running: &mut Vec<Running>) {
     running.retain_mut(|r| matches!(r.child.try_wait(), Ok(None)));
 }
 
-/// Whether a message (or the hang-up) is there; while `busy`, gives up after a short while so
-/// finished workers are noticed.
-fn readable(listener: &OwnedFd, busy: bool) -> rustix::io::Result<bool> {
+/// Whether a message (or the hang-up) is there; gives up after `wait` if given (workers run:
+/// finished ones are noticed; idle: the broker may exit).
+fn readable(listener: &OwnedFd, wait: Option<Duration>) -> rustix::io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut fds = [PollFd::new(listener, PollFlags::IN | PollFlags::RDHUP)];
-    let timeout = Timespec {
-        tv_sec: 0,
-        tv_nsec: REAP_EVERY_MS * 1_000_000,
-    };
-    Ok(poll(&mut fds, busy.then_some(&timeout))? > 0)
+    let timeout = wait.and_then(|w| Timespec::try_from(w).ok());
+    Ok(poll(&mut fds, timeout.as_ref())? > 0)
 }
 
 /// Whether every holder of the client end has closed it.

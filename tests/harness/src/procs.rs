@@ -68,7 +68,7 @@ pub fn shim_roles(address: &Path, id: &str) -> Option<ShimRoles> {
                 && !argv.iter().any(|a| a == "start" || a == "delete")
         })
         .map(|(pid, _, _)| *pid)
-        .find(|&d| child_with(d, "--wasmkube-compile-broker").is_some())?;
+        .min_by_key(|&d| child_with(d, "--wasmkube-compile-broker").is_none())?;
     let broker = child_with(daemon, "--wasmkube-compile-broker");
     let worker = broker.and_then(|b| child_with(b, "--wasmkube-compile-worker"));
     let compiler = worker.and_then(|w| child_with(w, "--wasmkube-compiler"));
@@ -78,6 +78,21 @@ pub fn shim_roles(address: &Path, id: &str) -> Option<ShimRoles> {
         worker,
         compiler,
     })
+}
+
+/// The children of `daemon` that run the shim's binary, by pid and argv: its zygote, a compile
+/// broker while one runs, and the process of each running wasm container (a fork of the
+/// zygote; a native container, like the pod's pause, runs its own binary).
+pub fn shim_children(daemon: u32) -> Vec<(u32, Vec<String>)> {
+    processes()
+        .into_iter()
+        .filter(|(pid, ppid, _)| {
+            *ppid == daemon
+                && std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|e| e.to_string_lossy().contains("containerd-shim-wasmkube-v1"))
+        })
+        .map(|(pid, _, argv)| (pid, argv))
+        .collect()
 }
 
 /// Every compiler process started for the shims of the containerd at `address` (a compiler's
@@ -174,8 +189,8 @@ pub fn listening_unix_sockets() -> Vec<String> {
         .collect()
 }
 
-/// The SEQPACKET Unix sockets of `pid` (`/proc/net/unix` type 5), by descriptor number: the
-/// compile broker's client end in a shim daemon.
+/// The SEQPACKET Unix sockets of `pid` (`/proc/net/unix` type 5), by descriptor number: in a
+/// shim daemon, both ends of its compile broker's socket.
 pub fn seqpacket_fds(pid: u32) -> Vec<i32> {
     let seqpacket: Vec<String> = std::fs::read_to_string("/proc/net/unix")
         .unwrap_or_default()

@@ -1,5 +1,7 @@
 //! How a WasmApp's pods are admitted and when they count as ready: under the `restricted` Pod
-//! Security Standard, and on a node that has never compiled the app (Ready means answering);
+//! Security Standard, and on a node that has never compiled the app (Ready means answering; once
+//! idle, each pod's shim keeps only runwasi's zygote and the guest: no compile broker, no
+//! per-container process);
 //! and what a crash-looping app whose module does not compile costs the node (one compile).
 use std::time::{Duration, Instant};
 
@@ -179,8 +181,56 @@ pub async fn ready_means_answering_on_a_cold_node(c: &Cluster) -> Result<()> {
     )
     .await?;
     println!("  the cold start ran Winch code; Cranelift's is cached for the next start");
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let names: Vec<String> = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={COLD}")))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let t = Instant::now();
+    within(
+        "the idle pods' shims to keep only their zygote and guest",
+        Duration::from_secs(60),
+        || async {
+            let seen = names
+                .iter()
+                .map(|pod| shim_children(c, NS, pod))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(
+                if seen.len() == 2 && seen.iter().all(|s| s.as_str() == "0 2") {
+                    Poll::Done(())
+                } else {
+                    Poll::NotYet(format!(
+                        "(brokers, processes of the shim's binary) per pod: {seen:?}"
+                    ))
+                },
+            )
+        },
+    )
+    .await?;
+    println!(
+        "  idle: each pod's shim keeps its zygote and the guest, no broker ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
     c.kubectl(&["delete", "-f", &path, "--wait=true", "--timeout=60s"])?;
     Ok(())
+}
+
+/// For pod `name`: "<compile brokers> <children running the shim's binary>" of its shim daemon
+/// on the node (found by the pod's sandbox id).
+fn shim_children(c: &Cluster, ns: &str, name: &str) -> Result<String> {
+    let out = c.node_sh(&format!(
+        "sid=$(crictl pods -q --state ready --label io.kubernetes.pod.name={name} \
+         --label io.kubernetes.pod.namespace={ns}) && [ -n \"$sid\" ] && \
+         d=$(pgrep --ns $$ --nslist mnt -f \"[c]ontainerd-shim-wasmkube-v1 .*-id $sid\" | head -1) && \
+         [ -n \"$d\" ] && b=0 && s=0 && for p in $(pgrep -P \"$d\"); do \
+         tr '\\0' ' ' < /proc/$p/cmdline | grep -q -- --wasmkube-compile-broker && b=$((b+1)); \
+         readlink /proc/$p/exe | grep -q containerd-shim-wasmkube-v1 && s=$((s+1)); done; \
+         echo \"$b $s\""
+    ))?;
+    Ok(out.trim().to_string())
 }
 
 /// Namespace of [`failed_compile_is_compiled_once`].
