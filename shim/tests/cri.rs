@@ -310,7 +310,7 @@ fn cri_a_flooding_client_cannot_stop_or_wedge_the_pods_broker() {
 #[test]
 fn cri_an_idle_pod_keeps_no_broker_and_its_next_container_is_still_served() {
     skip_unless!(missing_prerequisites());
-    use wasmkube_test_harness::procs::{shim_children, shim_roles};
+    use wasmkube_test_harness::procs::{seqpacket_fds, shim_children, shim_roles};
     let (ctd, mut cri, work) = node_with(
         &[("WASMKUBE_BROKER_IDLE_SECS", "1")],
         &[("hello", "docker.io/wasmkube/hello:idle")],
@@ -347,6 +347,15 @@ fn cri_an_idle_pod_keeps_no_broker_and_its_next_container_is_still_served() {
         !children[0].1.iter().any(|a| a.starts_with("--wasmkube")),
         "the one left is the zygote, not a broker: {children:?}"
     );
+    // The zygote (and so every container process it forks) holds the broker's client end
+    // only; the daemon holds both ends.
+    let zygote = children[0].0;
+    assert_eq!(
+        seqpacket_fds(zygote).len(),
+        1,
+        "the zygote holds one end of the broker's socket"
+    );
+    assert_eq!(seqpacket_fds(daemon).len(), 2, "the daemon holds both");
 
     let second = cri
         .run_to_exit(&pod_id, &pod, &spec, Duration::from_secs(30))

@@ -99,7 +99,9 @@ impl Container {
             );
         }
         drop(builder);
-        let zygote = Zygote::global().spawn();
+        // `spawn` panics when the clone fails (e.g. the node is out of PIDs): an error here.
+        let zygote = std::panic::catch_unwind(|| Zygote::global().spawn())
+            .map_err(|_| anyhow!("cannot start a process to reach the container"))?;
         run_impl(
             &zygote,
             |_: &mut Option<YoukiContainer>,
