@@ -167,7 +167,11 @@ fn the_guest_maps_its_cache_entry_read_only_and_holds_no_other_host_descriptor()
         );
         ctd.ctr(&["tasks", "kill", &id]).ok();
         let status = wait_child(&mut child, Duration::from_secs(10)).expect("stopped");
-        assert_eq!(status.code(), Some(128 + 15));
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert_eq!(status.code(), Some(128 + 15), "{round}: ctr run: {err}");
     }
 }
 
